@@ -37,6 +37,7 @@ import numpy as np
 
 from edge_agent.aif import joint_outcomes
 from edge_agent.aif.constants import EPS
+from edge_agent.aif.kernels.fast_tables import likelihood_table
 from edge_agent.aif.kernels.inference import softmax_rows
 
 __all__ = ["LIMITS", "NativeTick", "TransitionEntries", "declared", "layout", "library_path",
@@ -115,6 +116,7 @@ class _Model(ctypes.Structure):
         ("B_experience", _p),  # double *const *: (F)
         ("B_flat", _p),  # const int64_t *const *: (F)
         ("normalise_all", _i64),  # int64_t
+        ("lnL", _p),  # const double *: (prod_m O_m, S)
     ]
 
 
@@ -148,6 +150,10 @@ _STRUCTS: dict[str, type[ctypes.Structure]] = {
 #: A field's kind in the layout table, by its ctypes type.
 _KINDS: dict[Any, str] = {_i64: "i", _f64: "f", _p: "p"}
 _KIND_NAMES = {"i": "int64_t", "f": "double", "p": "a pointer"}
+
+#: The largest log likelihood table (joint outcomes x joint states, doubles: 512 KiB) a model
+#: nobody learns is given (``tick_model.lnL``); above it the pass takes the product and its logs.
+LNL_TABLE = 1 << 16
 
 #: The agents a shared table serves (any number).
 _ANY = 1 << 62
@@ -458,6 +464,15 @@ class NativeTick:
                  for name, arrays in (("D", self.D), ("lnC", self.lnC),
                                       ("entry_index", self.entry_index), ("B_flat", self._flat))}
         self._fixed = fixed
+        # A model nobody learns: the log likelihood of every joint outcome once (numpy's
+        # table, fast_tables.likelihood_table), a row gathered per agent and tick in place of
+        # the modalities' product and its S logs (T-maze: 24 x 8 values).
+        self.lnL: np.ndarray | None = None
+        joint_obs = int(np.prod([a.shape[0] for a in A]))
+        if not self.learned and joint_obs * S <= LNL_TABLE:
+            self.lnL = np.ascontiguousarray(likelihood_table(
+                tuple(a.reshape(a.shape[0], S) for a in self._shared_A if a is not None),
+                np.dtype(np.float64)))
         self._model = _Model(
             n, F, M, len(policies), S, num_iter, int(use_utility), int(use_info_gain),
             dF_tol, gamma, lr,
@@ -475,7 +490,8 @@ class NativeTick:
             int(self.state_dtype == np.float32), 0, lr_B,
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
-            _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0)
+            _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
+            None if self.lnL is None else _addr(self.lnL))
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
@@ -517,7 +533,8 @@ class NativeTick:
                   self.utility_shared, self.entry_state, self.entry_shared, *self.lnC,
                   *(a for a in self._shared_A if a is not None),
                   *(a for a in self.entry_index if a is not None),
-                  *(a for a in self._flat if a is not None)]
+                  *(a for a in self._flat if a is not None),
+                  *(() if self.lnL is None else (self.lnL,))]
         scratch = 0 if self._scratch is None else self._scratch.nbytes
         return int(sum(a.nbytes for a in arrays)) + scratch
 

@@ -21,7 +21,8 @@
  * The state (beliefs, priors, G, q_pi) is read and written in double or, for an int8 group, in
  * float (state_f32: the group's arrays as they are, no copy); the arithmetic is double either
  * way, on the tables the caller decoded (an int8 group's codes decoded as its numpy kernels
- * decode them).
+ * decode them), but for an int8 group's logs of its policies' predicted outcomes, taken in float
+ * (tick_log_f32: its numpy twin's arithmetic is float32).
  *
  * Agents in blocks of BLK (8), the agent index innermost: inside a block every temporary is
  * x[i][b], value i of the block's agent b, so each loop over the model's dimensions (states,
@@ -32,9 +33,13 @@
  * p ln p become plain products (a 0 times ln(0 + eps), finite, adds exactly 0). The last block
  * may be partial: its lanes past N repeat the block's first agent, are computed, and are never
  * written back. What stays per agent, scalar: gathering the prior (each agent its own action)
- * and likelihood, the learning of each agent's own counts (row-major, as stored) and writing
- * the results back; an agent's own transitions are gathered into the block's lanes value by
- * value where they are applied. The logs and exps are batched over flat arrays of a block's values
+ * and likelihood (for a model nobody learns, its logs: one row of tick_model.lnL, the log
+ * likelihood of every joint outcome made once by the binding, in place of the modalities'
+ * product and S logs per agent and tick), the learning of each agent's own counts (row-major,
+ * as stored) and writing the results back; an agent's own transitions are gathered into the block's lanes value by
+ * value where they are applied. A policy's predicted joint outcomes are summed outcome by
+ * outcome over their entries (index_outcomes' order, once a call), each in registers: no
+ * read-modify-write of a row per entry. The logs and exps are batched over flat arrays of a block's values
  * and done in tick_vmath.c, the one unit compiled with -ffast-math, where gcc calls
  * glibc's vector log/exp (libmvec, within 4 ulp); this unit keeps IEEE arithmetic.
  *
@@ -112,7 +117,8 @@ typedef struct {
     lane *moved;                                               /* (sum_f U_f S_f) */
     lane *qo, *log_qo;                                         /* (P, K) */
     lane *G, *x, *q_pi;                                        /* (P) */
-    uint8_t *hit;                                              /* (P, K): an outcome reached */
+    int64_t *outcome_start;                                    /* (K + 1) */
+    int64_t *outcome_entry;                                    /* (E): outcome by outcome */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -136,8 +142,12 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     TAKE(moved, moved);
     TAKE(qo, P * m->outcomes); TAKE(log_qo, P * m->outcomes);
     TAKE(G, P); TAKE(x, P); TAKE(q_pi, P);
-    if (base) sc->hit = (uint8_t *)(base + used);
-    used += (P * m->outcomes + (int64_t)sizeof(lane) - 1) / (int64_t)sizeof(lane);
+    /* the entries outcome by outcome (index_outcomes, once a call): int64s in whole lanes */
+    if (base) {
+        sc->outcome_start = (int64_t *)(base + used);
+        sc->outcome_entry = sc->outcome_start + m->outcomes + 1;
+    }
+    used += (m->outcomes + 1 + E + BLK - 1) / BLK;
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
@@ -169,11 +179,23 @@ INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
     }
 }
 
-/* The joint over the factors (q[f]: factor f's lanes), C order (last factor fastest). */
+/* The joint over the factors (q[f]: factor f's lanes), C order (last factor fastest): the
+ * product from 1 of each state's factors, in factor order. The first two factors' products are
+ * written directly (1 x q_0 is q_0), the others expand them in place. */
 INLINE void joint_of(const tick_model *m, lane *const *q, lane *out) {
-    LANES out[0][b] = 1.0;
-    int64_t size = 1;
-    for (int64_t f = 0; f < m->factors; f++) {
+    const int64_t s0 = m->num_states[0];
+    if (m->factors == 1) {
+        for (int64_t i = 0; i < s0; i++) LANES out[i][b] = q[0][i][b];
+        return;
+    }
+    const int64_t s1 = m->num_states[1];
+    for (int64_t i = 0; i < s0; i++) {
+        const double *a = q[0][i];
+        lane *row = out + i * s1;
+        for (int64_t j = 0; j < s1; j++) LANES row[j][b] = a[b] * q[1][j][b];
+    }
+    int64_t size = s0 * s1;
+    for (int64_t f = 2; f < m->factors; f++) {
         int64_t s_f = m->num_states[f];
         for (int64_t i = size - 1; i >= 0; i--) {
             lane v;
@@ -340,6 +362,13 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         /* the likelihood of the outcomes over the joint state (and, asked for, each
          * outcome's probability under the prior: the surprise's p(o_m), before learning) */
         const int64_t *obs = st->obs + n * M;
+        if (m->lnL != NULL) {  /* a model nobody learns: its joint outcome's row of logs */
+            int64_t j = obs[0];
+            for (int64_t k = 1; k < M; k++) j = j * m->num_obs[k] + obs[k];
+            const double *row = m->lnL + j * S;
+            for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = row[s];
+            continue;
+        }
         double lik[MAX_S];
         const double *a0 = m->A[0] + n * m->A_agent_stride[0] + obs[0] * S;
         for (int64_t s = 0; s < S; s++) lik[s] = a0[s];
@@ -350,7 +379,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = lik[s];
     }
     if (st->p_obs != NULL) {
-        lane *p[MAX_F];
+        lane *p[MAX_F] = {0};
         for (int64_t f = 0; f < F; f++) p[f] = sc->log_prior + offset[f];  /* not yet logs */
         joint_of(m, p, sc->joint);
         for (int64_t b = 0; b < count; b++) {
@@ -364,15 +393,17 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         }
     }
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
-    tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
+    if (m->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
     infer_states(m, sc, offset);
 
     /* learning, agent by agent: the counts of the outcome seen gain the posterior; each agent
      * its own counts: its table becomes their expectation, kept in the block's layout for
      * planning too (shared counts: the table follows in edge_tick) */
-    lane *q[MAX_F];
+    lane *q[MAX_F] = {0};
+    int64_t learns_A = 0;
+    for (int64_t k = 0; k < M; k++) learns_A |= m->pA[k] != NULL;
     for (int64_t f = 0; f < F; f++) q[f] = sc->cur + offset[f];
-    joint_of(m, q, sc->joint);
+    if (learns_A) joint_of(m, q, sc->joint);
     for (int64_t k = 0; k < M; k++) {
         if (m->pA[k] == NULL) continue;
         const int64_t O = m->num_obs[k];
@@ -458,6 +489,23 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                               sc->cur[offset[f] + i][b], f32);
 }
 
+/* The joint-outcome entries outcome by outcome (sc->outcome_entry[outcome_start[k] ..
+ * outcome_start[k + 1]) are outcome k's), each outcome's in the order of their states: the
+ * order a policy's predicted outcome is summed in. Once a call, E + K steps. */
+static void index_outcomes(const tick_model *m, block_scratch *sc) {
+    const int64_t K = m->outcomes, E = m->entries;
+    int64_t *start = sc->outcome_start, *entry = sc->outcome_entry;
+    for (int64_t k = 0; k <= K; k++) start[k] = 0;
+    for (int64_t e = 0; e < E; e++) start[m->entry_outcome[e] + 1]++;
+    for (int64_t k = 0; k < K; k++) start[k + 1] += start[k];
+    for (int64_t r = 0; r < E; r++) {  /* the entries state by state: each outcome's in order */
+        const int64_t e = m->state_entry[r];
+        entry[start[m->entry_outcome[e]]++] = e;
+    }
+    for (int64_t k = K; k > 0; k--) start[k] = start[k - 1];  /* each cursor ended at k + 1's */
+    start[0] = 0;
+}
+
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
  * utility per state; the non-zero entries of the joint-outcome table and each state's negative
  * entropy over the joint outcomes. */
@@ -513,7 +561,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
                        int64_t count, const int64_t *offset, int tables_ready) {
     const int64_t F = m->factors, P = m->policies, S = m->joint, K = m->outcomes;
     const int64_t f32 = m->state_f32;
-    lane *q[MAX_F];
+    lane *q[MAX_F] = {0};
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
@@ -544,6 +592,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
     }
     lane *G = sc->G, *qj = sc->qj;
+    int64_t begin[MAX_P + 1], packed = 0;
     for (int64_t p = 0; p < P; p++) {
         for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
         joint_of(m, q, qj);
@@ -553,57 +602,45 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
         if (m->use_info_gain) {
             /* the predicted joint above pymdp's threshold (a state below it adds exactly
-             * nothing), and the states some agent of the block may reach */
-            int64_t active[MAX_S], reached = 0;
+             * nothing) */
             for (int64_t s = 0; s < S; s++)
                 LANES {
                     qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
                     g[b] += qj[s][b] * neg_entropy[s][b];
                 }
-            for (int64_t s = 0; s < S; s++) {
-                int some = 0;
-                for (int b = 0; b < BLK; b++) some |= qj[s][b] > 0.0;
-                active[reached] = s;
-                reached += some;
-            }
-            /* each joint outcome's predicted probability, from the reached states' entries
-             * (hit: the outcomes some agent may see) */
-            lane *qo = sc->qo + p * K;
-            uint8_t *hit = sc->hit + p * K;
+            /* each joint outcome's predicted probability, summed in registers outcome by
+             * outcome over its entries (their states in order); the outcomes 0 for every agent
+             * of the block (most of them: a policy's predicted states reach few outcomes) are
+             * dropped (their - qo ln(qo + eps) is exactly 0), the others packed policy after
+             * policy (policy p's: [begin[p], begin[p + 1])) for their logs below */
+            begin[p] = packed;
             for (int64_t k = 0; k < K; k++) {
-                LANES qo[k][b] = 0.0;
-                hit[k] = 0;
-            }
-            for (int64_t i = 0; i < reached; i++) {
-                const int64_t s = active[i];
-                const double *from = qj[s];
-                for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
-                    const int64_t e = m->state_entry[r], k = m->entry_outcome[e];
-                    double *to = qo[k];
-                    LANES to[b] += from[b] * value[e][b];
-                    hit[k] = 1;
+                lane acc;
+                LANES acc[b] = 0.0;
+                for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
+                    const int64_t e = sc->outcome_entry[r];
+                    const double *from = qj[m->entry_state[e]], *v = value[e];
+                    LANES acc[b] += from[b] * v[b];
                 }
+                int some = 0;
+                for (int b = 0; b < BLK; b++) some |= acc[b] > 0.0;
+                if (!some) continue;
+                LANES sc->qo[packed][b] = acc[b];
+                packed++;
             }
         }
         LANES G[p][b] = g[b];
     }
     if (m->use_info_gain) {
-        /* - qo ln(qo + eps) of every policy's joint outcomes. An outcome of probability 0
-         * subtracts exactly 0: the outcomes 0 for every agent of the block (most of them: a
-         * policy's predicted states reach few outcomes) are dropped before the logs, the
-         * others packed in place, policy after policy (policy p's: [begin[p], begin[p + 1])) */
+        /* - qo ln(qo + eps) of every policy's joint outcomes some agent may see; an int8
+         * group's logs in float (its numpy twin's arithmetic is float32, its G kept in float:
+         * 7% of its tick, T-maze N = 1,000), a float64 group's in double */
         lane *qo = sc->qo;
-        int64_t begin[MAX_P + 1], packed = 0;
-        for (int64_t p = 0; p < P; p++) {
-            begin[p] = packed;
-            for (int64_t r = p * K; r < (p + 1) * K; r++) {
-                if (!sc->hit[r]) continue;  /* no reached state gives it: 0 for every agent */
-                if (packed != r) LANES qo[packed][b] = qo[r][b];
-                packed++;
-            }
-        }
         begin[P] = packed;
-        tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+        if (m->state_f32)
+            tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+        else
+            tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
         for (int64_t p = 0; p < P; p++)
             for (int64_t r = begin[p]; r < begin[p + 1]; r++)
                 LANES G[p][b] -= qo[r][b] * sc->log_qo[r][b];
@@ -701,6 +738,7 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
+    if (m->use_info_gain) index_outcomes(m, &sc);
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* shared counts: the actions some agent learned */
     if (!m->shared_counts) {  /* each agent its own counts (or none): a block at a time, whole */
         /* without a learned likelihood every agent plans with the same planning tables: the

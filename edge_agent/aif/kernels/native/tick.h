@@ -47,8 +47,9 @@ typedef struct {
  * table's entries that can be non-zero (the T-maze: 22 entries of 12 outcomes x 8 states; grid10
  * 460 of 100 x 100): each entry's outcome and state, the shared modalities' product on it, and
  * for each learned modality its index into that modality's (O_m, S) table (NULL: shared); the
- * entries of state s are state_entry[state_start[s] .. state_start[s + 1]) (a policy's
- * predicted outcomes are summed over the states it may reach alone). shared_counts 0: each agent its
+ * entries of state s are state_entry[state_start[s] .. state_start[s + 1]) (the pass sums a
+ * policy's predicted outcomes outcome by outcome, each outcome's entries in state_entry's
+ * order; it no longer reads state_start). shared_counts 0: each agent its
  * own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S); 1: one set of counts
  * every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table following them every tick:
  * every agent infers and adds to the counts, the table becomes their expectation once, then
@@ -60,7 +61,8 @@ typedef struct {
  * that acted (has_action, not at a start) adds lr_B q(s') q_prev(s) on the mask to the counts of
  * the action it took, and that action's columns become their counts' expectation (every column
  * of every action with normalise_all: the first refresh). Without a learned table (nothing
- * learns: a frozen group) the pass infers, plans and acts. state_f32 1: the state's beliefs,
+ * learns: a frozen group) the pass infers, plans and acts, and lnL may hold the log likelihood
+ * of every joint outcome (a row gathered per agent: no product and no log per tick). state_f32 1: the state's beliefs,
  * priors, G and q_pi (tick_state's void pointers) are float (an int8 group's), else double: the
  * pass computes in double either way. prior_given 1: the tick's prior is st->prior as the caller
  * keeps it (read; the next prior written there when next_prior is the same), else made. */
@@ -111,7 +113,9 @@ typedef struct {
     X(const uint8_t *const *, pB_mask)    /* (F): (S_f, S_f, U_f) where an update lands */ \
     X(double *const *, B_experience)      /* (F): (S_f, S_f, U_f) what every update added */ \
     X(const int64_t *const *, B_flat)     /* (F): (nnz) each entry's index into pB, -1 a pad */ \
-    X(int64_t, normalise_all)
+    X(int64_t, normalise_all)                                                             \
+    X(const double *, lnL)                /* (prod_m O_m, S): ln(prod_m A_m[o_m] + eps) of  \
+                                           * every joint outcome, C order; NULL: made */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)

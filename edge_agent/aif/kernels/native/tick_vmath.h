@@ -9,6 +9,8 @@
 void tick_log_inplace(double *x, int64_t n, double add);
 /* y[i] = log(x[i] + add). */
 void tick_log(const double *restrict x, double *restrict y, int64_t n, double add);
+/* y[i] = logf((float)(x[i] + add)): float's log. */
+void tick_log_f32(const double *restrict x, double *restrict y, int64_t n, double add);
 /* x[i] = exp(x[i]), in place. */
 void tick_exp_inplace(double *x, int64_t n);
 

@@ -48,7 +48,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV, frozen_kernel
 from tests.support import native_builds
 from tests.support.native_tick import (
     FROZEN_WORLDS,
@@ -342,6 +342,70 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
         obs, start = env.step(actions)
     assert starts > n  # the episodes' starts were stepped through, not only the first
     assert float(np.median(np.concatenate(kl))) < 1e-4
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
+    build: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model nobody learns gives the pass the log likelihood of every joint outcome once
+    (``NativeTick.lnL``: numpy's ``ln(prod_m A_m[o_m] + eps)``, C order), a row gathered per
+    agent and tick; the pass given it steps as the pass that takes the modalities' product and
+    its logs (``lnL`` NULL), up to rounding, the same actions; a model that learns, or whose
+    table is above ``LNL_TABLE``, gives none."""
+    world = make_world("tmaze-A1", tmp_path)
+    n = 13
+    cm = frozen_group(world, n, "int8").cm
+    with_table, without = frozen_kernel(cm, SETTINGS), frozen_kernel(cm, SETTINGS)
+    assert isinstance(with_table, native.NativeTick)
+    assert isinstance(without, native.NativeTick)
+    kernels_ = (with_table, without)
+    assert with_table.lnL is not None
+    num_obs = [a.shape[0] for a in cm.A_rows]
+    for j, o in enumerate(np.ndindex(*num_obs)):
+        product = np.prod([np.asarray(a[o_m], dtype=np.float64)
+                           for a, o_m in zip(cm.A_rows, o, strict=True)], axis=0)
+        np.testing.assert_allclose(with_table.lnL[j], np.log(product + 1e-16), rtol=1e-15)
+    without._model.lnL = None  # the product and its logs, per agent
+    lib = library(build)
+    for kernel in kernels_:
+        kernel._tick = lib.edge_tick
+    S, F, P = cm.A_rows[0].shape[1], len(cm.num_states), len(cm.tree.policies)
+
+    def state() -> dict[str, Any]:
+        return {"qs": [np.zeros((n, s), dtype=np.float32) for s in cm.num_states],
+                "prior": [np.zeros((n, s), dtype=np.float32) for s in cm.num_states],
+                "action": np.zeros((n, F), dtype=np.int64),
+                "has_action": np.zeros(n, dtype=np.bool_),
+                "G": np.zeros((n, P), dtype=np.float32), "q_pi": np.zeros((n, P), dtype=np.float32)}
+
+    states = [state(), state()]
+    env = outcomes(world, n)
+    obs, start = env.reset()
+    for _ in range(24):
+        for kernel, st in zip(kernels_, states, strict=True):
+            kernel.step(obs, st["qs"], st["action"], st["has_action"], G=st["G"],
+                        q_pi=st["q_pi"], prior=st["prior"], start=start)
+        ours, theirs = states
+        for name in ("qs", "prior"):
+            for a, b in zip(ours[name], theirs[name], strict=True):
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ours["G"], theirs["G"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(ours["action"], theirs["action"])
+        obs, start = env.step(theirs["action"])
+    assert with_table.lnL.shape == (int(np.prod(num_obs)), S)
+    # a learning kernel's tables move: no table; above the bound: none either
+    learning = native.NativeTick(
+        [np.asarray(a, dtype=np.float64) for a in cm.A_rows],
+        [np.asarray(b) for b in world.B], [np.asarray(d) for d in world.D],
+        lnC=with_table.lnC, lnE=with_table.lnE, policies=cm.tree.policies, learned=(1,),
+        supports=[np.asarray(a) > 0 for a in cm.A_rows], n=n, gamma=16.0, num_iter=10,
+        dF_tol=0.001, lr=1.0, use_utility=True, use_info_gain=True, shared_counts=True)
+    assert learning.lnL is None
+    monkeypatch.setattr(native, "LNL_TABLE", with_table.lnL.size - 1)
+    above = frozen_kernel(cm, SETTINGS)
+    assert isinstance(above, native.NativeTick)
+    assert above.lnL is None
 
 
 def test_a_frozen_group_of_a_local_planner_s_model_says_why_it_stays_on_numpy(
