@@ -89,8 +89,11 @@ def choice_measured() -> bool:
 def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
     """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
     compiled tick takes it): the environment asks for numpy, policies of more than one step,
-    stochastic or whole-policy action selection, a model numpy's local planner steps (faster),
-    no library (or not the binding's), a model above the library's limits."""
+    stochastic or whole-policy action selection, no library (or not the binding's), a model
+    above the library's limits. A model numpy steps with its local one-step planner (grid10's,
+    ``B`` local) is taken too: the group measures both paths
+    (:func:`~edge_agent.core.path_choice.measure_costs`), and the local planner is the cheaper
+    from a few dozen agents up, the compiled tick at a few (benchmarks/notes/learning.md)."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
@@ -98,10 +101,6 @@ def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | Non
          f"policy_len {policies.shape[1]} (the compiled tick plans one-step policies)"),
         (settings.action_selection != "deterministic", "stochastic action selection"),
         (settings.sampling_mode != "marginal", f"sampling_mode {settings.sampling_mode}"),
-        # grid10 frozen, N = 1,000, interleaved in one process: the compiled tick 0.45x numpy's
-        # (int8), 0.62x (float64); at N = 1 1.1x (benchmarks/notes/learning.md)
-        (cm.local is not None,
-         "the local one-step planner (numpy) outruns the compiled tick's dense plan here"),
     ]
     for found, why in reasons:
         if found:
