@@ -225,8 +225,8 @@ class AifAgentGroup:
         # Reserve before allocating: shared tables once per model (the same bytes whatever the
         # group's size or path), then per-agent state with what the group holds alone: the
         # compiled tick's tables and scratch, built by every group the compiled tick can take
-        # (each its own NativeTick, measured or kept: reserved either way, so that what the
-        # budget admits never depends on a clock's choice).
+        # (each its own NativeTick), reserved whether its measurement keeps it or not: what the
+        # budget admits never depends on a clock's choice.
         self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
