@@ -222,10 +222,12 @@ class AifAgentGroup:
         self._native_reason = ""
         self.stepping_cost: TickCosts | None = None
         self._native: NativeTick | None = self._choose_native(cm, n_agents)
-        # Reserve before allocating: shared tables once per model, then per-agent state.
+        # Reserve before allocating: shared tables once per model (the same bytes whatever the
+        # group's size or path), then per-agent state with what the group holds alone: the
+        # compiled tick's tables and scratch, built by every group the compiled tick can take
+        # (each its own NativeTick), reserved whether its measurement keeps it or not: what the
+        # budget admits never depends on a clock's choice.
         self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
-        if self._native is not None:  # the tables as the compiled tick takes them, its scratch
-            self.shared_nbytes += self._native.nbytes
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
         self._installer = TablesInstaller(stepper, state, self.plans, self.memory, self.cores)
@@ -263,10 +265,11 @@ class AifAgentGroup:
             self._native_reason = ("its learning steps it" if self.learning is not None
                                    else "a planning policy")
             return None
-        found = frozen_kernel(cm, self.settings)
+        found = frozen_kernel(cm, self.settings, n_agents)
         if isinstance(found, str):
             self._native_reason = found
             return None
+        self.memory.compiled_nbytes = found.nbytes
         if not choice_measured():
             return found
         self.stepping_cost = costs = measure_costs(
@@ -370,7 +373,9 @@ class AifAgentGroup:
         return self.memory.scratch_nbytes(n_agents)
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
-        """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch."""
+        """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,
+        the group's own compiled tick (:meth:`GroupMemory.bytes_for
+        <edge_agent.core.group_memory.GroupMemory.bytes_for>`)."""
         return self.memory.bytes_for(n_agents, history_capacity)
 
     @property

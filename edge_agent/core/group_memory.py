@@ -73,6 +73,12 @@ class GroupMemory:
         #: buffers are reserved with its agents: :meth:`health_nbytes`).
         self.health = health
         self.recorder, self.plans, self.learning = recorder, plans, learning
+        #: Bytes of what the group builds for itself alone, whatever its agents: the compiled
+        #: tick's tables and scratch of a group the compiled tick can take (its own
+        #: ``NativeTick``, built to measure it, kept or not; 0: numpy steps it), reserved with
+        #: the agents (:meth:`bytes_for`), not in the model's shared reservation: groups of one
+        #: model of any sizes and paths reserve the same bytes under its shared key.
+        self.compiled_nbytes = 0
         self._reservations: list[Reservation] = []
         self._agents: Reservation | None = None
 
@@ -170,10 +176,12 @@ class GroupMemory:
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,
-        a small group's held health samples."""
+        a small group's held health samples and the group's own compiled tick
+        (:attr:`compiled_nbytes`, the same at every size)."""
         times = 8 * history_capacity
         scratch = self.scratch_nbytes(n_agents) + self.health_nbytes(n_agents)
-        return n_agents * self.per_agent_nbytes(history_capacity, n_agents) + times + scratch
+        return (n_agents * self.per_agent_nbytes(history_capacity, n_agents) + times + scratch
+                + self.compiled_nbytes)
 
     @property
     def nbytes(self) -> int:

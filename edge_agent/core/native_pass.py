@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from edge_agent.aif.settings import AifSettings
 
 __all__ = [
+    "LOCAL_MEASURED",
     "NATIVE_ENV",
     "NativePass",
     "SharedNativePass",
@@ -86,22 +87,36 @@ def choice_measured() -> bool:
     return os.environ.get(NATIVE_ENV, "") != "1"
 
 
-def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
-    """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
-    compiled tick takes it): the environment asks for numpy, policies of more than one step,
-    stochastic or whole-policy action selection, a model numpy's local planner steps (faster),
-    no library (or not the binding's), a model above the library's limits."""
+#: The most agents of a group whose model numpy steps with its local one-step planner (grid10's,
+#: ``B`` local) that measures the compiled tick against it; a larger group steps the local
+#: planner unmeasured. Measured (benchmarks/notes/learning.md, issue 58), numpy's local planner
+#: costs 1.03-1.45x the compiled tick at 32 agents, 0.87-1.12x at 48, 0.75-0.99x at 64, 0.45-0.78x
+#: at 200: groups of the sizes where the two are close stay on one path, whatever a busy moment
+#: makes of a measurement.
+LOCAL_MEASURED = 32
+
+
+def numpy_reasons(
+    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int | None = None
+) -> str | None:
+    """Why a group of ``cm`` with ``settings`` (and ``n_agents``; None: any) steps with numpy
+    whatever it learns (None: the compiled tick takes it): the environment asks for numpy,
+    policies of more than one step, stochastic or whole-policy action selection, a model numpy
+    steps with its local one-step planner in a group above :data:`LOCAL_MEASURED` agents, no
+    library (or not the binding's), a model above the library's limits. A smaller group of a
+    local planner's model measures both paths
+    (:func:`~edge_agent.core.path_choice.measure_costs`): the compiled tick is the cheaper at a
+    few agents."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
+        (cm.local is not None and n_agents is not None and n_agents > LOCAL_MEASURED,
+         f"the local one-step planner (numpy) outruns the compiled tick's dense plan above "
+         f"{LOCAL_MEASURED} agents"),
         (policies.shape[1] != 1,
          f"policy_len {policies.shape[1]} (the compiled tick plans one-step policies)"),
         (settings.action_selection != "deterministic", "stochastic action selection"),
         (settings.sampling_mode != "marginal", f"sampling_mode {settings.sampling_mode}"),
-        # grid10 frozen, N = 1,000, interleaved in one process: the compiled tick 0.45x numpy's
-        # (int8), 0.62x (float64); at N = 1 1.1x (benchmarks/notes/learning.md)
-        (cm.local is not None,
-         "the local one-step planner (numpy) outruns the compiled tick's dense plan here"),
     ]
     for found, why in reasons:
         if found:
@@ -112,10 +127,12 @@ def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | Non
     return native.too_large(cm.num_states, cm.num_controls, cm.num_modalities, len(policies))
 
 
-def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> native.NativeTick | str:
-    """The compiled tick of a group that steps with ``cm`` and does not learn (its state in
-    ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
-    why = numpy_reasons(cm, settings)
+def frozen_kernel(
+    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int | None = None
+) -> native.NativeTick | str:
+    """The compiled tick of a group of ``n_agents`` (None: any) that steps with ``cm`` and does
+    not learn (its state in ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
+    why = numpy_reasons(cm, settings, n_agents)
     if why is not None:
         return why
     A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]

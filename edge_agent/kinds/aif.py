@@ -169,7 +169,11 @@ def plan_aif(
     aif: AifModel, cfg: GroupConfig, history_capacity: int, workers: int
 ) -> tuple[PlanRequest, PlanRequest]:
     """The model's and the agents' requests of ``cfg.count`` Active Inference agents (probes
-    of one agent: nothing of the budget is touched)."""
+    of one agent: nothing of the budget is touched). What a group of ``cfg.count`` reserves is
+    planned from the probe at that count (:meth:`AifAgentGroup.bytes_for`): the model's tables
+    (the same bytes whatever a group's size or path), and with the agents the group's own
+    compiled tick where the compiled tick can take the model (the same at every size, kept or
+    not by the group's measurement), so ``check-config`` plans what ``run`` reserves."""
     probe = new_agents(aif, cfg, 1, None, 0)
     # Each worker beyond the caller holds its own block scratch (start_workers reserves it
     # apart; planned with the group's agents, so that a group too large is named once).

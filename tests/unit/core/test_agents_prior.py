@@ -1,8 +1,8 @@
 """A group that keeps no prior between ticks (``AifAgentGroup(keep_prior=False)``): each block's
 prior is made again at the start of the next tick from the beliefs and committed actions, as
 the tick that committed them made it, so every tick gives the numbers of a group that keeps
-it, bit for bit (compared exactly here, not to rounding), on one process and on workers,
-across resets, snapshots of either kind and resizes.
+it, bit for bit (compared exactly here, not to rounding), on one process (in the compiled tick
+where it takes the group) and on workers, across resets, snapshots of either kind and resizes.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ from edge_agent.errors import InputError
 from edge_agent.sim.registry import make_env
 
 STOCHASTIC = dataclasses.replace(AifSettings(), action_selection="stochastic")
+
+
+@pytest.fixture(autouse=True)
+def _one_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both groups of a pair step the same path: the compiled tick wherever it can take them,
+    unmeasured (``EDGE_AGENT_NATIVE_TICK=1``; measured, a pair of grid10 groups of a few hundred
+    agents could land on different paths on a busy machine, equal only to rounding), numpy's
+    where it cannot (a planning policy, sampled actions, workers)."""
+    monkeypatch.setenv(NATIVE_ENV, "1")
 
 
 def group(env: Any, n: int, keep: bool, **kw: Any) -> AifAgentGroup:

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.planning import PlanningPolicy
+from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.path_choice import TickCosts
 from edge_agent.core.workers import is_shared
 from edge_agent.errors import BudgetError
-from edge_agent.sim.registry import make_env
+from edge_agent.sim.registry import builtin_model, make_env
 
 BLOCK = 32
 
@@ -42,6 +45,34 @@ def test_the_agents_reservation_is_what_their_parts_hold() -> None:
     group.release()
     assert "g" not in budget.by_owner()
     assert f"model:{group.key}" not in budget.by_owner()
+
+
+def test_groups_of_one_model_on_either_path_reserve_it_alike_and_their_compiled_ticks_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frozen group the compiled tick can take builds its own compiled tick and reserves it
+    with its agents whichever path its measurement keeps (here the test's costs: the compiled
+    tick at 3 agents, numpy at 300), so the model's shared reservation is the same bytes for
+    both groups (a group's path in it would refuse the second one)."""
+    def costs(*args: object, n_agents: int, **kwargs: object) -> TickCosts:
+        return TickCosts(native_s=1e-3 if n_agents < 100 else 5e-3, numpy_s=2e-3, agents=n_agents)
+
+    monkeypatch.setattr(agents, "measure_costs", costs)
+    monkeypatch.delenv(NATIVE_ENV, raising=False)
+    budget = MemoryBudget(256 << 20)
+    model = builtin_model("tmaze")
+    few = AifAgentGroup(model, 3, precision="int8", budget=budget, name="few")
+    many = AifAgentGroup(model, 300, precision="int8", budget=budget, name="many")
+    assert (few.stepping, many.stepping[:22]) == ("native", "numpy: measured faster")
+    assert few.memory.compiled_nbytes == many.memory.compiled_nbytes > 0
+    assert few.shared_nbytes == many.shared_nbytes == few.cm.nbytes + few.quantized.nbytes
+    owners = budget.by_owner()
+    assert owners[f"model:{few.key}"] == few.shared_nbytes  # one owner, counted once
+    for group in (few, many):
+        assert owners[group.name] == group.bytes_for(group.n_agents, 0) == (
+            group.n_agents * group.per_agent_nbytes() + group.scratch_nbytes(group.n_agents)
+            + group.memory.compiled_nbytes)
+    assert budget.used == few.shared_nbytes + owners["few"] + owners["many"]
 
 
 def test_a_group_too_large_for_its_budget_reserves_nothing() -> None:

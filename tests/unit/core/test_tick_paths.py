@@ -123,7 +123,9 @@ def test_the_health_prior_comes_from_where_the_path_has_it(
 ) -> None:
     """Kept by the last tick (before the path runs), made again for the sampled agents of a
     group that keeps none, or made by the tick itself where each agent has its own tables (read
-    after it): the surprise measured is the same as under a kept prior."""
+    after it): the surprise measured is the same as under a kept prior (both groups on one
+    path, unmeasured: the compiled tick)."""
+    monkeypatch.setenv(NATIVE_ENV, "1")
     env: Any = make_env("grid10", 3 * BLOCK, seed=4)
     kept = AifAgentGroup(env.model, 3 * BLOCK, block_size=BLOCK)
     remade = AifAgentGroup(env.model, 3 * BLOCK, block_size=BLOCK, keep_prior=False)

@@ -1,5 +1,6 @@
-"""Neural and perception groups through the daemon's one admission path: the memory plan, the
-checks at their lines, and a group's step, snapshot and preflight."""
+"""Neural, perception and frozen Active Inference groups through the daemon's one admission path:
+the memory plan (``check-config``'s and ``run``'s the same), the checks at their lines, and a
+group's step, snapshot and preflight."""
 
 from __future__ import annotations
 
@@ -11,10 +12,21 @@ import onnx
 import pytest
 
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
+from edge_agent.cli import main as device_main
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
-from edge_agent.daemon.admission import admit, load_group_model, trusted_keys
-from edge_agent.daemon.group_runtime import GroupRuntime, make_agents, preflight_steps
+from edge_agent.core import agents as aif_agents
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.budget import format_bytes
+from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.path_choice import MEASURE_AGENTS, TickCosts
+from edge_agent.daemon.admission import admit, load_group_model, resolve_models, trusted_keys
+from edge_agent.daemon.group_runtime import (
+    GroupRuntime,
+    make_agents,
+    plan_requests,
+    preflight_steps,
+)
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.kinds.base import LoadedModel
 from edge_agent.neural.agents import MODEL_BYTES_FACTOR, NeuralAgentGroup
@@ -131,6 +143,80 @@ def test_the_plan_counts_each_model_once_and_every_agent_exactly(
     for g in built:
         g.agents.release()
     assert budget.used == report["base_bytes"]
+
+
+GRID10 = """
+[[groups]]
+name = "{name}"
+model = {{ type = "builtin", name = "grid10" }}
+count = {count}
+precision = "int8"
+history_capacity = 8
+source = {{ type = "sim", world = "grid10" }}
+sink = {{ type = "sim" }}
+"""
+
+
+def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_compiled_ticks_each(
+    bundles: Path, profiles: dict[str, FirmwareProfile], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two frozen grid10 groups (10 and 1,000 agents) under pi-zero-2w's budget, the small one in
+    the compiled tick and the large one on numpy's local planner (the measured choice as it goes
+    on grid10; the costs here are the test's own, not the machine's): the model's tables are
+    reserved once under its shared key, the same bytes for both groups and for check-config's
+    probes; each group's compiled tick (its own NativeTick) is counted once, with its agents,
+    whichever path it keeps; check-config's plan is what run reserves."""
+    def costs(*args: object, n_agents: int, **kwargs: object) -> TickCosts:
+        return TickCosts(native_s=1e-3 if n_agents <= 32 else 5e-3, numpy_s=2e-3,
+                         agents=min(n_agents, MEASURE_AGENTS))
+
+    monkeypatch.setattr(aif_agents, "measure_costs", costs)
+    monkeypatch.delenv(NATIVE_ENV, raising=False)
+    path = config(bundles, GRID10.format(name="few", count=10)
+                  + GRID10.format(name="many", count=1000), name="grid10.toml")
+    path.write_text(path.read_text().replace('"x86-dev"', '"pi-zero-2w"'))
+    source = read_config(path, profiles=profiles)
+    profile = profiles["pi-zero-2w"]
+    models = resolve_models(source.config)
+    planned = [
+        request
+        for g in source.config.groups
+        for request in plan_requests(models[g.name][1], g, g.history_capacity_for(profile), 1)
+    ]
+    _profile, budget, built = admit(source)
+    few, many = (g.agents for g in built)
+    assert isinstance(few, AifAgentGroup)
+    assert isinstance(many, AifAgentGroup)
+    assert few.stepping == "native"
+    assert many.stepping.startswith("numpy: measured faster")
+    compiled = few.memory.compiled_nbytes
+    assert compiled > 0
+    assert many.memory.compiled_nbytes == compiled  # built to be measured, reserved either way
+    assert few.key == many.key
+    assert few.shared_nbytes == many.shared_nbytes == few.cm.nbytes + few.quantized.nbytes
+    report = budget.report()
+    owners, shared = report["by_owner"], report["shared"]
+    assert shared == {few.key: {"kind": "model", "nbytes": few.shared_nbytes,
+                                "holders": [f"model:{few.key}"] * 2}}
+    for group in (few, many):
+        own = owners[group.name]
+        assert own == group.bytes_for(group.n_agents, 8)
+        assert own - compiled == (group.n_agents * group.per_agent_nbytes() + 8 * 8
+                                  + group.scratch_nbytes(group.n_agents))
+    assert budget.used == report["base_bytes"] + owners["few"] + owners["many"] + few.shared_nbytes
+    # check-config's plan (probes of one agent, each measured at one agent: the compiled tick)
+    # is what run reserved, line by line
+    assert planned == [(f"model:{few.key}", "model", few.shared_nbytes, few.key),
+                       ("few", "agents", owners["few"], None),
+                       (f"model:{few.key}", "model", few.shared_nbytes, few.key),
+                       ("many", "agents", owners["many"], None)]
+    used = budget.used
+    for g in built:
+        g.agents.release()
+    assert device_main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"budget: {format_bytes(used)} of " in out, out
 
 
 @pytest.mark.parametrize(

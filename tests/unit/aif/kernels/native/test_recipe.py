@@ -27,6 +27,7 @@ from tests.support.native_tick import (
     SCOPES,
     SIZES,
     SUITE,
+    frozen_sizes,
     sizes,
 )
 
@@ -69,7 +70,7 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     # each world and agents: every scope learning, and a frozen group at either precision;
     # a frozen model's likelihood table against the product and its logs
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
-             + sum(len(sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1)
+             + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1)
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
