@@ -80,7 +80,7 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
-from edge_agent.core.native_pass import choice_measured, frozen_kernel
+from edge_agent.core.native_pass import choice_measured, frozen_kernel, local_reason
 from edge_agent.core.path_choice import TickCosts, measure_costs, tick_path
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, TickPath
 from edge_agent.errors import InputError
@@ -258,18 +258,23 @@ class AifAgentGroup:
         """The compiled tick that steps the group, or None: numpy does, and why
         (:attr:`_native_reason`): numpy for a group that learns (its learning's pass) or plans
         by a policy, or whose model the compiled tick does not take
-        (:func:`~edge_agent.core.native_pass.frozen_kernel`); else the path measured cheaper on
-        the group's model and agents (:func:`~edge_agent.core.path_choice.measure_costs`), in
-        the status and the log."""
+        (:func:`~edge_agent.core.native_pass.frozen_kernel`), or a local planner's model in a
+        group above a few dozen agents (:func:`~edge_agent.core.native_pass.local_reason`);
+        else the path measured cheaper on the group's model and agents
+        (:func:`~edge_agent.core.path_choice.measure_costs`), in the status and the log."""
         if self.learning is not None or self.plans is not None:
             self._native_reason = ("its learning steps it" if self.learning is not None
                                    else "a planning policy")
             return None
-        found = frozen_kernel(cm, self.settings, n_agents)
+        found = frozen_kernel(cm, self.settings)
         if isinstance(found, str):
             self._native_reason = found
             return None
         self.memory.compiled_nbytes = found.nbytes
+        local = local_reason(cm, n_agents)
+        if local is not None:
+            self._native_reason = local
+            return None
         if not choice_measured():
             return found
         self.stepping_cost = costs = measure_costs(

@@ -72,6 +72,7 @@ __all__ = [
     "SharedNativePass",
     "choice_measured",
     "frozen_kernel",
+    "local_reason",
     "numpy_reasons",
     "per_agent_pass",
     "shared_pass",
@@ -96,23 +97,29 @@ def choice_measured() -> bool:
 LOCAL_MEASURED = 32
 
 
-def numpy_reasons(
-    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int | None = None
-) -> str | None:
-    """Why a group of ``cm`` with ``settings`` (and ``n_agents``; None: any) steps with numpy
-    whatever it learns (None: the compiled tick takes it): the environment asks for numpy,
-    policies of more than one step, stochastic or whole-policy action selection, a model numpy
-    steps with its local one-step planner in a group above :data:`LOCAL_MEASURED` agents, no
-    library (or not the binding's), a model above the library's limits. A smaller group of a
-    local planner's model measures both paths
-    (:func:`~edge_agent.core.path_choice.measure_costs`): the compiled tick is the cheaper at a
-    few agents."""
+def local_reason(cm: kernels.CompiledModel, n_agents: int) -> str | None:
+    """Why a group of ``n_agents`` of ``cm`` that the compiled tick could take steps numpy's
+    local one-step planner unmeasured (None: it measures both paths, or takes the compiled tick
+    unmeasured where :data:`NATIVE_ENV` is ``1``). The group still reserves its compiled tick's
+    bytes (made to know them, then dropped), so that what the budget admits for a model does
+    not depend on a group's size or path (``check-config`` plans with probes of one agent)."""
+    if cm.local is None or n_agents <= LOCAL_MEASURED or not choice_measured():
+        return None
+    return (f"the local one-step planner (numpy) outruns the compiled tick's dense plan above "
+            f"{LOCAL_MEASURED} agents")
+
+
+def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
+    """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
+    compiled tick takes it): the environment asks for numpy, policies of more than one step,
+    stochastic or whole-policy action selection, no library (or not the binding's), a model
+    above the library's limits. A model numpy steps with its local one-step planner (grid10's,
+    ``B`` local) is taken too, in a group of up to :data:`LOCAL_MEASURED` agents: the group
+    measures both paths (:func:`~edge_agent.core.path_choice.measure_costs`); a larger one
+    steps the local planner (:func:`local_reason`)."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
-        (cm.local is not None and n_agents is not None and n_agents > LOCAL_MEASURED,
-         f"the local one-step planner (numpy) outruns the compiled tick's dense plan above "
-         f"{LOCAL_MEASURED} agents"),
         (policies.shape[1] != 1,
          f"policy_len {policies.shape[1]} (the compiled tick plans one-step policies)"),
         (settings.action_selection != "deterministic", "stochastic action selection"),
@@ -127,12 +134,10 @@ def numpy_reasons(
     return native.too_large(cm.num_states, cm.num_controls, cm.num_modalities, len(policies))
 
 
-def frozen_kernel(
-    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int | None = None
-) -> native.NativeTick | str:
-    """The compiled tick of a group of ``n_agents`` (None: any) that steps with ``cm`` and does
-    not learn (its state in ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
-    why = numpy_reasons(cm, settings, n_agents)
+def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> native.NativeTick | str:
+    """The compiled tick of a group that steps with ``cm`` and does not learn (its state in
+    ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
+    why = numpy_reasons(cm, settings)
     if why is not None:
         return why
     A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]

@@ -71,7 +71,7 @@ def test_groups_of_one_model_on_either_path_reserve_it_alike_and_their_compiled_
     for group in (few, many):
         assert owners[group.name] == group.bytes_for(group.n_agents, 0) == (
             group.n_agents * group.per_agent_nbytes() + group.scratch_nbytes(group.n_agents)
-            + group.memory.compiled_nbytes)
+            + group.memory.compiled_nbytes + group.memory.health_nbytes(group.n_agents))
     assert budget.used == few.shared_nbytes + owners["few"] + owners["many"]
 
 
@@ -112,7 +112,7 @@ def test_a_small_group_reserves_its_held_health_samples() -> None:
     scratch = memory.scratch_nbytes(3)
     per_agent = memory.per_agent_nbytes()
     assert budget.by_owner()["g"] == memory.bytes_for(3, 0) == (
-        3 * per_agent + scratch + group.health.nbytes
+        3 * per_agent + scratch + group.health.nbytes + memory.compiled_nbytes
     )
     assert memory.health_nbytes(100) == 0
     bare = AifAgentGroup(env.model, 3, health=False)

@@ -166,7 +166,8 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
     on grid10; the costs here are the test's own, not the machine's): the model's tables are
     reserved once under its shared key, the same bytes for both groups and for check-config's
     probes; each group's compiled tick (its own NativeTick) is counted once, with its agents,
-    whichever path it keeps; check-config's plan is what run reserves."""
+    whichever path it keeps (the large one steps the local planner unmeasured, above
+    ``LOCAL_MEASURED``); check-config's plan is what run reserves."""
     def costs(*args: object, n_agents: int, **kwargs: object) -> TickCosts:
         return TickCosts(native_s=1e-3 if n_agents <= 32 else 5e-3, numpy_s=2e-3,
                          agents=min(n_agents, MEASURE_AGENTS))
@@ -189,7 +190,7 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
     assert isinstance(few, AifAgentGroup)
     assert isinstance(many, AifAgentGroup)
     assert few.stepping == "native"
-    assert many.stepping.startswith("numpy: measured faster")
+    assert many.stepping.startswith("numpy: the local one-step planner")  # unmeasured
     compiled = few.memory.compiled_nbytes
     assert compiled > 0
     assert many.memory.compiled_nbytes == compiled  # built to be measured, reserved either way
@@ -203,7 +204,8 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
         own = owners[group.name]
         assert own == group.bytes_for(group.n_agents, 8)
         assert own - compiled == (group.n_agents * group.per_agent_nbytes() + 8 * 8
-                                  + group.scratch_nbytes(group.n_agents))
+                                  + group.scratch_nbytes(group.n_agents)
+                                  + group.memory.health_nbytes(group.n_agents))
     assert budget.used == report["base_bytes"] + owners["few"] + owners["many"] + few.shared_nbytes
     # check-config's plan (probes of one agent, each measured at one agent: the compiled tick)
     # is what run reserved, line by line
