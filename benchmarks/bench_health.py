@@ -94,12 +94,11 @@ THRESHOLD = 0.3
 CANDIDATES = {"worse": "fail", "same": "pass", "close": "pass"}
 
 
-def cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
+def _walk(env: Any, n: int, ticks: int) -> tuple[list[Any], list[Any]]:
+    """``ticks`` outcomes of ``env`` (and each tick's episode starts, None where none) driven by
+    a plain int8 group of ``n`` agents: every timed group steps these same outcomes."""
     from edge_agent.core.agents import AifAgentGroup
-    from edge_agent.core.health import HEALTH_EVERY, health_agents
-    from edge_agent.sim.registry import make_env
 
-    env = make_env(world, n, seed=0)
     walker = AifAgentGroup(env.model, n, precision="int8", health=False)
     obs_seq, starts = [], []
     obs = env.reset()
@@ -107,14 +106,20 @@ def cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
         starts.append(env.episode_start.copy() if env.episode_start.any() else None)
         obs_seq.append(obs.copy())
         obs = env.step(walker.step(obs))
-    groups = {
-        "plain": AifAgentGroup(env.model, n, precision="int8", health=False),
-        "health": AifAgentGroup(env.model, n, precision="int8"),
-    }
-    initial = {k: v.copy() for k, v in groups["plain"].state_dict().items()}
+    return obs_seq, starts
+
+
+def _time_rounds(
+    groups: dict[str, Any], obs_seq: list[Any], starts: list[Any], rounds: int,
+    *, close: bool = False,
+) -> dict[str, list[float]]:
+    """Seconds a tick of each of ``groups`` over the walk, ``rounds`` times in turn, each from
+    the first group's start state after one untimed step; ``close``: each group's health
+    window closed after its round (not timed)."""
+    initial = {k: v.copy() for k, v in next(iter(groups.values())).state_dict().items()}
     for g in groups.values():
         g.step(obs_seq[0])  # one-off costs outside the timing
-    times: dict[str, list[float]] = {"plain": [], "health": []}
+    times: dict[str, list[float]] = {name: [] for name in groups}
     for _ in range(rounds):
         for name, g in groups.items():
             g.load_state_dict(initial)
@@ -123,7 +128,24 @@ def cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
                 if s is not None:
                     g.reset(s)
                 g.step(o)
-            times[name].append((time.perf_counter() - start) / ticks)
+            times[name].append((time.perf_counter() - start) / len(obs_seq))
+            if close:
+                g.health_summary()  # (the window's close, and a held tick's flush)
+    return times
+
+
+def cost(world: str, n: int, ticks: int, rounds: int) -> dict[str, Any]:
+    from edge_agent.core.agents import AifAgentGroup
+    from edge_agent.core.health import HEALTH_EVERY, health_agents
+    from edge_agent.sim.registry import make_env
+
+    env = make_env(world, n, seed=0)
+    obs_seq, starts = _walk(env, n, ticks)
+    groups = {
+        "plain": AifAgentGroup(env.model, n, precision="int8", health=False),
+        "health": AifAgentGroup(env.model, n, precision="int8"),
+    }
+    times = _time_rounds(groups, obs_seq, starts, rounds)
     ratios = [h / p for h, p in zip(times["health"], times["plain"], strict=True)]
     cm = groups["health"].cm
     return {
@@ -162,13 +184,7 @@ def small_cost(world: str, learning: str, n: int, ticks: int, rounds: int) -> di
         precision = "float64"
         spec = LearningSpec(pB={0: 10.0 * model.B[0] + 0.05},
                             settings=LearningSettings(scope="per_agent"))
-    walker = AifAgentGroup(model, n, precision="int8", health=False)
-    obs_seq, starts = [], []
-    obs = env.reset()
-    for _ in range(ticks):
-        starts.append(env.episode_start.copy() if env.episode_start.any() else None)
-        obs_seq.append(obs.copy())
-        obs = env.step(walker.step(obs))
+    obs_seq, starts = _walk(env, n, ticks)
 
     def group(health: bool) -> AifAgentGroup:
         return AifAgentGroup(model, n, precision=precision, health=health,  # type: ignore[arg-type]
@@ -185,20 +201,7 @@ def small_cost(world: str, learning: str, n: int, ticks: int, rounds: int) -> di
             groups[name] = group(True)
     assert groups["each"].health is not None
     groups["each"].health.holds = False
-    initial = {k: v.copy() for k, v in groups["plain"].state_dict().items()}
-    for g in groups.values():
-        g.step(obs_seq[0])  # one-off costs outside the timing
-    times: dict[str, list[float]] = {name: [] for name in groups}
-    for _ in range(rounds):
-        for name, g in groups.items():
-            g.load_state_dict(initial)
-            start = time.perf_counter()
-            for o, s in zip(obs_seq, starts, strict=True):
-                if s is not None:
-                    g.reset(s)
-                g.step(o)
-            times[name].append((time.perf_counter() - start) / ticks)
-            g.health_summary()  # (the window's close, and a held tick's flush, not timed)
+    times = _time_rounds(groups, obs_seq, starts, rounds, close=True)
 
     def ratio(a: str, b: str) -> float:
         return round(statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)), 4)
