@@ -182,9 +182,21 @@ require_root() {
     fi
 }
 
+# The host's packages and binfmt_misc are the machine's, not one root's: a script checks and
+# changes them holding $CACHE/host.lock (fd 7), so that two scripts at once (.ci/run runs
+# test-arm64 beside test-deb) neither race apt's lock nor register qemu twice.
+with_host_lock() {
+    mkdir -p "$CACHE"
+    exec 7>"$CACHE/host.lock"
+    flock 7
+    "$@"
+    exec 7>&-
+}
+
 # COMMAND:PACKAGE pairs a script needs on the host besides the ones below.
 EXTRA_HOST_TOOLS=()
-ensure_host_tools() {
+ensure_host_tools() { with_host_lock ensure_host_tools_locked; }
+ensure_host_tools_locked() {
     local missing=() pair
     command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
     if emulated; then
@@ -221,7 +233,8 @@ AARCH64_MAGIC='\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\
 AARCH64_MASK='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
 BINFMT=/proc/sys/fs/binfmt_misc
 
-ensure_binfmt() {
+ensure_binfmt() { with_host_lock ensure_binfmt_locked; }
+ensure_binfmt_locked() {
     emulated || return 0
     if [ ! -e "$BINFMT/register" ]; then
         modprobe binfmt_misc 2>/dev/null || true
