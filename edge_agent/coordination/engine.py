@@ -186,7 +186,9 @@ class CoordinationEngine(EngineIO):
         self._finish(wall)
         opened = self.auctioneer.open_rounds(now)  # the award once, after this node's bids
         if opened:
+            self.formation = {"opened_at": wall, "bid_lag_s_max": 0.0, "team_awards": 0.0}
             self._bid(opened, now, rebid=False)
+            self.formation["bids_sent_at"] = self._wall()
         due = self.auctioneer.rebid_due(now)
         if due:
             self._bid(due, now, rebid=True)
@@ -225,19 +227,32 @@ class CoordinationEngine(EngineIO):
 
     # -- internals: the auction -----------------------------------------------------------------
     def _update(self, now: float) -> list[tuple[str, int]]:
-        return self.auctioneer.update(now, teams=self._teams_ready(now))
+        awards = self.auctioneer.metrics.team_awards
+        opened = self.auctioneer.update(now, teams=self._teams_ready(now))
+        if self.formation and self.auctioneer.metrics.team_awards != awards:
+            wall = self._wall()
+            self.formation.setdefault("team_award_first_at", wall)
+            self.formation["team_award_last_at"] = wall
+            self.formation["team_awards"] += 1
+        return opened
 
     def _teams_ready(self, now: float) -> bool:
-        """Whether to compute the team award now: unless a team round is in its bidding window
-        with bids of a live peer missing here. Until then the fill would change with every
-        peer's bids that come (one fill per peer's message, each of every slot); with them in,
-        one fill gives the award the window's close would (a peer with no agent to bid holds it
-        back until the window closes, as members' holds are, :meth:`_hold`)."""
+        """Whether to compute the team award now: unless a team round lacks bids of a live
+        peer here and is younger than the holds' wait (its window and :data:`HOLD_WAIT_STATES`
+        state periods). Until then the fill would change with every peer's bids that come (one
+        fill per peer's message, each of every slot); with them in, one fill gives the award
+        the wait's end would. No member holds before that either (:meth:`_hold`), so an award
+        computed earlier would fix nothing: on a loaded fleet whose bids took longer than the
+        window, every node computed it again for each late peer's message (issue 55: 3-9 team
+        awards a node at 20 x 500). A peer with no agent to bid holds the award back until the
+        wait ends, as it holds back the members' holds."""
         if not self.auctioneer.teams_stale():
             return True
+        auction = self.settings.auction
+        late = auction.window_s + HOLD_WAIT_STATES * auction.state_every_s
         peers: list[str] | None = None
         for task, epoch in self.auctioneer.rounds:
-            if not self.board.is_team(task) or self.auctioneer.window_closed(task, epoch, now):
+            if not self.board.is_team(task) or self.auctioneer.open_for(task, epoch, now) >= late:
                 continue
             if peers is None:
                 peers = self.admission.live_peer_names(self.node_id)
@@ -394,11 +409,16 @@ class CoordinationEngine(EngineIO):
     def _act(self, now: float) -> None:
         """Give this node's winners and team members their tasks' preferences (a member its
         role's goal, once it holds its slot), take them from agents that lost theirs; members
-        take their slots (:meth:`_hold`). Runs when the board changed or a bidding window
-        closed."""
-        if self.board.version == self._acted_version and now < self._act_due:
+        take their slots (:meth:`_hold`). Runs when the board or the team award changed, or a
+        bidding window closed."""
+        teams = self.auctioneer.teams
+        if (
+            self.board.version == self._acted_version
+            and teams is self._acted_teams
+            and now < self._act_due
+        ):
             return
-        self._acted_version = self.board.version
+        self._acted_version, self._acted_teams = self.board.version, teams
         self._act_due = self.auctioneer.next_window_close(now)
         holdings = self.auctioneer.holdings(now)
         auction = self.settings.auction
@@ -469,6 +489,8 @@ class CoordinationEngine(EngineIO):
         by_group: dict[str, list[tuple[Bid, bool]]] = {}
         for (group, _), rows in sorted(mine.items()):
             by_group.setdefault(group, []).extend(rows)
+        if self.formation and any(held for rows in by_group.values() for _, held in rows):
+            self.formation.setdefault("holds_sent_at", self._wall())
         for group, rows in by_group.items():
             columns = [(self.board.specs[b.task], b.role) for b, _ in rows]
             self._send_bids(

@@ -174,9 +174,18 @@ class EngineIO:
         self._last_heard: OrderedDict[str, tuple[float, float]] = OrderedDict()
         """Per peer, when its last ``task_state`` was merged here and when it says it sent it."""
         self._acted_version = -1
+        self._acted_teams: object = None
         self._act_due = -math.inf
         self._holds_pending = False
         """Members whose window closed wait to hold for every peer's bids (:meth:`_hold`)."""
+        self.formation: dict[str, float] = {}
+        """The newest rounds' way to agreement on this node, wall-clock times (seconds since
+        the epoch) and counts: ``opened_at`` (this node saw them), ``bids_sent_at``,
+        ``peer_bids_last_at`` (the last peer's bid message merged), ``bid_lag_s_max`` (the most
+        a peer's bid message took from being sent to being merged here, when both clocks are
+        synchronised), ``team_award_first_at``/``team_award_last_at`` and ``team_awards`` (team
+        awards computed since), ``holds_sent_at`` (this node's first hold). Empty until rounds
+        open; started afresh by every new round."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "task_msgs_sent",
@@ -387,10 +396,16 @@ class EngineIO:
                 # A new node, a restart or a reconnect: it may lack what we know, and we what it
                 # knows. A rebirth of the session we know (a peer asked for it after a gap in
                 # its sequence -- which a node's messages on topics that peer does not
-                # subscribe to make too) syncs only when the digests say facts are missing.
+                # subscribe to make too) syncs only when the digests say facts are missing,
+                # and our digest goes out no sooner than ``state_min_interval_s`` after the
+                # last: a fleet's rebirths at once made every node send its task_state once per
+                # tick in which a birth came (issue 55: 93 task_state in 0.25 s from twenty
+                # daemons, decoded by every one, just as an announcement came).
                 if new_session:
                     self._sync_wanted = True
-                self._next_state = now
+                    self._next_state = now
+                else:
+                    self._state_dirty = True
             return
         self.counters["task_msgs_received"] += 1
         self._on_task(env, body, now)
@@ -456,6 +471,12 @@ class EngineIO:
         self.counters["bids_refused"] += refused
         if not admitted.tasks:
             return
+        if self.formation:
+            wall = self._wall()
+            self.formation["peer_bids_last_at"] = wall
+            if env.clock_synced and self._clock_synced is not None and self._clock_synced():
+                lag = max(0.0, wall - env.ts)
+                self.formation["bid_lag_s_max"] = max(self.formation["bid_lag_s_max"], lag)
         self.board.add_bids(
             env.node,
             body.group,
