@@ -65,6 +65,9 @@ SILENCE_PERIODS: Final = 2.5
 HOLD_WAIT_STATES: Final = 2
 """State periods after its window a team member waits at most for every live peer's bids before
 it holds its slot anyway (a peer with no agent to bid cannot keep a team from forming)."""
+MOVING_SYNC_PERIODS: Final = 2
+"""A peer whose digests each went unexplained, changing all the while, gets a sync after this
+many ``sync_after_s`` (one it keeps unexplained, after one)."""
 DIGEST_HISTORY: Final = 64
 """Own ledger digests remembered (one per tick that changed the ledger), to explain peers'."""
 
@@ -170,7 +173,9 @@ class EngineIO:
         self._sync_wanted = False
         self._digests: deque[tuple[bytes, float]] = deque(maxlen=DIGEST_HISTORY)
         self._digest_version = -1
-        self._unexplained: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._unexplained: OrderedDict[str, tuple[bytes, float, float]] = OrderedDict()
+        """Per peer, its last digest our ledger did not explain, since when it said that one,
+        and since when its digests went unexplained (:meth:`_on_state`)."""
         self._last_heard: OrderedDict[str, tuple[float, float]] = OrderedDict()
         """Per peer, when its last ``task_state`` was merged here and when it says it sent it."""
         self._acted_version = -1
@@ -523,6 +528,11 @@ class EngineIO:
         A peer's digest is *explained* when our ledger had that digest within ``sync_after_s``
         (the peer is a little behind) or gets it later (the peer was a little ahead). One left
         unexplained for ``sync_after_s`` means facts are missing on one side: we send a sync.
+        A peer whose next digest is another unexplained one is still merging what is in flight
+        (a formation's bids and holds, merged in another order than ours: its ledger passed
+        through states ours never had): the wait starts again from its new digest, for at most
+        :data:`MOVING_SYNC_PERIODS` ``sync_after_s`` in all (issue 55: twenty daemons whose
+        formation took longer than ``sync_after_s`` each synced to all once it was over).
         A peer heard again after more than ``SILENCE_PERIODS`` state periods of silence (a
         partition, a broker outage), or claiming a task our award gives to someone else (a
         conflict: its ledger or ours lacks bids), gets a sync at once. Silent by both clocks:
@@ -552,8 +562,11 @@ class EngineIO:
             self._unexplained.pop(node, None)
             return
         self.counters["digest_mismatches"] += 1
-        since = self._unexplained.get(node, (b"", now))[1]
-        self._unexplained[node] = (body.digest, since)
+        said = self._unexplained.get(node)
+        if said is None:
+            self._unexplained[node] = (body.digest, now, now)
+        elif said[0] != body.digest:  # its ledger moved: facts are on their way
+            self._unexplained[node] = (body.digest, now, said[2])
         self._unexplained.move_to_end(node)
         while len(self._unexplained) > self.settings.max_peers:
             self._unexplained.popitem(last=False)
@@ -567,12 +580,15 @@ class EngineIO:
         self._record_digest(now)
         current = self._digests[-1][0] if self._digests else self.board.digest()
         auction = self.settings.auction
-        for node, (digest, since) in list(self._unexplained.items()):
+        for node, (digest, since, first) in list(self._unexplained.items()):
             if digest == current:
                 del self._unexplained[node]
-            elif now - since >= auction.sync_after_s:
+            elif (
+                now - since >= auction.sync_after_s
+                or now - first >= MOVING_SYNC_PERIODS * auction.sync_after_s
+            ):
                 self._sync_wanted = True
-                self._unexplained[node] = (digest, now)
+                self._unexplained[node] = (digest, now, now)
         if self._sync_wanted and now - self._last_sync >= auction.sync_min_interval_s:
             self._sync_wanted = False
             self._last_sync = now

@@ -29,6 +29,7 @@ from edge_agent.coordination import (
     task_utility,
 )
 from edge_agent.coordination.engine import HOLD_WAIT_STATES
+from edge_agent.coordination.engine_io import MOVING_SYNC_PERIODS
 from edge_agent.coordination.ledger import Bid, Team, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
@@ -556,6 +557,37 @@ def test_rebirths_of_known_sessions_send_the_digest_no_faster_than_the_least_int
         t.tick(1)
     sent = len(t.sent("task_state")) - states
     assert 1 <= sent <= math.ceil(10 * TICK_S / 0.3)
+
+
+def test_a_peer_whose_ledger_is_still_moving_is_synced_only_at_the_cap() -> None:
+    """Issue 55: a formation longer than ``sync_after_s`` kept each peer's digests unexplained
+    (its ledger passed through states ours never had) and every node synced to all once it
+    was over. A peer saying a new unexplained digest each state is still merging: synced after
+    ``MOVING_SYNC_PERIODS`` ``sync_after_s``; one that keeps the same, after one."""
+    t = Ticker(sync_after_s=1.0, sync_min_interval_s=0.0, state_every_s=0.5)
+    t.engine.announce(
+        [TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="solo")]
+    )
+    t.tick(3)
+    syncs = len(t.sent("task_sync"))
+    per_state = round(0.5 / TICK_S)
+    cap = MOVING_SYNC_PERIODS * 1.0
+    for i in range(round(cap / 0.5) - 1):  # a new digest, never ours, every state period
+        t.engine.handle(task_msg(TaskState(digest=bytes([i + 1]) * 16, open_tasks=1)))
+        t.tick(per_state)
+    assert len(t.sent("task_sync")) == syncs
+    t.engine.handle(task_msg(TaskState(digest=bytes([99]) * 16, open_tasks=1)))
+    t.tick(per_state + 1)  # the cap since its first unexplained digest
+    assert len(t.sent("task_sync")) > syncs
+    syncs = len(t.sent("task_sync"))
+    t.tick(round(2 * cap / TICK_S))  # nothing new heard: the sync answered it; no other
+    t.engine.handle(task_msg(TaskState(digest=t.engine.board.digest(), open_tasks=1)))
+    t.tick(1)
+    syncs = len(t.sent("task_sync"))
+    for _ in range(round(1.0 / TICK_S) + 2):  # the same unexplained digest: one sync_after_s
+        t.engine.handle(task_msg(TaskState(digest=bytes(16), open_tasks=1)))
+        t.tick()
+    assert len(t.sent("task_sync")) > syncs
 
 
 def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
