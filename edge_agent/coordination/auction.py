@@ -300,6 +300,8 @@ class Auctioneer:
         for node, claims in self.peer_claims.items():
             for c in claims:
                 team = self.teams.get(c.task)
+                if team is None and self.board.is_team(c.task):
+                    continue  # its award not computed here yet: nothing to disagree with
                 if team is not None:
                     member = team.member((node, c.group, c.agent))
                     if member is None or member.epoch != c.epoch:

@@ -969,6 +969,24 @@ def test_the_team_award_waits_past_the_window_for_a_late_peer_s_bids_then_comes_
     assert_teams_agree(fleet, specs)
 
 
+def test_a_claim_on_a_team_this_node_has_not_awarded_yet_is_no_conflict(
+    grid_fleet: SimFleet,
+) -> None:
+    """node3 never hears node4 (its bids) and waits for them to award the teams; the others
+    award, hold and claim meanwhile. Their claims are no conflict to node3 (it has no award
+    to disagree with: a conflict would sync at once, under load a storm) until it awards."""
+    fleet = grid_fleet
+    specs = team_tasks(10, seed=9)
+    fleet.node("node3").blocked = {"node4"}
+    fleet.nodes[0].engine.announce(specs)
+    late = WINDOW_TICKS + HOLD_WAIT_STATES * STATE_TICKS
+    fleet.tick(late - 2)
+    node3 = fleet.node("node3").engine
+    assert node3.auctioneer.teams == {}
+    assert any(node3.auctioneer.peer_claims.get(n) for n in ("node0", "node1", "node2"))
+    assert node3.metrics()["conflicts_detected"] == 0
+
+
 def test_a_peer_that_never_bids_holds_the_team_award_back_no_longer_than_the_holds(
     grid_fleet: SimFleet,
 ) -> None:
