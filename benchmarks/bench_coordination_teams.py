@@ -283,7 +283,7 @@ def bench_daemons(
 
 
 MILESTONES = (
-    "opened_at", "bids_sent_at", "peer_bids_last_at", "team_award_first_at",
+    "opened_at", "bids_sent_at", "all_bids_at", "peer_bids_last_at", "team_award_first_at",
     "team_award_last_at", "holds_sent_at", "all_held_at",
 )  # fmt: skip
 """A daemon's way to agreement (its status file's ``formation``), in order."""
@@ -291,8 +291,9 @@ MILESTONES = (
 
 def _timeline(views: list[dict[str, Any]], announced: float) -> dict[str, Any]:
     """The daemons' formation milestones after the announcement (the earliest and the latest
-    daemon's, seconds), the team awards each computed (fewest, most) and the most a peer's bid
-    message waited from being sent to being merged."""
+    daemon's, seconds), the team awards each computed (fewest, most), the live peers each
+    counted, how many awarded before every peer's bids came (the holds' wait ran out) and the
+    most a peer's bid message waited from being sent to being merged."""
     marks = [v.get("formation", {}) for v in views]
     out: dict[str, Any] = {}
     for key in MILESTONES:
@@ -301,9 +302,12 @@ def _timeline(views: list[dict[str, Any]], announced: float) -> dict[str, Any]:
             out[key.removesuffix("_at")] = [round(min(times), 3), round(max(times), 3)]
     awards = [int(m.get("team_awards", 0)) for m in marks]
     lags = [m.get("bid_lag_s_max", 0.0) for m in marks]
+    peers = [int(m.get("live_peers", 0)) for m in marks]
     return {
         "timeline_s": out,
         "team_awards_per_daemon": [min(awards), max(awards)],
+        "live_peers_per_daemon": [min(peers), max(peers)],
+        "daemons_that_waited_out_bids": sum(1 for m in marks if m.get("rounds_waited_out")),
         "bid_lag_s_max": round(max(lags), 3),
     }
 

@@ -251,14 +251,32 @@ class CoordinationEngine(EngineIO):
         auction = self.settings.auction
         late = auction.window_s + HOLD_WAIT_STATES * auction.state_every_s
         peers: list[str] | None = None
+        waited_out: list[str] = []
         for task, epoch in self.auctioneer.rounds:
-            if not self.board.is_team(task) or self.auctioneer.open_for(task, epoch, now) >= late:
+            if not self.board.is_team(task):
+                continue
+            if self.auctioneer.open_for(task, epoch, now) >= late:
+                waited_out.append(task)
                 continue
             if peers is None:
                 peers = self.admission.live_peer_names(self.node_id)
             if not self.board.bid_by_all(task, peers):
                 return False
+        if self.formation and "all_bids_at" not in self.formation:
+            self._note_bids_in(waited_out)
         return True
+
+    def _note_bids_in(self, waited_out: list[str]) -> None:
+        """The formation's ``all_bids_at`` (every live peer's bids of its team rounds are here)
+        and ``live_peers``; or, when the holds' wait ended first, ``rounds_waited_out``: the
+        team rounds still lacking a live peer's bids (a peer that cannot or did not bid)."""
+        peers = self.admission.live_peer_names(self.node_id)
+        missing = sum(not self.board.bid_by_all(t, peers) for t in waited_out)
+        self.formation["live_peers"] = float(len(peers))
+        if missing:
+            self.formation["rounds_waited_out"] = float(missing)
+        else:
+            self.formation["all_bids_at"] = self._wall()
 
     def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)

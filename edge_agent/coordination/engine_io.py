@@ -186,7 +186,9 @@ class EngineIO:
         self.formation: dict[str, float] = {}
         """The newest rounds' way to agreement on this node, wall-clock times (seconds since
         the epoch) and counts: ``opened_at`` (this node saw them), ``bids_sent_at``,
-        ``peer_bids_last_at`` (the last peer's bid message merged), ``bid_lag_s_max`` (the most
+        ``peer_bids_last_at`` (the last peer's bid message merged), ``all_bids_at`` (every
+        live peer's bids of the team rounds here; ``live_peers`` of them) or, when the holds'
+        wait ran out first, ``rounds_waited_out``, ``bid_lag_s_max`` (the most
         a peer's bid message took from being sent to being merged here, when both clocks are
         synchronised), ``team_award_first_at``/``team_award_last_at`` and ``team_awards`` (team
         awards computed since), ``holds_sent_at`` (this node's first hold). Empty until rounds

@@ -1003,6 +1003,9 @@ def test_a_peer_that_never_bids_holds_the_team_award_back_no_longer_than_the_hol
     for node in fleet.nodes[:4]:
         assert team_awards(node) >= 1
         assert rosters(node.engine.auctioneer.teams) == rosters(node.engine.board.teams())
+        assert node.engine.formation["rounds_waited_out"] == len(specs)  # node4 never bid
+        assert node.engine.formation["live_peers"] == 4
+        assert "all_bids_at" not in node.engine.formation
     fleet.tick(3)
     teams = fleet.nodes[0].engine.board.teams()
     assert all(t.vacant == 0 and all(m.held for m in t.members) for t in teams.values())

@@ -617,6 +617,9 @@ def test_the_status_shows_each_team_s_members_roles_and_vacant_slots(fleet: Flee
                  "all_held_at"]  # fmt: skip
         assert [f[k] for k in order] == sorted(f[k] for k in order)
         assert f["opened_at"] <= f["team_award_first_at"] <= f["holds_sent_at"]
+        assert f["bids_sent_at"] <= f["all_bids_at"] <= f["team_award_first_at"]
+        assert f["live_peers"] == 1
+        assert "rounds_waited_out" not in f
         assert f["opened_at"] <= s["rounds_opened_at"]  # (the runtime notes it after the tick)
         assert 1 <= f["team_awards"] <= s["metrics"]["team_awards"]
 
