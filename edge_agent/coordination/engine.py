@@ -187,6 +187,7 @@ class CoordinationEngine(EngineIO):
         opened = self.auctioneer.open_rounds(now)  # the award once, after this node's bids
         if opened:
             self.formation = {"opened_at": wall, "bid_lag_s_max": 0.0, "team_awards": 0.0}
+            self._formation_rounds = {key for key in opened if self.board.is_team(key[0])}
             self._bid(opened, now, rebid=False)
             self.formation["bids_sent_at"] = self._wall()
         due = self.auctioneer.rebid_due(now)
@@ -256,20 +257,25 @@ class CoordinationEngine(EngineIO):
             if not self.board.is_team(task):
                 continue
             if self.auctioneer.open_for(task, epoch, now) >= late:
-                waited_out.append(task)
+                if (task, epoch) in self._formation_rounds:
+                    waited_out.append(task)
                 continue
             if peers is None:
                 peers = self.admission.live_peer_names(self.node_id)
             if not self.board.bid_by_all(task, peers):
                 return False
-        if self.formation and "all_bids_at" not in self.formation:
+        if self._formation_rounds and not self.formation.keys() & {
+            "all_bids_at",
+            "rounds_waited_out",
+        }:
             self._note_bids_in(waited_out)
         return True
 
     def _note_bids_in(self, waited_out: list[str]) -> None:
-        """The formation's ``all_bids_at`` (every live peer's bids of its team rounds are here)
-        and ``live_peers``; or, when the holds' wait ended first, ``rounds_waited_out``: the
-        team rounds still lacking a live peer's bids (a peer that cannot or did not bid)."""
+        """Once a formation (its team rounds): ``all_bids_at`` (every live peer's bids of them
+        are here) and ``live_peers``; or, when the holds' wait ended first,
+        ``rounds_waited_out``: its team rounds still lacking a live peer's bids (a peer that
+        cannot or did not bid)."""
         peers = self.admission.live_peer_names(self.node_id)
         missing = sum(not self.board.bid_by_all(t, peers) for t in waited_out)
         self.formation["live_peers"] = float(len(peers))

@@ -193,6 +193,8 @@ class EngineIO:
         synchronised), ``team_award_first_at``/``team_award_last_at`` and ``team_awards`` (team
         awards computed since), ``holds_sent_at`` (this node's first hold). Empty until rounds
         open; started afresh by every new round."""
+        self._formation_rounds: set[tuple[str, int]] = set()
+        """The team rounds of :attr:`formation`."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "task_msgs_sent",

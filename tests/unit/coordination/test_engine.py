@@ -1010,6 +1010,13 @@ def test_a_peer_that_never_bids_holds_the_team_award_back_no_longer_than_the_hol
     teams = fleet.nodes[0].engine.board.teams()
     assert all(t.vacant == 0 and all(m.held for m in t.members) for t in teams.values())
     assert all(m.node != "node4" for t in teams.values() for m in t.members)
+    # A later formation counts its own rounds, not the earlier ones node4 never bid on either.
+    more = random_team_specs(3, 100, sizes=(2, 5), max_roles=3, seed=10, capability="grid",
+                             announced_by="node1", prefix="later-")  # fmt: skip
+    fleet.nodes[1].engine.announce(more)
+    fleet.tick(late + 2)
+    for node in fleet.nodes[:4]:
+        assert node.engine.formation["rounds_waited_out"] == len(more)
 
 
 def test_a_member_s_node_that_dies_mid_bidding_holds_no_team_back(grid_fleet: SimFleet) -> None:
