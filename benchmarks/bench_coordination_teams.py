@@ -206,6 +206,8 @@ def bench_daemons(
             announced_by="hub", prefix=f"s{seed}-",
         )  # fmt: skip
         slots = sum(s.size for s in specs)
+        counted = ("syncs_sent", "syncs_received", "digest_mismatches", "conflicts_detected")
+        before = [coord(n)["metrics"] for n in nodes]
         with hub(broker) as client:
             cpu_before = [_cpu(p) for p in procs]
             announced = time.time()
@@ -213,7 +215,10 @@ def bench_daemons(
             views = _wait(nodes, tasks, timeout=60)
             cpu_after, cpu_at = [_cpu(p) for p in procs], time.time()
             held_views, held_seen = _wait_held(nodes, tasks, timeout=60)
+        time.sleep(1.2)  # every status file written once more: each daemon's whole timeline
+        timeline = _timeline([coord(n) for n in nodes], announced)
         agreed = max(v["award_changed_at"] for v in views)
+        pairs = list(zip(views, before, strict=True))
         msgs = counter.between(announced - 0.01, agreed + 0.01, "tasks")
         every = daemons * agents
         # CPU each daemon spent between the announcement and the moment the bench saw the award
@@ -255,6 +260,11 @@ def bench_daemons(
                         "tasks_preempted",
                     )
                 },
+                **timeline,
+                "in_formation": {
+                    key: int(sum(v["metrics"].get(key, 0) - b.get(key, 0) for v, b in pairs))
+                    for key in counted
+                },
                 "formation_cpu_s_mean": round(statistics.fmean(formation_cpu), 4),
                 "formation_cpu_s_max": round(max(formation_cpu), 4),
                 "idle_cpu_per_s_mean": round(statistics.fmean(idle_rate), 4),
@@ -270,6 +280,36 @@ def bench_daemons(
         for node in nodes:
             node.close()
     return out
+
+
+MILESTONES = (
+    "opened_at", "bids_sent_at", "all_bids_at", "peer_bids_last_at", "team_award_first_at",
+    "team_award_last_at", "holds_sent_at", "all_held_at",
+)  # fmt: skip
+"""A daemon's way to agreement (its status file's ``formation``), in order."""
+
+
+def _timeline(views: list[dict[str, Any]], announced: float) -> dict[str, Any]:
+    """The daemons' formation milestones after the announcement (the earliest and the latest
+    daemon's, seconds), the team awards each computed (fewest, most), the live peers each
+    counted, how many awarded before every peer's bids came (the holds' wait ran out) and the
+    most a peer's bid message waited from being sent to being merged."""
+    marks = [v.get("formation", {}) for v in views]
+    out: dict[str, Any] = {}
+    for key in MILESTONES:
+        times = [m[key] - announced for m in marks if m.get(key) is not None]
+        if times:
+            out[key.removesuffix("_at")] = [round(min(times), 3), round(max(times), 3)]
+    awards = [int(m.get("team_awards", 0)) for m in marks]
+    lags = [m.get("bid_lag_s_max", 0.0) for m in marks]
+    peers = [int(m.get("live_peers", 0)) for m in marks]
+    return {
+        "timeline_s": out,
+        "team_awards_per_daemon": [min(awards), max(awards)],
+        "live_peers_per_daemon": [min(peers), max(peers)],
+        "daemons_that_waited_out_bids": sum(1 for m in marks if m.get("rounds_waited_out")),
+        "bid_lag_s_max": round(max(lags), 3),
+    }
 
 
 def _repair(

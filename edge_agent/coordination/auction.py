@@ -71,6 +71,8 @@ class AuctionMetrics:
     it left)."""
     repair_s_total: float = 0.0
     repair_s_max: float = 0.0
+    team_awards: int = 0
+    """Team awards computed (fills over the bids of the team rounds open at the time)."""
 
 
 class Auctioneer:
@@ -122,7 +124,10 @@ class Auctioneer:
             self._award(now)
         if teams_due:
             self._teams_version = self.board.version
-            self._update_teams(self.board.teams(), now)
+            teams_now = self.board.teams()
+            if teams_now:
+                self.metrics.team_awards += 1
+            self._update_teams(teams_now, now)
         self._check_conflicts(now)
         return opened
 
@@ -295,6 +300,8 @@ class Auctioneer:
         for node, claims in self.peer_claims.items():
             for c in claims:
                 team = self.teams.get(c.task)
+                if team is None and self.board.is_team(c.task):
+                    continue  # its award not computed here yet: nothing to disagree with
                 if team is not None:
                     member = team.member((node, c.group, c.agent))
                     if member is None or member.epoch != c.epoch:
@@ -329,6 +336,7 @@ class Auctioneer:
             "team_repairs": float(m.team_repairs),
             "team_repair_s_mean": m.repair_s_total / m.team_repairs if m.team_repairs else 0.0,
             "team_repair_s_max": m.repair_s_max,
+            "team_awards": float(m.team_awards),
             "team_slots_vacant": float(sum(t.vacant for t in formed)),
             "teams_forming": float(len(self.teams) - len(formed)),
         }

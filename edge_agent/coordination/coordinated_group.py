@@ -16,7 +16,12 @@ from edge_agent.coordination.beliefs import BeliefSharer
 from edge_agent.coordination.messages import Slots, TaskSpec
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.settings import SharingSettings
-from edge_agent.coordination.utility import task_utility
+from edge_agent.coordination.utility import (
+    DISTANCE_TABLE_MAX,
+    goal_distances,
+    task_utility,
+    transition_support,
+)
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.fleet.topics import check_name
 
@@ -68,6 +73,8 @@ class GroupState:
             g.cm, g.n_agents, use_utility=g.settings.use_utility, max_held=max_held
         )
         self.utilities: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self.distances: dict[int, NDArray[np.int16]] = {}
+        """Per goal factor, its :func:`goal_distances` (for the utilities of new goals)."""
         self.completed: NDArray[np.int64] = NO_ROWS
 
     def accepts(self, spec: TaskSpec) -> bool:
@@ -83,13 +90,31 @@ class GroupState:
             and role.goal_state < cm.num_states[role.goal_factor]
         )
 
+    def _distances(self, factor: int) -> NDArray[np.int16] | None:
+        """The goal distances of ``factor`` (kept once computed), or None for a factor that
+        does not exist or is larger than :data:`DISTANCE_TABLE_MAX` (searched per goal)."""
+        cm = self.group.cm
+        if not 0 <= factor < cm.num_factors or cm.num_states[factor] > DISTANCE_TABLE_MAX:
+            return None
+        table = self.distances.get(factor)
+        if table is None:
+            reach = transition_support(cm.transitions[factor], cm.num_states[factor])
+            table = self.distances[factor] = goal_distances(reach)
+        return table
+
     def utility(self, spec: TaskSpec, scale: float, role: int = 0) -> np.ndarray:
         """The utility per joint state of the task's ``role`` goal (cached by goal)."""
         goal = spec.slots()[role]
         key = (goal.goal_factor, goal.goal_state)
         u = self.utilities.get(key)
         if u is None:
-            u = task_utility(self.group.cm, goal.goal_factor, goal.goal_state, scale=scale)
+            u = task_utility(
+                self.group.cm,
+                goal.goal_factor,
+                goal.goal_state,
+                scale=scale,
+                distances=self._distances(goal.goal_factor),
+            )
             self.utilities[key] = u
             while len(self.utilities) > UTILITY_CACHE:
                 self.utilities.popitem(last=False)

@@ -186,7 +186,10 @@ class CoordinationEngine(EngineIO):
         self._finish(wall)
         opened = self.auctioneer.open_rounds(now)  # the award once, after this node's bids
         if opened:
+            self.formation = {"opened_at": wall, "bid_lag_s_max": 0.0, "team_awards": 0.0}
+            self._formation_rounds = {key for key in opened if self.board.is_team(key[0])}
             self._bid(opened, now, rebid=False)
+            self.formation["bids_sent_at"] = self._wall()
         due = self.auctioneer.rebid_due(now)
         if due:
             self._bid(due, now, rebid=True)
@@ -225,25 +228,61 @@ class CoordinationEngine(EngineIO):
 
     # -- internals: the auction -----------------------------------------------------------------
     def _update(self, now: float) -> list[tuple[str, int]]:
-        return self.auctioneer.update(now, teams=self._teams_ready(now))
+        awards = self.auctioneer.metrics.team_awards
+        opened = self.auctioneer.update(now, teams=self._teams_ready(now))
+        if self.formation and self.auctioneer.metrics.team_awards != awards:
+            wall = self._wall()
+            self.formation.setdefault("team_award_first_at", wall)
+            self.formation["team_award_last_at"] = wall
+            self.formation["team_awards"] += 1
+        return opened
 
     def _teams_ready(self, now: float) -> bool:
-        """Whether to compute the team award now: unless a team round is in its bidding window
-        with bids of a live peer missing here. Until then the fill would change with every
-        peer's bids that come (one fill per peer's message, each of every slot); with them in,
-        one fill gives the award the window's close would (a peer with no agent to bid holds it
-        back until the window closes, as members' holds are, :meth:`_hold`)."""
+        """Whether to compute the team award now: unless a team round lacks bids of a live
+        peer here and is younger than the holds' wait (its window and :data:`HOLD_WAIT_STATES`
+        state periods). Until then the fill would change with every peer's bids that come (one
+        fill per peer's message, each of every slot); with them in, one fill gives the award
+        the wait's end would. No member holds before that either (:meth:`_hold`), so an award
+        computed earlier would fix nothing: on a loaded fleet whose bids took longer than the
+        window, every node computed it again for each late peer's message (issue 55: 3-9 team
+        awards a node at 20 x 500). A peer with no agent to bid holds the award back until the
+        wait ends, as it holds back the members' holds."""
         if not self.auctioneer.teams_stale():
             return True
+        auction = self.settings.auction
+        late = auction.window_s + HOLD_WAIT_STATES * auction.state_every_s
         peers: list[str] | None = None
+        waited_out: list[str] = []
         for task, epoch in self.auctioneer.rounds:
-            if not self.board.is_team(task) or self.auctioneer.window_closed(task, epoch, now):
+            if not self.board.is_team(task):
+                continue
+            if self.auctioneer.open_for(task, epoch, now) >= late:
+                if (task, epoch) in self._formation_rounds:
+                    waited_out.append(task)
                 continue
             if peers is None:
                 peers = self.admission.live_peer_names(self.node_id)
             if not self.board.bid_by_all(task, peers):
                 return False
+        if self._formation_rounds and not self.formation.keys() & {
+            "all_bids_at",
+            "rounds_waited_out",
+        }:
+            self._note_bids_in(waited_out)
         return True
+
+    def _note_bids_in(self, waited_out: list[str]) -> None:
+        """Once a formation (its team rounds): ``all_bids_at`` (every live peer's bids of them
+        are here) and ``live_peers``; or, when the holds' wait ended first,
+        ``rounds_waited_out``: its team rounds still lacking a live peer's bids (a peer that
+        cannot or did not bid)."""
+        peers = self.admission.live_peer_names(self.node_id)
+        missing = sum(not self.board.bid_by_all(t, peers) for t in waited_out)
+        self.formation["live_peers"] = float(len(peers))
+        if missing:
+            self.formation["rounds_waited_out"] = float(missing)
+        else:
+            self.formation["all_bids_at"] = self._wall()
 
     def _eligible(self, gs: GroupState, winners: set[tuple[str, int]]) -> NDArray[np.int64]:
         mask = np.ones(gs.group.n_agents, dtype=bool)
@@ -394,11 +433,16 @@ class CoordinationEngine(EngineIO):
     def _act(self, now: float) -> None:
         """Give this node's winners and team members their tasks' preferences (a member its
         role's goal, once it holds its slot), take them from agents that lost theirs; members
-        take their slots (:meth:`_hold`). Runs when the board changed or a bidding window
-        closed."""
-        if self.board.version == self._acted_version and now < self._act_due:
+        take their slots (:meth:`_hold`). Runs when the board or the team award changed, or a
+        bidding window closed."""
+        teams = self.auctioneer.teams
+        if (
+            self.board.version == self._acted_version
+            and teams is self._acted_teams
+            and now < self._act_due
+        ):
             return
-        self._acted_version = self.board.version
+        self._acted_version, self._acted_teams = self.board.version, teams
         self._act_due = self.auctioneer.next_window_close(now)
         holdings = self.auctioneer.holdings(now)
         auction = self.settings.auction
@@ -469,6 +513,8 @@ class CoordinationEngine(EngineIO):
         by_group: dict[str, list[tuple[Bid, bool]]] = {}
         for (group, _), rows in sorted(mine.items()):
             by_group.setdefault(group, []).extend(rows)
+        if self.formation and any(held for rows in by_group.values() for _, held in rows):
+            self.formation.setdefault("holds_sent_at", self._wall())
         for group, rows in by_group.items():
             columns = [(self.board.specs[b.task], b.role) for b, _ in rows]
             self._send_bids(

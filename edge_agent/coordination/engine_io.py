@@ -65,6 +65,9 @@ SILENCE_PERIODS: Final = 2.5
 HOLD_WAIT_STATES: Final = 2
 """State periods after its window a team member waits at most for every live peer's bids before
 it holds its slot anyway (a peer with no agent to bid cannot keep a team from forming)."""
+MOVING_SYNC_PERIODS: Final = 2
+"""A peer whose digests each went unexplained, changing all the while, gets a sync after this
+many ``sync_after_s`` (one it keeps unexplained, after one)."""
 DIGEST_HISTORY: Final = 64
 """Own ledger digests remembered (one per tick that changed the ledger), to explain peers'."""
 
@@ -170,13 +173,28 @@ class EngineIO:
         self._sync_wanted = False
         self._digests: deque[tuple[bytes, float]] = deque(maxlen=DIGEST_HISTORY)
         self._digest_version = -1
-        self._unexplained: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._unexplained: OrderedDict[str, tuple[bytes, float, float]] = OrderedDict()
+        """Per peer, its last digest our ledger did not explain, since when it said that one,
+        and since when its digests went unexplained (:meth:`_on_state`)."""
         self._last_heard: OrderedDict[str, tuple[float, float]] = OrderedDict()
         """Per peer, when its last ``task_state`` was merged here and when it says it sent it."""
         self._acted_version = -1
+        self._acted_teams: object = None
         self._act_due = -math.inf
         self._holds_pending = False
         """Members whose window closed wait to hold for every peer's bids (:meth:`_hold`)."""
+        self.formation: dict[str, float] = {}
+        """The newest rounds' way to agreement on this node, wall-clock times (seconds since
+        the epoch) and counts: ``opened_at`` (this node saw them), ``bids_sent_at``,
+        ``peer_bids_last_at`` (the last peer's bid message merged), ``all_bids_at`` (every
+        live peer's bids of the team rounds here; ``live_peers`` of them) or, when the holds'
+        wait ran out first, ``rounds_waited_out``, ``bid_lag_s_max`` (the most
+        a peer's bid message took from being sent to being merged here, when both clocks are
+        synchronised), ``team_award_first_at``/``team_award_last_at`` and ``team_awards`` (team
+        awards computed since), ``holds_sent_at`` (this node's first hold). Empty until rounds
+        open; started afresh by every new round."""
+        self._formation_rounds: set[tuple[str, int]] = set()
+        """The team rounds of :attr:`formation`."""
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "task_msgs_sent",
@@ -387,10 +405,16 @@ class EngineIO:
                 # A new node, a restart or a reconnect: it may lack what we know, and we what it
                 # knows. A rebirth of the session we know (a peer asked for it after a gap in
                 # its sequence -- which a node's messages on topics that peer does not
-                # subscribe to make too) syncs only when the digests say facts are missing.
+                # subscribe to make too) syncs only when the digests say facts are missing,
+                # and our digest goes out no sooner than ``state_min_interval_s`` after the
+                # last: a fleet's rebirths at once made every node send its task_state once per
+                # tick in which a birth came (issue 55: 93 task_state in 0.25 s from twenty
+                # daemons, decoded by every one, just as an announcement came).
                 if new_session:
                     self._sync_wanted = True
-                self._next_state = now
+                    self._next_state = now
+                else:
+                    self._state_dirty = True
             return
         self.counters["task_msgs_received"] += 1
         self._on_task(env, body, now)
@@ -456,6 +480,12 @@ class EngineIO:
         self.counters["bids_refused"] += refused
         if not admitted.tasks:
             return
+        if self.formation:
+            wall = self._wall()
+            self.formation["peer_bids_last_at"] = wall
+            if env.clock_synced and self._clock_synced is not None and self._clock_synced():
+                lag = max(0.0, wall - env.ts)
+                self.formation["bid_lag_s_max"] = max(self.formation["bid_lag_s_max"], lag)
         self.board.add_bids(
             env.node,
             body.group,
@@ -502,6 +532,11 @@ class EngineIO:
         A peer's digest is *explained* when our ledger had that digest within ``sync_after_s``
         (the peer is a little behind) or gets it later (the peer was a little ahead). One left
         unexplained for ``sync_after_s`` means facts are missing on one side: we send a sync.
+        A peer whose next digest is another unexplained one is still merging what is in flight
+        (a formation's bids and holds, merged in another order than ours: its ledger passed
+        through states ours never had): the wait starts again from its new digest, for at most
+        :data:`MOVING_SYNC_PERIODS` ``sync_after_s`` in all (issue 55: twenty daemons whose
+        formation took longer than ``sync_after_s`` each synced to all once it was over).
         A peer heard again after more than ``SILENCE_PERIODS`` state periods of silence (a
         partition, a broker outage), or claiming a task our award gives to someone else (a
         conflict: its ledger or ours lacks bids), gets a sync at once. Silent by both clocks:
@@ -531,8 +566,11 @@ class EngineIO:
             self._unexplained.pop(node, None)
             return
         self.counters["digest_mismatches"] += 1
-        since = self._unexplained.get(node, (b"", now))[1]
-        self._unexplained[node] = (body.digest, since)
+        said = self._unexplained.get(node)
+        if said is None:
+            self._unexplained[node] = (body.digest, now, now)
+        elif said[0] != body.digest:  # its ledger moved: facts are on their way
+            self._unexplained[node] = (body.digest, now, said[2])
         self._unexplained.move_to_end(node)
         while len(self._unexplained) > self.settings.max_peers:
             self._unexplained.popitem(last=False)
@@ -546,12 +584,15 @@ class EngineIO:
         self._record_digest(now)
         current = self._digests[-1][0] if self._digests else self.board.digest()
         auction = self.settings.auction
-        for node, (digest, since) in list(self._unexplained.items()):
+        for node, (digest, since, first) in list(self._unexplained.items()):
             if digest == current:
                 del self._unexplained[node]
-            elif now - since >= auction.sync_after_s:
+            elif (
+                now - since >= auction.sync_after_s
+                or now - first >= MOVING_SYNC_PERIODS * auction.sync_after_s
+            ):
                 self._sync_wanted = True
-                self._unexplained[node] = (digest, now)
+                self._unexplained[node] = (digest, now, now)
         if self._sync_wanted and now - self._last_sync >= auction.sync_min_interval_s:
             self._sync_wanted = False
             self._last_sync = now

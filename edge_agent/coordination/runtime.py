@@ -197,6 +197,8 @@ class CoordinationRuntime:
         self._rounds_seen = 0
         self.award_changed_at: float | None = None
         self.rounds_opened_at: float | None = None
+        self.all_held_at: float | None = None
+        """When every team of the newest rounds was whole with every member holding its slot."""
         self.rebinds = 0
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -355,6 +357,7 @@ class CoordinationRuntime:
         if auctioneer.metrics.rounds != self._rounds_seen:
             self._rounds_seen = auctioneer.metrics.rounds
             self.rounds_opened_at = wall
+            self.all_held_at = None
         if auctioneer.current is self._current and auctioneer.teams is self._current_teams:
             return
         self._current, self._current_teams = auctioneer.current, auctioneer.teams
@@ -368,6 +371,15 @@ class CoordinationRuntime:
         if holders != self._holders or rosters != self._rosters:
             self._holders, self._rosters = holders, rosters
             self.award_changed_at = wall
+        if (
+            self.all_held_at is None
+            and self._teams
+            and all(
+                not team["vacant"] and all(m[4] for m in team["members"])
+                for team in self._teams.values()
+            )
+        ):
+            self.all_held_at = wall
 
     def status(self) -> dict[str, Any]:
         """The ``coordination`` section of the daemon's status file (JSON-ready)."""
@@ -399,6 +411,7 @@ class CoordinationRuntime:
             "digest": engine.board.digest().hex(),
             "rounds_opened_at": self.rounds_opened_at,
             "award_changed_at": self.award_changed_at,
+            "formation": {**engine.formation, "all_held_at": self.all_held_at},
             "awarded": len(award),
             "assignment": {t: list(h) for t, h in award[:STATUS_MAX_TASKS]},
             "teams": dict(sorted(self._teams.items())[:STATUS_MAX_TASKS]),

@@ -37,6 +37,9 @@ PRECOMPUTE_MAX: Final = 4096
 #: receivers refuse it. Any cost above it is believable (a receiver knows neither the bidder's
 #: beliefs nor its model), so the floor bounds the numbers, not who wins.
 MIN_BID_COST: Final = float(-math.ceil(MAX_POLICY_LEN * math.log(MAX_JOINT_TABLE)))
+#: Largest factor whose goal distances a group keeps as one table (:func:`goal_distances`:
+#: ``S x S`` int16, 128 kB at 256 states); larger factors search per goal.
+DISTANCE_TABLE_MAX: Final = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,8 +78,37 @@ def steps_to_goal(reach: NDArray[np.bool_], goal: int) -> IntArray:
     return dist
 
 
+def goal_distances(reach: NDArray[np.bool_]) -> NDArray[np.int16]:
+    """``dist[s, g]``: :func:`steps_to_goal` ``(reach, g)[s]`` for every goal ``g`` at once (one
+    breadth-first search from all goals; ``S x S`` int16, for factors of at most
+    :data:`DISTANCE_TABLE_MAX` states). A formation's bids need the utilities of many goals of
+    the same factor: one table instead of a search per goal."""
+    S = reach.shape[0]
+    if S > DISTANCE_TABLE_MAX:
+        raise InputError(f"a distance table of {S} states, at most {DISTANCE_TABLE_MAX}")
+    step = reach.astype(np.float32)  # counts of at most S paths: exact in float32, and BLAS
+    dist = np.full((S, S), -1, dtype=np.int16)
+    np.fill_diagonal(dist, 0)
+    frontier = np.eye(S, dtype=np.float32)
+    for level in range(1, S):
+        pred = ((step @ frontier) > 0) & (dist < 0)
+        if not pred.any():
+            break
+        dist[pred] = level
+        frontier = pred.astype(np.float32)
+    far = dist.max(axis=0) + 1
+    unreached = dist < 0
+    dist[unreached] = np.broadcast_to(far, dist.shape)[unreached]
+    return dist
+
+
 def task_utility(
-    cm: CompiledModel, goal_factor: int, goal_state: int, *, scale: float = 1.0
+    cm: CompiledModel,
+    goal_factor: int,
+    goal_state: int,
+    *,
+    scale: float = 1.0,
+    distances: NDArray[np.int16] | None = None,
 ) -> NDArray[np.float64]:
     """``U_task (S_joint,)``: the utility of a preference for ``goal_state`` of ``goal_factor``.
 
@@ -88,14 +120,19 @@ def task_utility(
     :func:`~edge_agent.aif.kernels.compile_model` turns ``C`` into utility, shifted so that its
     maximum is 0 (a constant shift changes no policy posterior and makes costs comparable
     across tasks). Modalities that carry no information about ``goal_factor`` get a flat ``C``.
+    ``distances``: :func:`goal_distances` of ``goal_factor``'s transitions, when the caller
+    keeps it (the same result, without a search).
     """
     if not 0 <= goal_factor < cm.num_factors:
         raise InputError(f"goal factor {goal_factor} does not exist ({cm.num_factors} factors)")
     S_f = cm.num_states[goal_factor]
     if not 0 <= goal_state < S_f:
         raise InputError(f"goal state {goal_state} is out of range [0, {S_f})")
-    reach = transition_support(cm.transitions[goal_factor], S_f)
-    d = steps_to_goal(reach, goal_state).astype(np.float64)
+    if distances is not None:
+        d = distances[:, goal_state].astype(np.float64)
+    else:
+        reach = transition_support(cm.transitions[goal_factor], S_f)
+        d = steps_to_goal(reach, goal_state).astype(np.float64)
     S_joint = int(np.prod(cm.num_states))
     d_joint = d[np.unravel_index(np.arange(S_joint), cm.num_states)[goal_factor]]
     U = np.zeros(S_joint)

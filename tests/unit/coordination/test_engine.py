@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from edge_agent.coordination import (
     TaskState,
     task_utility,
 )
+from edge_agent.coordination.engine import HOLD_WAIT_STATES
+from edge_agent.coordination.engine_io import MOVING_SYNC_PERIODS
 from edge_agent.coordination.ledger import Bid, Team, bid_columns
 from edge_agent.coordination.messages import (
     DeadSession,
@@ -533,6 +536,60 @@ def test_an_unexplained_digest_triggers_a_sync_and_an_explained_one_does_not() -
     assert t.engine.metrics()["digest_mismatches"] >= 15
 
 
+def test_rebirths_of_known_sessions_send_the_digest_no_faster_than_the_least_interval() -> None:
+    """Issue 55: twenty peers reborn at once (a client asked them) made a node send its
+    task_state once per tick in which a birth came. A new session gets the digest at the next
+    tick (and a sync); a known one's rebirths, one every tick, get it every
+    ``state_min_interval_s`` at most."""
+    t = Ticker(state_every_s=10.0, state_min_interval_s=0.3)
+    for i in range(5):
+        t.engine.handle(birth(f"p{i}", 1))
+    t.tick(1)
+    states = len(t.sent("task_state"))
+    t.tick(20)  # quiet: the next state is 10 s away
+    assert len(t.sent("task_state")) == states
+    t.engine.handle(birth("new", 1))
+    t.tick(1)
+    assert len(t.sent("task_state")) == states + 1  # a new node: our digest at once
+    states += 1
+    for i in range(10):  # 1 s of rebirths of known sessions, one a tick
+        t.engine.handle(birth(f"p{i % 5}", 1))
+        t.tick(1)
+    sent = len(t.sent("task_state")) - states
+    assert 1 <= sent <= math.ceil(10 * TICK_S / 0.3)
+
+
+def test_a_peer_whose_ledger_is_still_moving_is_synced_only_at_the_cap() -> None:
+    """Issue 55: a formation longer than ``sync_after_s`` kept each peer's digests unexplained
+    (its ledger passed through states ours never had) and every node synced to all once it
+    was over. A peer saying a new unexplained digest each state is still merging: synced after
+    ``MOVING_SYNC_PERIODS`` ``sync_after_s``; one that keeps the same, after one."""
+    t = Ticker(sync_after_s=1.0, sync_min_interval_s=0.0, state_every_s=0.5)
+    t.engine.announce(
+        [TaskSpec(task="a", epoch=0, capability="grid", goal_state=5, announced_by="solo")]
+    )
+    t.tick(3)
+    syncs = len(t.sent("task_sync"))
+    per_state = round(0.5 / TICK_S)
+    cap = MOVING_SYNC_PERIODS * 1.0
+    for i in range(round(cap / 0.5) - 1):  # a new digest, never ours, every state period
+        t.engine.handle(task_msg(TaskState(digest=bytes([i + 1]) * 16, open_tasks=1)))
+        t.tick(per_state)
+    assert len(t.sent("task_sync")) == syncs
+    t.engine.handle(task_msg(TaskState(digest=bytes([99]) * 16, open_tasks=1)))
+    t.tick(per_state + 1)  # the cap since its first unexplained digest
+    assert len(t.sent("task_sync")) > syncs
+    syncs = len(t.sent("task_sync"))
+    t.tick(round(2 * cap / TICK_S))  # nothing new heard: the sync answered it; no other
+    t.engine.handle(task_msg(TaskState(digest=t.engine.board.digest(), open_tasks=1)))
+    t.tick(1)
+    syncs = len(t.sent("task_sync"))
+    for _ in range(round(1.0 / TICK_S) + 2):  # the same unexplained digest: one sync_after_s
+        t.engine.handle(task_msg(TaskState(digest=bytes(16), open_tasks=1)))
+        t.tick()
+    assert len(t.sent("task_sync")) > syncs
+
+
 def test_an_announcement_in_another_node_s_name_is_dropped_whole() -> None:
     """A node announces only its own tasks: its topic (bound to its broker identity) names the
     sender, so a spec claiming someone else drops the message, the honest spec in it too."""
@@ -875,6 +932,91 @@ def test_a_node_that_stalled_catches_up_without_a_sync_storm(grid_fleet: SimFlee
     fleet.tick(6 * STATE_TICKS)
     assert syncs_sent(fleet) == after  # no sync answers a sync
     assert_teams_agree(fleet, specs)
+
+
+def team_awards(node: SimNode) -> int:
+    return node.engine.auctioneer.metrics.team_awards
+
+
+def rosters(teams: dict[str, Team]) -> dict[str, list[tuple[str, str, int, int]]]:
+    """Each team's members and roles (whether they hold yet left out)."""
+    return {t: sorted((*m.holder, m.role) for m in team.members) for t, team in teams.items()}
+
+
+def test_the_team_award_waits_past_the_window_for_a_late_peer_s_bids_then_comes_once(
+    grid_fleet: SimFleet,
+) -> None:
+    """Issue 55: on a loaded fleet the bids took longer than the window, and every node
+    computed the team award again for each late peer's message (3-9 times a node at 20 x
+    500). A node's window closes with node4's bids missing (it stalled): no award until they
+    come, then one, the one the bids give, and the same everywhere."""
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=7)
+    fleet.nodes[0].engine.announce(specs)
+    fleet.stall("node4", WINDOW_TICKS + 4)  # node0-3 bid; their windows close; node4 sleeps
+    node0 = fleet.node("node0")
+    assert node0.engine.auctioneer.window_closed(specs[0].task, 0, fleet.clock.now)
+    assert team_awards(node0) == 0
+    assert node0.engine.auctioneer.teams == {}
+    fleet.tick(1)  # node4 merges the announcement and everyone's bids, bids: one award
+    assert [team_awards(n) for n in fleet.nodes] == [0, 0, 0, 0, 1]
+    fleet.tick(1)  # its bids reach the others: one award each, with them
+    for node in fleet.nodes[:4]:  # (their own members' holds are in the board since)
+        assert team_awards(node) == 1
+        assert node.engine.formation["team_awards"] == 1
+        assert rosters(node.engine.auctioneer.teams) == rosters(node.engine.board.teams())
+    tick_until_held(fleet)
+    assert_teams_agree(fleet, specs)
+
+
+def test_a_claim_on_a_team_this_node_has_not_awarded_yet_is_no_conflict(
+    grid_fleet: SimFleet,
+) -> None:
+    """node3 never hears node4 (its bids) and waits for them to award the teams; the others
+    award, hold and claim meanwhile. Their claims are no conflict to node3 (it has no award
+    to disagree with: a conflict would sync at once, under load a storm) until it awards."""
+    fleet = grid_fleet
+    specs = team_tasks(10, seed=9)
+    fleet.node("node3").blocked = {"node4"}
+    fleet.nodes[0].engine.announce(specs)
+    late = WINDOW_TICKS + HOLD_WAIT_STATES * STATE_TICKS
+    fleet.tick(late - 2)
+    node3 = fleet.node("node3").engine
+    assert node3.auctioneer.teams == {}
+    assert any(node3.auctioneer.peer_claims.get(n) for n in ("node0", "node1", "node2"))
+    assert node3.metrics()["conflicts_detected"] == 0
+
+
+def test_a_peer_that_never_bids_holds_the_team_award_back_no_longer_than_the_holds(
+    grid_fleet: SimFleet,
+) -> None:
+    """node4 hears nothing (a partition it is alone in): the others compute the award once
+    their windows and ``HOLD_WAIT_STATES`` state periods are past, and their members hold."""
+    fleet = grid_fleet
+    specs = team_tasks(10, seed=8)
+    fleet.partition([{"node0", "node1", "node2", "node3"}, {"node4"}])
+    fleet.nodes[0].engine.announce(specs)
+    late = WINDOW_TICKS + HOLD_WAIT_STATES * STATE_TICKS
+    fleet.tick(late - 2)
+    assert {team_awards(n) for n in fleet.nodes[:4]} == {0}
+    fleet.tick(4)
+    for node in fleet.nodes[:4]:
+        assert team_awards(node) >= 1
+        assert rosters(node.engine.auctioneer.teams) == rosters(node.engine.board.teams())
+        assert node.engine.formation["rounds_waited_out"] == len(specs)  # node4 never bid
+        assert node.engine.formation["live_peers"] == 4
+        assert "all_bids_at" not in node.engine.formation
+    fleet.tick(3)
+    teams = fleet.nodes[0].engine.board.teams()
+    assert all(t.vacant == 0 and all(m.held for m in t.members) for t in teams.values())
+    assert all(m.node != "node4" for t in teams.values() for m in t.members)
+    # A later formation counts its own rounds, not the earlier ones node4 never bid on either.
+    more = random_team_specs(3, 100, sizes=(2, 5), max_roles=3, seed=10, capability="grid",
+                             announced_by="node1", prefix="later-")  # fmt: skip
+    fleet.nodes[1].engine.announce(more)
+    fleet.tick(late + 2)
+    for node in fleet.nodes[:4]:
+        assert node.engine.formation["rounds_waited_out"] == len(more)
 
 
 def test_a_member_s_node_that_dies_mid_bidding_holds_no_team_back(grid_fleet: SimFleet) -> None:

@@ -609,6 +609,19 @@ def test_the_status_shows_each_team_s_members_roles_and_vacant_slots(fleet: Flee
     m = sa["metrics"]
     assert m["teams_formed"] == 5
     assert m["team_slots_vacant"] == 0
+    # The way to agreement, in order on each node: the round seen, bids out, the peer's bids
+    # in, the award (computed with them: once, before the holds), holds, every member held.
+    for s in (sa, sb):
+        f = s["formation"]
+        order = ["opened_at", "bids_sent_at", "peer_bids_last_at", "team_award_last_at",
+                 "all_held_at"]  # fmt: skip
+        assert [f[k] for k in order] == sorted(f[k] for k in order)
+        assert f["opened_at"] <= f["team_award_first_at"] <= f["holds_sent_at"]
+        assert f["bids_sent_at"] <= f["all_bids_at"] <= f["team_award_first_at"]
+        assert f["live_peers"] == 1
+        assert "rounds_waited_out" not in f
+        assert f["opened_at"] <= s["rounds_opened_at"]  # (the runtime notes it after the tick)
+        assert 1 <= f["team_awards"] <= s["metrics"]["team_awards"]
 
 
 def test_a_resized_group_leaves_its_team_slots_to_be_filled_again(fleet: Fleet) -> None:

@@ -33,6 +33,7 @@ from edge_agent.coordination.messages import (
 from edge_agent.coordination.preferences import TaskPreferences
 from edge_agent.coordination.utility import (
     MIN_BID_COST,
+    goal_distances,
     policy_backward,
     policy_utility_rows,
     select_bids,
@@ -824,3 +825,26 @@ def test_task_preferences_without_the_precomputed_table(monkeypatch: pytest.Monk
         results.append(q_pi)
     np.testing.assert_allclose(results[0], results[1], atol=1e-12)
     assert not np.allclose(results[0], q0)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_the_distance_table_is_every_goal_s_search_and_gives_the_same_utility(
+    noise: float,
+) -> None:
+    """``goal_distances`` (one search from every goal, kept by a group for a formation's many
+    goals) equals ``steps_to_goal`` per goal, unreachable states included, and the utility
+    from it is the utility from the search."""
+    model = gridworld_model(6, 5, noise=noise)
+    cm = kernels.compile_model(model, construct_policies(model.num_controls, 1))
+    reach = transition_support(cm.transitions[0], cm.num_states[0])
+    table = goal_distances(reach)
+    for goal in range(cm.num_states[0]):
+        assert np.array_equal(table[:, goal], steps_to_goal(reach, goal))
+        assert np.array_equal(
+            task_utility(cm, 0, goal, scale=1.5, distances=table),
+            task_utility(cm, 0, goal, scale=1.5),
+        )
+    one_way = np.zeros((4, 4), dtype=bool)  # 0 -> 1 -> 2; 3 alone: unreachable states
+    one_way[0, 1] = one_way[1, 2] = True
+    for goal in range(4):
+        assert np.array_equal(goal_distances(one_way)[:, goal], steps_to_goal(one_way, goal))

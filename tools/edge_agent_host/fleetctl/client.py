@@ -379,6 +379,12 @@ class FleetClient:
         tracker = view.tracker
         if env.type == Birth.TYPE:
             view.resync = retained
+        elif retained:
+            # An old message (a node's retained task key): it says nothing of where the node's
+            # sequence is now. Taken as the first live one, it made the next live message a gap
+            # and every node was asked for a rebirth whenever a client connected (issue 55:
+            # each `tasks announce` set off twenty births and their task_state at once).
+            return 0
         elif view.resync and env.type not in ("state", "death") and env.bdseq == tracker.bdseq:
             # The first live message after a retained birth sets where the sequence is.
             view.resync = False

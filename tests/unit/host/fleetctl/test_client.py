@@ -99,3 +99,37 @@ def test_close_waits_for_the_brokers_acknowledgements(tmp_path: Path) -> None:
         assert client.unacknowledged == 2  # the key and the announcement, not polled yet
     assert client.unacknowledged == 0
     assert len(listener.incoming.drain()) == 2
+
+
+def test_a_node_s_retained_messages_do_not_make_a_gap_for_a_client_that_connects() -> None:
+    """Issue 55: a node's retained task key (an old seq) came after its retained birth and
+    was taken for its first live message: the next live one was a gap, and every node was
+    asked for a rebirth whenever a client connected (each ``tasks announce``)."""
+    from edge_agent.coordination.messages import TaskKey
+    from edge_agent.fleet.protocol import Birth, Body, Envelope, Telemetry, encode
+
+    client = FleetClient(fleet="f", transport=MemoryTransport(MemoryBroker(), "observer"))
+    client.connect()
+
+    def payload(body: Body, seq: int, bdseq: int = 1) -> bytes:
+        return encode(Envelope(type=body.TYPE, node="pi-1", seq=seq, bdseq=bdseq, ts=1.0,
+                               clock_synced=True,
+                               body=body))  # fmt: skip
+
+    topics = client.topics
+    birth = Birth(software_version="1", profile="x86-dev", budget_bytes=1)
+    key = TaskKey(key=bytes(32))
+    telemetry = Telemetry(uptime_s=1.0, rss_bytes=1, budget_used_bytes=0, budget_total_bytes=1,
+                          ticks=1, tick_p50_ms=1.0, tick_p99_ms=1.0, overruns=0)  # fmt: skip
+    client._handle(topics.birth("pi-1"), payload(birth, 0), True)
+    client._handle(topics.tasks("pi-1"), payload(key, 5), True)
+    for seq in (40, 41, 42):
+        client._handle(topics.telemetry("pi-1"), payload(telemetry, seq), False)
+    view = client.nodes["pi-1"]
+    assert view.gaps == 0
+    assert view.rebirths_requested == 0
+    # A real gap in the live messages is still one.
+    client._handle(topics.telemetry("pi-1"), payload(telemetry, 50), False)
+    assert view.gaps == 1
+    assert view.rebirths_requested == 1
+    client.close()
