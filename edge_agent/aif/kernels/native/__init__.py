@@ -117,6 +117,7 @@ class _Model(ctypes.Structure):
         ("B_flat", _p),  # const int64_t *const *: (F)
         ("normalise_all", _i64),  # int64_t
         ("lnL", _p),  # const double *: (prod_m O_m, S)
+        ("lnQ1", _p),  # const double *: (prod_m O_m, sum S_f)
     ]
 
 
@@ -271,8 +272,8 @@ def _checked(where: Path) -> ctypes.CDLL:
     lib.edge_tick_layout.argtypes = [ctypes.POINTER(ctypes.POINTER(_LayoutEntry))]
     lib.edge_tick_layout.restype = _i64
     differs = mismatch(layout(lib))
-    missing = [name for name in ("edge_tick", "edge_tick_scratch_doubles")
-               if not hasattr(lib, name)]
+    missing = [name for name in ("edge_tick", "edge_tick_scratch_doubles",
+                                 "edge_tick_first_step") if not hasattr(lib, name)]
     if differs is None and missing:
         differs = f"{', '.join(missing)} not exported"
     if differs is not None:
@@ -282,6 +283,8 @@ def _checked(where: Path) -> ctypes.CDLL:
     lib.edge_tick_scratch_doubles.restype = _i64
     lib.edge_tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
     lib.edge_tick.restype = None
+    lib.edge_tick_first_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p]
+    lib.edge_tick_first_step.restype = None
     return lib
 
 
@@ -491,11 +494,25 @@ class NativeTick:
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
-            None if self.lnL is None else _addr(self.lnL))
+            None if self.lnL is None else _addr(self.lnL), None)
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
         self._start(lib)
+        self.lnQ1 = self._first_steps()
+
+    def _first_steps(self) -> np.ndarray | None:
+        """With ``lnL`` and more than one factor, the mean-field iteration's first step of every
+        joint outcome less the log prior (its beliefs start uniform: the step is the
+        observation's), made once by the library (``edge_tick_first_step``: the pass's own sums
+        in its order, bit for bit) and given to the pass (``tick_model.lnQ1``): a row gathered
+        per agent and tick in place of the first step's joint, products and sums."""
+        if self.lnL is None or len(self.num_states) < 2:
+            return None
+        table = np.zeros((self.lnL.shape[0], int(self.num_states.sum())))
+        self._lib.edge_tick_first_step(self._model_ref, _addr(table))
+        self._model.lnQ1 = _addr(table)
+        return table
 
     def _start(self, lib: ctypes.CDLL) -> None:
         """The library's call, the state's struct and what is bound per call (nothing yet)."""
@@ -534,7 +551,8 @@ class NativeTick:
                   *(a for a in self._shared_A if a is not None),
                   *(a for a in self.entry_index if a is not None),
                   *(a for a in self._flat if a is not None),
-                  *(() if self.lnL is None else (self.lnL,))]
+                  *(() if self.lnL is None else (self.lnL,)),
+                  *(() if self.lnQ1 is None else (self.lnQ1,))]
         scratch = 0 if self._scratch is None else self._scratch.nbytes
         return int(sum(a.nbytes for a in arrays)) + scratch
 

@@ -35,7 +35,9 @@
  * written back. What stays per agent, scalar: gathering the prior (each agent its own action)
  * and likelihood (for a model nobody learns, its logs: one row of tick_model.lnL, the log
  * likelihood of every joint outcome made once by the binding, in place of the modalities'
- * product and S logs per agent and tick), the learning of each agent's own counts (row-major,
+ * product and S logs per agent and tick; and, more than one factor, one row of tick_model.lnQ1,
+ * the mean-field iteration's first step of every joint outcome, edge_tick_first_step's, made
+ * once: the iteration starts from uniform beliefs), the learning of each agent's own counts (row-major,
  * as stored) and writing the results back; an agent's own transitions are gathered into the block's lanes value by
  * value where they are applied. A policy's predicted joint outcomes are summed outcome by
  * outcome over their entries (index_outcomes' order, once a call), each in registers: no
@@ -112,6 +114,7 @@ INLINE const double *b_values(const tick_model *m, int64_t f, int64_t n) {
 /* The block's temporaries, carved from the caller's scratch (edge_tick_scratch_doubles). */
 typedef struct {
     lane *log_prior, *cur, *nxt, *log_cur, *log_nxt, *qL; /* (sum S_f) */
+    lane *step1;  /* (sum S_f): the first step's values, less the log prior (lnQ1's rows) */
     lane *log_lik, *joint, *weighted, *utility, *neg_entropy, *qj; /* (S) */
     lane *value, *log_value;                                   /* (E) */
     lane *moved;                                               /* (sum_f U_f S_f) */
@@ -135,7 +138,7 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     for (int64_t f = 0; f < m->factors; f++) moved += m->num_controls[f] * m->num_states[f];
 #define TAKE(field, count) do { if (base) sc->field = base + used; used += (count); } while (0)
     TAKE(log_prior, W); TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
-    TAKE(qL, W);
+    TAKE(qL, W); TAKE(step1, W);
     TAKE(log_lik, S); TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
     TAKE(neg_entropy, S); TAKE(qj, S);
     TAKE(value, E); TAKE(log_value, E);
@@ -291,11 +294,24 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         int64_t any = 0;
         LANES { active[b] = !(dF[b] < m->dF_tol); any |= active[b]; }
         if (!any) break;
-        joint_of(m, cur, sc->joint);
-        for (int64_t s = 0; s < S; s++) LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
+        /* the first step from uniform beliefs depends on the observation alone but for the log
+         * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), the
+         * same sums in the same order (edge_tick_first_step) */
+        const int from_table = it == 0 && m->lnQ1 != NULL;
+        if (!from_table) {
+            joint_of(m, cur, sc->joint);
+            for (int64_t s = 0; s < S; s++)
+                LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
+        }
         for (int64_t f = 0; f < F; f++) {
             lane *qL = sc->qL;
             int64_t s_f = m->num_states[f];
+            if (from_table) {
+                const lane *step = sc->step1 + offset[f];
+                for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = step[i][b] + log_prior[f][i][b];
+                softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
+                continue;
+            }
             const int64_t *index = m->state_index + f * S;
             for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = 0.0;
             for (int64_t s = 0; s < S; s++) LANES qL[index[s]][b] += sc->weighted[s][b];
@@ -367,6 +383,10 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             for (int64_t k = 1; k < M; k++) j = j * m->num_obs[k] + obs[k];
             const double *row = m->lnL + j * S;
             for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = row[s];
+            if (m->lnQ1 != NULL) {  /* and its first step's row */
+                const double *step = m->lnQ1 + j * width;
+                for (int64_t i = 0; i < width; i++) sc->step1[i][b] = step[i];
+            }
             continue;
         }
         double lik[MAX_S];
@@ -487,6 +507,33 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                 for (int64_t i = 0; i < m->num_states[f]; i++)
                     state_put(st->qs_prev[f], (first + b) * m->num_states[f] + i,
                               sc->cur[offset[f] + i][b], f32);
+}
+
+/* The first step of the mean-field iteration (infer_states) of every joint outcome j, less the
+ * log prior, from its log likelihood lnL[j] (NULL: nothing), as infer_states makes it from
+ * uniform beliefs: their joint (the same value at every state, the factors' uniforms
+ * multiplied in factor order, as joint_of), lnL[j][s] times it summed state by state into each
+ * factor's states, each sum over its uniform. Scalar and once (the binding's, at a model's
+ * start): prod_m O_m (S + sum S_f) steps. */
+void edge_tick_first_step(const tick_model *m, double *out) {
+    const int64_t F = m->factors, S = m->joint, W = width_of(m);
+    if (m->lnL == NULL || F < 2) return;
+    int64_t rows = 1;
+    for (int64_t k = 0; k < m->modalities; k++) rows *= m->num_obs[k];
+    double joint = 1.0 / (double)m->num_states[0];
+    for (int64_t f = 1; f < F; f++) joint = joint * (1.0 / (double)m->num_states[f]);
+    for (int64_t j = 0; j < rows; j++) {
+        const double *lnL = m->lnL + j * S;
+        double *row = out + j * W;
+        for (int64_t f = 0, at = 0; f < F; at += m->num_states[f], f++) {
+            const int64_t s_f = m->num_states[f];
+            const int64_t *index = m->state_index + f * S;
+            const double uniform = 1.0 / (double)s_f;
+            for (int64_t i = 0; i < s_f; i++) row[at + i] = 0.0;
+            for (int64_t s = 0; s < S; s++) row[at + index[s]] += lnL[s] * joint;
+            for (int64_t i = 0; i < s_f; i++) row[at + i] = row[at + i] / uniform;
+        }
+    }
 }
 
 /* The joint-outcome entries outcome by outcome (sc->outcome_entry[outcome_start[k] ..
