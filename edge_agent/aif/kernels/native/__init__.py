@@ -101,6 +101,8 @@ class _Model(ctypes.Structure):
         ("entry_state", _p),  # const int64_t *: (E)
         ("state_start", _p),  # const int64_t *: (S + 1)
         ("state_entry", _p),  # const int64_t *: (E)
+        ("reach_start", _p),  # const int64_t *: (P + 1)
+        ("reach", _p),  # const int64_t *: each policy's outcomes
         ("entry_shared", _p),  # const double *: (E)
         ("entry_index", _p),  # const int64_t *const *: (M)
         ("scratch", _p),  # double *
@@ -370,6 +372,29 @@ def _factor_entries(
     return out
 
 
+def _reach(
+    b_arrays: Sequence[tuple[np.ndarray, ...]], policies_first: np.ndarray,
+    state_index: np.ndarray, entry_state: np.ndarray, entry_outcome: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each one-step policy's joint outcomes (ascending) that some state its predicted states
+    can be non-zero on gives: the states whose every factor's state is in the image of that
+    factor's action (its entries' rows: a learned factor's support). The pass sums a policy's
+    predicted outcome over these only: every other one's is exactly 0 for every agent (each of
+    its entries' states has a factor the action never moves to: its predicted probability is
+    0, never added to). ``(reach_start (P + 1), reach)``, int64."""
+    lists = []
+    for actions in policies_first:
+        ok = np.ones(len(entry_state), dtype=np.bool_)
+        for f, (start, row, *_rest) in enumerate(b_arrays):
+            image = np.zeros(state_index.shape[1], dtype=np.bool_)
+            image[row[start[actions[f]]:start[actions[f] + 1]]] = True
+            ok &= image[state_index[f, entry_state]]
+        lists.append(np.unique(entry_outcome[ok]))
+    start = np.cumsum([0, *(len(k) for k in lists)]).astype(np.int64)
+    reach = np.concatenate([*lists, np.zeros(1, dtype=np.int64)]).astype(np.int64)
+    return start, reach
+
+
 class NativeTick:
     """The compiled tick of ``n`` agents of the model ``A``, ``B``, ``D`` (float64 lists, as
     pymdp takes them; an int8 group's decoded from its codes) with log preferences ``lnC`` (``ln
@@ -440,6 +465,9 @@ class NativeTick:
         self.state_start = np.searchsorted(self.entry_state[self.state_entry],
                                            np.arange(S + 1)).astype(np.int64)
         self.entry_shared = np.ascontiguousarray(layout.shared, dtype=np.float64)
+        self.reach_start, self.reach = _reach(self._b_arrays, self.policies_first,
+                                              self.state_index, self.entry_state,
+                                              self.entry_outcome)
         learned_index = dict(layout.learned)
         self.entry_index = [None if m not in learned_index else np.ascontiguousarray(
             learned_index[m], dtype=np.int64) for m in range(M)]
@@ -488,7 +516,8 @@ class NativeTick:
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first, np.int64),
             len(outcomes), len(self.entry_state), _addr(self.entry_outcome, np.int64),
             _addr(self.entry_state, np.int64), _addr(self.state_start, np.int64),
-            _addr(self.state_entry, np.int64), _addr(self.entry_shared),
+            _addr(self.state_entry, np.int64), _addr(self.reach_start, np.int64),
+            _addr(self.reach, np.int64), _addr(self.entry_shared),
             _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1,
             int(self.state_dtype == np.float32), 0, lr_B,
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
@@ -546,7 +575,7 @@ class NativeTick:
         scratch): the group's, whatever its agents."""
         arrays = [*(a for arrays in self._b_arrays for a in arrays), *self.D, self.lnE,
                   self.policies_first, self.state_index, self.entry_outcome, self.state_start,
-                  self.state_entry,
+                  self.state_entry, self.reach_start, self.reach,
                   self.utility_shared, self.entry_state, self.entry_shared, *self.lnC,
                   *(a for a in self._shared_A if a is not None),
                   *(a for a in self.entry_index if a is not None),

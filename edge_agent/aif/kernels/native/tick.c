@@ -609,7 +609,7 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                        int64_t count, const int64_t *offset, int tables_ready) {
-    const int64_t F = m->factors, P = m->policies, S = m->joint, K = m->outcomes;
+    const int64_t F = m->factors, P = m->policies, S = m->joint;
     const int64_t f32 = m->state_f32;
     lane *q[MAX_F] = {0};
     int64_t agent[BLK];
@@ -659,12 +659,15 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
                     g[b] += qj[s][b] * neg_entropy[s][b];
                 }
             /* each joint outcome's predicted probability, summed in registers outcome by
-             * outcome over its entries (their states in order); the outcomes 0 for every agent
-             * of the block (most of them: a policy's predicted states reach few outcomes) are
+             * outcome over its entries (their states in order), of the outcomes the policy's
+             * predicted states can give (reach: the others' are exactly 0 for every agent, and
+             * were dropped below when this loop went over every outcome); the outcomes 0 for
+             * every agent of the block (most of them: a policy's predicted states reach few outcomes) are
              * dropped (their - qo ln(qo + eps) is exactly 0), the others packed policy after
              * policy (policy p's: [begin[p], begin[p + 1])) for their logs below */
             begin[p] = packed;
-            for (int64_t k = 0; k < K; k++) {
+            for (int64_t at = m->reach_start[p]; at < m->reach_start[p + 1]; at++) {
+                const int64_t k = m->reach[at];
                 lane acc;
                 LANES acc[b] = 0.0;
                 for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {

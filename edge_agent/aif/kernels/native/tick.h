@@ -101,6 +101,11 @@ typedef struct {
     X(const int64_t *, entry_state)       /* (E) */                                       \
     X(const int64_t *, state_start)       /* (S + 1) */                                   \
     X(const int64_t *, state_entry)       /* (E): the entries, state by state */          \
+    X(const int64_t *, reach_start)       /* (P + 1) */                                   \
+    X(const int64_t *, reach)             /* each policy's outcomes (ascending) some state \
+                                           * in the support's image of its actions gives: \
+                                           * policy p's reach[reach_start[p] ..           \
+                                           * reach_start[p + 1]) */                        \
     X(const double *, entry_shared)       /* (E) */                                       \
     X(const int64_t *const *, entry_index) /* (M) */                                      \
     X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
