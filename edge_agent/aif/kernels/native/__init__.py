@@ -381,7 +381,8 @@ def _reach(
     factor's action (its entries' rows: a learned factor's support). The pass sums a policy's
     predicted outcome over these only: every other one's is exactly 0 for every agent (each of
     its entries' states has a factor the action never moves to: its predicted probability is
-    0, never added to). ``(reach_start (P + 1), reach)``, int64."""
+    0, never added to). ``(reach_start (P + 1), reach)``, int64; when every policy reaches
+    every outcome the pass is given none (NULL: the outcomes in order, no list read)."""
     lists = []
     for actions in policies_first:
         ok = np.ones(len(entry_state), dtype=np.bool_)
@@ -517,6 +518,7 @@ class NativeTick:
             len(outcomes), len(self.entry_state), _addr(self.entry_outcome, np.int64),
             _addr(self.entry_state, np.int64), _addr(self.state_start, np.int64),
             _addr(self.state_entry, np.int64), _addr(self.reach_start, np.int64),
+            None if self.reach_start[-1] == len(policies) * len(outcomes) else
             _addr(self.reach, np.int64), _addr(self.entry_shared),
             _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1,
             int(self.state_dtype == np.float32), 0, lr_B,

@@ -603,6 +603,25 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
     }
 }
 
+/* Joint outcome k's predicted probability for the block's agents, summed in registers over its
+ * entries (their states in order) from the policy's predicted joint qj, packed at
+ * sc->qo[*packed] when some agent's is above 0 (else it adds nothing: dropped). */
+INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *qj,
+                            const lane *value, int64_t k, int64_t *packed) {
+    lane acc;
+    LANES acc[b] = 0.0;
+    for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
+        const int64_t e = sc->outcome_entry[r];
+        const double *from = qj[m->entry_state[e]], *v = value[e];
+        LANES acc[b] += from[b] * v[b];
+    }
+    int some = 0;
+    for (int b = 0; b < BLK; b++) some |= acc[b] > 0.0;
+    if (!some) return;
+    LANES sc->qo[*packed][b] = acc[b];
+    (*packed)++;
+}
+
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
  * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
@@ -666,21 +685,12 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
              * dropped (their - qo ln(qo + eps) is exactly 0), the others packed policy after
              * policy (policy p's: [begin[p], begin[p + 1])) for their logs below */
             begin[p] = packed;
-            for (int64_t at = m->reach_start[p]; at < m->reach_start[p + 1]; at++) {
-                const int64_t k = m->reach[at];
-                lane acc;
-                LANES acc[b] = 0.0;
-                for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
-                    const int64_t e = sc->outcome_entry[r];
-                    const double *from = qj[m->entry_state[e]], *v = value[e];
-                    LANES acc[b] += from[b] * v[b];
-                }
-                int some = 0;
-                for (int b = 0; b < BLK; b++) some |= acc[b] > 0.0;
-                if (!some) continue;
-                LANES sc->qo[packed][b] = acc[b];
-                packed++;
-            }
+            if (m->reach != NULL)
+                for (int64_t at = m->reach_start[p]; at < m->reach_start[p + 1]; at++)
+                    predict_outcome(m, sc, qj, value, m->reach[at], &packed);
+            else  /* every policy reaches every outcome (grid10): no list read */
+                for (int64_t k = 0; k < m->outcomes; k++)
+                    predict_outcome(m, sc, qj, value, k, &packed);
         }
         LANES G[p][b] = g[b];
     }

@@ -105,7 +105,8 @@ typedef struct {
     X(const int64_t *, reach)             /* each policy's outcomes (ascending) some state \
                                            * in the support's image of its actions gives: \
                                            * policy p's reach[reach_start[p] ..           \
-                                           * reach_start[p + 1]) */                        \
+                                           * reach_start[p + 1]); NULL: every outcome of  \
+                                           * every policy */                               \
     X(const double *, entry_shared)       /* (E) */                                       \
     X(const int64_t *const *, entry_index) /* (M) */                                      \
     X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
