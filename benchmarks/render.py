@@ -701,7 +701,8 @@ TABLES: tuple[Table, ...] = (
             "N = 1 and 100 (3.7x to 5.4x between runs at load 4), the group's health measures "
             "(a measured tick every 4th; the tick without them is 51 and 121 us, 7.5x and 5.8x "
             "pymdp 1.0.4's rate in the run of `9bb695e`); T-maze N = 1,000, the compiled pass "
-            "itself (0.5 us an agent, the whole 5x budget before the world's step); grid10 N = "
+            "itself (0.43 us an agent since t64's outcome lists, most of the 5x budget before "
+            "the world's step); grid10 N = "
             "1, per-agent `pB` on numpy (the compiled pass learns `pA`)."
         ),
         benchmark="bench_learning_peers.py",

@@ -101,6 +101,8 @@ class _Model(ctypes.Structure):
         ("entry_state", _p),  # const int64_t *: (E)
         ("state_start", _p),  # const int64_t *: (S + 1)
         ("state_entry", _p),  # const int64_t *: (E)
+        ("reach_start", _p),  # const int64_t *: (P + 1)
+        ("reach", _p),  # const int64_t *: each policy's outcomes
         ("entry_shared", _p),  # const double *: (E)
         ("entry_index", _p),  # const int64_t *const *: (M)
         ("scratch", _p),  # double *
@@ -117,6 +119,7 @@ class _Model(ctypes.Structure):
         ("B_flat", _p),  # const int64_t *const *: (F)
         ("normalise_all", _i64),  # int64_t
         ("lnL", _p),  # const double *: (prod_m O_m, S)
+        ("lnQ1", _p),  # const double *: (prod_m O_m, sum S_f)
     ]
 
 
@@ -271,8 +274,8 @@ def _checked(where: Path) -> ctypes.CDLL:
     lib.edge_tick_layout.argtypes = [ctypes.POINTER(ctypes.POINTER(_LayoutEntry))]
     lib.edge_tick_layout.restype = _i64
     differs = mismatch(layout(lib))
-    missing = [name for name in ("edge_tick", "edge_tick_scratch_doubles")
-               if not hasattr(lib, name)]
+    missing = [name for name in ("edge_tick", "edge_tick_scratch_doubles",
+                                 "edge_tick_first_step") if not hasattr(lib, name)]
     if differs is None and missing:
         differs = f"{', '.join(missing)} not exported"
     if differs is not None:
@@ -282,6 +285,8 @@ def _checked(where: Path) -> ctypes.CDLL:
     lib.edge_tick_scratch_doubles.restype = _i64
     lib.edge_tick.argtypes = [ctypes.POINTER(_Model), ctypes.POINTER(_State)]
     lib.edge_tick.restype = None
+    lib.edge_tick_first_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p]
+    lib.edge_tick_first_step.restype = None
     return lib
 
 
@@ -367,6 +372,30 @@ def _factor_entries(
     return out
 
 
+def _reach(
+    b_arrays: Sequence[tuple[np.ndarray, ...]], policies_first: np.ndarray,
+    state_index: np.ndarray, entry_state: np.ndarray, entry_outcome: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each one-step policy's joint outcomes (ascending) that some state its predicted states
+    can be non-zero on gives: the states whose every factor's state is in the image of that
+    factor's action (its entries' rows: a learned factor's support). The pass sums a policy's
+    predicted outcome over these only: every other one's is exactly 0 for every agent (each of
+    its entries' states has a factor the action never moves to: its predicted probability is
+    0, never added to). ``(reach_start (P + 1), reach)``, int64; when every policy reaches
+    every outcome the pass is given none (NULL: the outcomes in order, no list read)."""
+    lists = []
+    for actions in policies_first:
+        ok = np.ones(len(entry_state), dtype=np.bool_)
+        for f, (start, row, *_rest) in enumerate(b_arrays):
+            image = np.zeros(state_index.shape[1], dtype=np.bool_)
+            image[row[start[actions[f]]:start[actions[f] + 1]]] = True
+            ok &= image[state_index[f, entry_state]]
+        lists.append(np.unique(entry_outcome[ok]))
+    start = np.cumsum([0, *(len(k) for k in lists)]).astype(np.int64)
+    reach = np.concatenate([*lists, np.zeros(1, dtype=np.int64)]).astype(np.int64)
+    return start, reach
+
+
 class NativeTick:
     """The compiled tick of ``n`` agents of the model ``A``, ``B``, ``D`` (float64 lists, as
     pymdp takes them; an int8 group's decoded from its codes) with log preferences ``lnC`` (``ln
@@ -437,6 +466,9 @@ class NativeTick:
         self.state_start = np.searchsorted(self.entry_state[self.state_entry],
                                            np.arange(S + 1)).astype(np.int64)
         self.entry_shared = np.ascontiguousarray(layout.shared, dtype=np.float64)
+        self.reach_start, self.reach = _reach(self._b_arrays, self.policies_first,
+                                              self.state_index, self.entry_state,
+                                              self.entry_outcome)
         learned_index = dict(layout.learned)
         self.entry_index = [None if m not in learned_index else np.ascontiguousarray(
             learned_index[m], dtype=np.int64) for m in range(M)]
@@ -485,17 +517,33 @@ class NativeTick:
             _addr(self.utility_shared), _addr(self.lnE), _addr(self.policies_first, np.int64),
             len(outcomes), len(self.entry_state), _addr(self.entry_outcome, np.int64),
             _addr(self.entry_state, np.int64), _addr(self.state_start, np.int64),
-            _addr(self.state_entry, np.int64), _addr(self.entry_shared),
+            _addr(self.state_entry, np.int64), _addr(self.reach_start, np.int64),
+            None if self.reach_start[-1] == len(policies) * len(outcomes) else
+            _addr(self.reach, np.int64), _addr(self.entry_shared),
             _addr(fixed["entry_index"], np.uintp), 0, int(shared_counts), 1,
             int(self.state_dtype == np.float32), 0, lr_B,
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
-            None if self.lnL is None else _addr(self.lnL))
+            None if self.lnL is None else _addr(self.lnL), None)
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
         self._start(lib)
+        self.lnQ1 = self._first_steps()
+
+    def _first_steps(self) -> np.ndarray | None:
+        """With ``lnL`` and more than one factor, the mean-field iteration's first step of every
+        joint outcome less the log prior (its beliefs start uniform: the step is the
+        observation's), made once by the library (``edge_tick_first_step``: the pass's own sums
+        in its order, bit for bit) and given to the pass (``tick_model.lnQ1``): a row gathered
+        per agent and tick in place of the first step's joint, products and sums."""
+        if self.lnL is None or len(self.num_states) < 2:
+            return None
+        table = np.zeros((self.lnL.shape[0], int(self.num_states.sum())))
+        self._lib.edge_tick_first_step(self._model_ref, _addr(table))
+        self._model.lnQ1 = _addr(table)
+        return table
 
     def _start(self, lib: ctypes.CDLL) -> None:
         """The library's call, the state's struct and what is bound per call (nothing yet)."""
@@ -529,12 +577,13 @@ class NativeTick:
         scratch): the group's, whatever its agents."""
         arrays = [*(a for arrays in self._b_arrays for a in arrays), *self.D, self.lnE,
                   self.policies_first, self.state_index, self.entry_outcome, self.state_start,
-                  self.state_entry,
+                  self.state_entry, self.reach_start, self.reach,
                   self.utility_shared, self.entry_state, self.entry_shared, *self.lnC,
                   *(a for a in self._shared_A if a is not None),
                   *(a for a in self.entry_index if a is not None),
                   *(a for a in self._flat if a is not None),
-                  *(() if self.lnL is None else (self.lnL,))]
+                  *(() if self.lnL is None else (self.lnL,)),
+                  *(() if self.lnQ1 is None else (self.lnQ1,))]
         scratch = 0 if self._scratch is None else self._scratch.nbytes
         return int(sum(a.nbytes for a in arrays)) + scratch
 

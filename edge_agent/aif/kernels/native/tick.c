@@ -35,7 +35,9 @@
  * written back. What stays per agent, scalar: gathering the prior (each agent its own action)
  * and likelihood (for a model nobody learns, its logs: one row of tick_model.lnL, the log
  * likelihood of every joint outcome made once by the binding, in place of the modalities'
- * product and S logs per agent and tick), the learning of each agent's own counts (row-major,
+ * product and S logs per agent and tick; and, more than one factor, one row of tick_model.lnQ1,
+ * the mean-field iteration's first step of every joint outcome, edge_tick_first_step's, made
+ * once: the iteration starts from uniform beliefs), the learning of each agent's own counts (row-major,
  * as stored) and writing the results back; an agent's own transitions are gathered into the block's lanes value by
  * value where they are applied. A policy's predicted joint outcomes are summed outcome by
  * outcome over their entries (index_outcomes' order, once a call), each in registers: no
@@ -47,8 +49,9 @@
  * leaves most b loops scalar: 1.12 us per agent-tick against 0.81 at -O3, baseline version,
  * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
  * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
- * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the pass (edge_tick, every helper inlined
- * into it) and the logs and exps are also compiled for x86-64-v3 (AVX2 and FMA, 4 doubles a vector,
+ * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the passes (tick_own and tick_shared,
+ * every helper inlined into each) and the logs and exps are also compiled for x86-64-v3 (AVX2
+ * and FMA, 4 doubles a vector,
  * libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at load time (an ifunc), as
  * numpy dispatches; 0.64 us per agent-tick against 0.81 for the baseline version on the same
  * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
@@ -82,7 +85,8 @@ typedef double lane[BLK];
 
 /* The kernel is compiled for the baseline instruction set and, on x86-64, once more for
  * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing at load time (an ifunc); every
- * helper is inlined into edge_tick so that the whole pass is in each version. */
+ * helper is inlined into the two passes (tick_own, tick_shared: edge_tick calls one) so that
+ * each whole pass is in each version. */
 #define INLINE static inline __attribute__((always_inline))
 #if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))
 #define TARGETS __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -112,6 +116,7 @@ INLINE const double *b_values(const tick_model *m, int64_t f, int64_t n) {
 /* The block's temporaries, carved from the caller's scratch (edge_tick_scratch_doubles). */
 typedef struct {
     lane *log_prior, *cur, *nxt, *log_cur, *log_nxt, *qL; /* (sum S_f) */
+    lane *step1;  /* (sum S_f): the first step's values, less the log prior (lnQ1's rows) */
     lane *log_lik, *joint, *weighted, *utility, *neg_entropy, *qj; /* (S) */
     lane *value, *log_value;                                   /* (E) */
     lane *moved;                                               /* (sum_f U_f S_f) */
@@ -135,7 +140,7 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     for (int64_t f = 0; f < m->factors; f++) moved += m->num_controls[f] * m->num_states[f];
 #define TAKE(field, count) do { if (base) sc->field = base + used; used += (count); } while (0)
     TAKE(log_prior, W); TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
-    TAKE(qL, W);
+    TAKE(qL, W); TAKE(step1, W);
     TAKE(log_lik, S); TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
     TAKE(neg_entropy, S); TAKE(qj, S);
     TAKE(value, E); TAKE(log_value, E);
@@ -262,7 +267,8 @@ INLINE void free_energy(const tick_model *m, lane *const *q, lane *const *log_q,
 
 /* The block's posteriors into sc->cur: each agent iterates until its own free energy moves by
  * less than dF_tol (a stopped agent keeps its q while the others go on). */
-INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *offset) {
+INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *offset,
+                         int tabled) {
     const int64_t F = m->factors, S = m->joint;
     if (F == 1) {
         for (int64_t s = 0; s < S; s++)
@@ -291,11 +297,24 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         int64_t any = 0;
         LANES { active[b] = !(dF[b] < m->dF_tol); any |= active[b]; }
         if (!any) break;
-        joint_of(m, cur, sc->joint);
-        for (int64_t s = 0; s < S; s++) LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
+        /* the first step from uniform beliefs depends on the observation alone but for the log
+         * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), the
+         * same sums in the same order (edge_tick_first_step) */
+        const int from_table = tabled && it == 0 && m->lnQ1 != NULL;
+        if (!from_table) {
+            joint_of(m, cur, sc->joint);
+            for (int64_t s = 0; s < S; s++)
+                LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
+        }
         for (int64_t f = 0; f < F; f++) {
             lane *qL = sc->qL;
             int64_t s_f = m->num_states[f];
+            if (from_table) {
+                const lane *step = sc->step1 + offset[f];
+                for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = step[i][b] + log_prior[f][i][b];
+                softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
+                continue;
+            }
             const int64_t *index = m->state_index + f * S;
             for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = 0.0;
             for (int64_t s = 0; s < S; s++) LANES qL[index[s]][b] += sc->weighted[s][b];
@@ -325,7 +344,7 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
  * (the table follows once every block has, in edge_tick). */
 INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                         int64_t count, const int64_t *offset, int64_t width,
-                        uint8_t taken[MAX_F][MAX_U]) {
+                        uint8_t taken[MAX_F][MAX_U], int tabled) {
     const int64_t F = m->factors, M = m->modalities, S = m->joint, f32 = m->state_f32;
     int64_t agent[BLK], acted[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
@@ -367,6 +386,10 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             for (int64_t k = 1; k < M; k++) j = j * m->num_obs[k] + obs[k];
             const double *row = m->lnL + j * S;
             for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = row[s];
+            if (tabled && m->lnQ1 != NULL) {  /* and its first step's row */
+                const double *step = m->lnQ1 + j * width;
+                for (int64_t i = 0; i < width; i++) sc->step1[i][b] = step[i];
+            }
             continue;
         }
         double lik[MAX_S];
@@ -394,7 +417,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     }
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
     if (m->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
-    infer_states(m, sc, offset);
+    infer_states(m, sc, offset, tabled);
 
     /* learning, agent by agent: the counts of the outcome seen gain the posterior; each agent
      * its own counts: its table becomes their expectation, kept in the block's layout for
@@ -489,6 +512,33 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                               sc->cur[offset[f] + i][b], f32);
 }
 
+/* The first step of the mean-field iteration (infer_states) of every joint outcome j, less the
+ * log prior, from its log likelihood lnL[j] (NULL: nothing), as infer_states makes it from
+ * uniform beliefs: their joint (the same value at every state, the factors' uniforms
+ * multiplied in factor order, as joint_of), lnL[j][s] times it summed state by state into each
+ * factor's states, each sum over its uniform. Scalar and once (the binding's, at a model's
+ * start): prod_m O_m (S + sum S_f) steps. */
+void edge_tick_first_step(const tick_model *m, double *out) {
+    const int64_t F = m->factors, S = m->joint, W = width_of(m);
+    if (m->lnL == NULL || F < 2) return;
+    int64_t rows = 1;
+    for (int64_t k = 0; k < m->modalities; k++) rows *= m->num_obs[k];
+    double joint = 1.0 / (double)m->num_states[0];
+    for (int64_t f = 1; f < F; f++) joint = joint * (1.0 / (double)m->num_states[f]);
+    for (int64_t j = 0; j < rows; j++) {
+        const double *lnL = m->lnL + j * S;
+        double *row = out + j * W;
+        for (int64_t f = 0, at = 0; f < F; at += m->num_states[f], f++) {
+            const int64_t s_f = m->num_states[f];
+            const int64_t *index = m->state_index + f * S;
+            const double uniform = 1.0 / (double)s_f;
+            for (int64_t i = 0; i < s_f; i++) row[at + i] = 0.0;
+            for (int64_t s = 0; s < S; s++) row[at + index[s]] += lnL[s] * joint;
+            for (int64_t i = 0; i < s_f; i++) row[at + i] = row[at + i] / uniform;
+        }
+    }
+}
+
 /* The joint-outcome entries outcome by outcome (sc->outcome_entry[outcome_start[k] ..
  * outcome_start[k + 1]) are outcome k's), each outcome's in the order of their states: the
  * order a policy's predicted outcome is summed in. Once a call, E + K steps. */
@@ -553,13 +603,32 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
     }
 }
 
+/* Joint outcome k's predicted probability for the block's agents, summed in registers over its
+ * entries (their states in order) from the policy's predicted joint qj, packed at
+ * sc->qo[*packed] when some agent's is above 0 (else it adds nothing: dropped). */
+INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *qj,
+                            const lane *value, int64_t k, int64_t *packed) {
+    lane acc;
+    LANES acc[b] = 0.0;
+    for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
+        const int64_t e = sc->outcome_entry[r];
+        const double *from = qj[m->entry_state[e]], *v = value[e];
+        LANES acc[b] += from[b] * v[b];
+    }
+    int some = 0;
+    for (int b = 0; b < BLK; b++) some |= acc[b] > 0.0;
+    if (!some) return;
+    LANES sc->qo[*packed][b] = acc[b];
+    (*packed)++;
+}
+
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
  * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                        int64_t count, const int64_t *offset, int tables_ready) {
-    const int64_t F = m->factors, P = m->policies, S = m->joint, K = m->outcomes;
+    const int64_t F = m->factors, P = m->policies, S = m->joint;
     const int64_t f32 = m->state_f32;
     lane *q[MAX_F] = {0};
     int64_t agent[BLK];
@@ -609,25 +678,19 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
                     g[b] += qj[s][b] * neg_entropy[s][b];
                 }
             /* each joint outcome's predicted probability, summed in registers outcome by
-             * outcome over its entries (their states in order); the outcomes 0 for every agent
-             * of the block (most of them: a policy's predicted states reach few outcomes) are
+             * outcome over its entries (their states in order), of the outcomes the policy's
+             * predicted states can give (reach: the others' are exactly 0 for every agent, and
+             * were dropped below when this loop went over every outcome); the outcomes 0 for
+             * every agent of the block (most of them: a policy's predicted states reach few outcomes) are
              * dropped (their - qo ln(qo + eps) is exactly 0), the others packed policy after
              * policy (policy p's: [begin[p], begin[p + 1])) for their logs below */
             begin[p] = packed;
-            for (int64_t k = 0; k < K; k++) {
-                lane acc;
-                LANES acc[b] = 0.0;
-                for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
-                    const int64_t e = sc->outcome_entry[r];
-                    const double *from = qj[m->entry_state[e]], *v = value[e];
-                    LANES acc[b] += from[b] * v[b];
-                }
-                int some = 0;
-                for (int b = 0; b < BLK; b++) some |= acc[b] > 0.0;
-                if (!some) continue;
-                LANES sc->qo[packed][b] = acc[b];
-                packed++;
-            }
+            if (m->reach != NULL)
+                for (int64_t at = m->reach_start[p]; at < m->reach_start[p + 1]; at++)
+                    predict_outcome(m, sc, qj, value, m->reach[at], &packed);
+            else  /* every policy reaches every outcome (grid10): no list read */
+                for (int64_t k = 0; k < m->outcomes; k++)
+                    predict_outcome(m, sc, qj, value, k, &packed);
         }
         LANES G[p][b] = g[b];
     }
@@ -732,36 +795,36 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
     }
 }
 
-TARGETS void edge_tick(const tick_model *m, tick_state *st) {
-    int64_t offset[MAX_F], width = 0;
-    for (int64_t f = 0; f < m->factors; f++) { offset[f] = width; width += m->num_states[f]; }
-    block_scratch sc = {0};
-    lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
-    carve(m, base, &sc);
-    if (m->use_info_gain) index_outcomes(m, &sc);
-    uint8_t taken[MAX_F][MAX_U] = {{0}};  /* shared counts: the actions some agent learned */
-    if (!m->shared_counts) {  /* each agent its own counts (or none): a block at a time, whole */
-        /* without a learned likelihood every agent plans with the same planning tables: the
-         * first block makes them */
-        int64_t shared_tables = 1;
-        for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
-        for (int64_t first = 0; first < m->n; first += BLK) {
-            int64_t count = m->n - first < BLK ? m->n - first : BLK;
-            infer_block(m, st, &sc, first, count, offset, width, taken);
-            plan_block(m, st, &sc, first, count, offset, shared_tables && first > 0);
-        }
-        return;
-    }
-    /* shared counts: every agent infers and teaches them, the tables follow, every agent plans
-     * (with the planning tables the first block makes: a learned table is every agent's) */
+/* Each agent its own counts (or none): a block at a time, whole. Without a learned likelihood
+ * every agent plans with the same planning tables: the first block makes them. (The two
+ * passes are two functions: gcc compiles each on its own, so that what one gains, e.g. a frozen
+ * model's first-step table, does not move the other's code: one function held both and the
+ * shared pass's tick took 3-5% longer for a table it never reads.) */
+static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch *sc,
+                             const int64_t *offset, int64_t width) {
+    uint8_t taken[MAX_F][MAX_U] = {{0}};  /* (shared counts only) */
+    int64_t shared_tables = 1;
+    for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, &sc, first, count, offset, width, taken);
+        infer_block(m, st, sc, first, count, offset, width, taken, 1);
+        plan_block(m, st, sc, first, count, offset, shared_tables && first > 0);
+    }
+}
+
+/* Shared counts: every agent infers and teaches them, the tables follow, every agent plans
+ * (with the planning tables the first block makes: a learned table is every agent's). */
+static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scratch *sc,
+                                const int64_t *offset, int64_t width) {
+    uint8_t taken[MAX_F][MAX_U] = {{0}};  /* the actions some agent learned */
+    for (int64_t first = 0; first < m->n; first += BLK) {
+        int64_t count = m->n - first < BLK ? m->n - first : BLK;
+        infer_block(m, st, sc, first, count, offset, width, taken, 0);
         for (int64_t b = 0; b < count; b++)
             for (int64_t f = 0; f < m->factors; f++)
                 for (int64_t i = 0; i < m->num_states[f]; i++)
                     state_put(st->qs[f], (first + b) * m->num_states[f] + i,
-                              sc.cur[offset[f] + i][b], m->state_f32);
+                              sc->cur[offset[f] + i][b], m->state_f32);
     }
     if (m->learn) {
         normalise_shared(m);
@@ -775,7 +838,20 @@ TARGETS void edge_tick(const tick_model *m, tick_state *st) {
     }
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        load_block(m, st, &sc, first, count, offset, first == 0);
-        plan_block(m, st, &sc, first, count, offset, first > 0);
+        load_block(m, st, sc, first, count, offset, first == 0);
+        plan_block(m, st, sc, first, count, offset, first > 0);
     }
+}
+
+void edge_tick(const tick_model *m, tick_state *st) {
+    int64_t offset[MAX_F], width = 0;
+    for (int64_t f = 0; f < m->factors; f++) { offset[f] = width; width += m->num_states[f]; }
+    block_scratch sc = {0};
+    lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
+    carve(m, base, &sc);
+    if (m->use_info_gain) index_outcomes(m, &sc);
+    if (m->shared_counts)
+        tick_shared(m, st, &sc, offset, width);
+    else
+        tick_own(m, st, &sc, offset, width);
 }

@@ -62,7 +62,9 @@ typedef struct {
  * the action it took, and that action's columns become their counts' expectation (every column
  * of every action with normalise_all: the first refresh). Without a learned table (nothing
  * learns: a frozen group) the pass infers, plans and acts, and lnL may hold the log likelihood
- * of every joint outcome (a row gathered per agent: no product and no log per tick). state_f32 1: the state's beliefs,
+ * of every joint outcome (a row gathered per agent: no product and no log per tick) and lnQ1
+ * the mean-field iteration's first step of each (a row gathered per agent: the first step's
+ * joint, products and sums not made per tick). state_f32 1: the state's beliefs,
  * priors, G and q_pi (tick_state's void pointers) are float (an int8 group's), else double: the
  * pass computes in double either way. prior_given 1: the tick's prior is st->prior as the caller
  * keeps it (read; the next prior written there when next_prior is the same), else made. */
@@ -99,6 +101,12 @@ typedef struct {
     X(const int64_t *, entry_state)       /* (E) */                                       \
     X(const int64_t *, state_start)       /* (S + 1) */                                   \
     X(const int64_t *, state_entry)       /* (E): the entries, state by state */          \
+    X(const int64_t *, reach_start)       /* (P + 1) */                                   \
+    X(const int64_t *, reach)             /* each policy's outcomes (ascending) some state \
+                                           * in the support's image of its actions gives: \
+                                           * policy p's reach[reach_start[p] ..           \
+                                           * reach_start[p + 1]); NULL: every outcome of  \
+                                           * every policy */                               \
     X(const double *, entry_shared)       /* (E) */                                       \
     X(const int64_t *const *, entry_index) /* (M) */                                      \
     X(double *, scratch)                  /* edge_tick_scratch_doubles(model) doubles */  \
@@ -115,7 +123,11 @@ typedef struct {
     X(const int64_t *const *, B_flat)     /* (F): (nnz) each entry's index into pB, -1 a pad */ \
     X(int64_t, normalise_all)                                                             \
     X(const double *, lnL)                /* (prod_m O_m, S): ln(prod_m A_m[o_m] + eps) of  \
-                                           * every joint outcome, C order; NULL: made */
+                                           * every joint outcome, C order; NULL: made */     \
+    X(const double *, lnQ1)               /* (prod_m O_m, sum S_f): the mean-field iteration's \
+                                           * first step of every joint outcome, less the    \
+                                           * log prior (edge_tick_first_step of lnL); NULL: \
+                                           * made */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
@@ -161,6 +173,11 @@ int64_t edge_tick_layout(const tick_layout_entry **entries);
 
 /* The doubles of scratch edge_tick needs for this model (tick_model.scratch). */
 int64_t edge_tick_scratch_doubles(const tick_model *m);
+
+/* The mean-field iteration's first step of every joint outcome from m->lnL (its beliefs start
+ * uniform, so the step depends on the observation only but for the log prior added): into out,
+ * (prod_m O_m, sum S_f) doubles, what tick_model.lnQ1 is given (tick.c). */
+void edge_tick_first_step(const tick_model *m, double *out);
 
 /* One tick of the model's m->n agents, in place (tick.c). */
 void edge_tick(const tick_model *m, tick_state *st);

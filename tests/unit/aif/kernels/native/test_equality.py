@@ -411,6 +411,83 @@ def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
     assert above.lnL is None
 
 
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("world_name", ["tmaze-A1", "factors3", "limits"])
+def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bit_as_made(
+    build: str, world_name: str, tmp_path: Path
+) -> None:
+    """A model nobody learns gives the pass, beside ``lnL``, the mean-field iteration's first
+    step of every joint outcome less the log prior (``NativeTick.lnQ1``, made once by the
+    library's ``edge_tick_first_step``: from uniform beliefs the step is the observation's):
+    each factor's ``S_f / S`` times the sums of ``lnL``'s row over its states; and every model
+    each policy's outcomes its predicted states can give (``reach``: the states in the image of
+    its actions' transitions). The pass given both steps as the pass that makes the first step
+    per agent (``lnQ1`` NULL) and sums every outcome for every policy, bit for bit (the same
+    sums in the same order; the outcomes left out are exactly 0): 2, 3 and 4 factors, whole and
+    partial blocks, episode starts."""
+    world = make_world(world_name, tmp_path)
+    n = 13
+    cm = frozen_group(world, n, "int8").cm
+    with_table, without = frozen_kernel(cm, SETTINGS), frozen_kernel(cm, SETTINGS)
+    assert isinstance(with_table, native.NativeTick)
+    assert isinstance(without, native.NativeTick)
+    assert with_table.lnL is not None
+    assert with_table.lnQ1 is not None
+    num_states = [int(s) for s in cm.num_states]
+    F = len(num_states)
+    S = int(np.prod(num_states))
+    index = np.indices(num_states).reshape(len(num_states), S)
+    expected = np.concatenate(
+        [np.stack([with_table.lnL[:, index[f] == i].sum(axis=1) * s_f / S for i in range(s_f)],
+                  axis=1) for f, s_f in enumerate(num_states)], axis=1)
+    np.testing.assert_allclose(with_table.lnQ1, expected, rtol=1e-12, atol=1e-12)
+    without._model.lnQ1 = None  # the first step made per agent
+    P, K = len(cm.tree.policies), int(with_table._model.outcomes)
+    for p, actions in enumerate(with_table.policies_first):  # reach: the brute force's
+        moved = [np.asarray(b)[:, :, u].any(axis=1) for b, u in zip(world.B, actions, strict=True)]
+        reached = np.flatnonzero(np.logical_and.reduce(
+            [moved[f][with_table.state_index[f, with_table.entry_state]] for f in range(F)]))
+        np.testing.assert_array_equal(
+            with_table.reach[with_table.reach_start[p]:with_table.reach_start[p + 1]],
+            np.unique(with_table.entry_outcome[reached]))
+    if world_name == "tmaze-A1":  # some outcome left out (of 12: 10, 8, 8, 10)
+        assert with_table.reach_start[-1] < P * K
+    every = (np.arange(P + 1, dtype=np.int64) * K, np.tile(np.arange(K, dtype=np.int64), P))
+    without._model.reach_start, without._model.reach = (a.ctypes.data for a in every)
+    lib = library(build)
+    kernels_ = (with_table, without)
+    for kernel in kernels_:
+        kernel._tick = lib.edge_tick
+
+    def state() -> dict[str, Any]:
+        return {"qs": [np.zeros((n, s), dtype=np.float32) for s in num_states],
+                "prior": [np.zeros((n, s), dtype=np.float32) for s in num_states],
+                "action": np.zeros((n, F), dtype=np.int64),
+                "has_action": np.zeros(n, dtype=np.bool_),
+                "G": np.zeros((n, P), dtype=np.float32), "q_pi": np.zeros((n, P), dtype=np.float32)}
+
+    states = [state(), state()]
+    env = outcomes(world, n)
+    obs, start = env.reset()
+    for _ in range(12 if world_name == "limits" else 24):
+        for kernel, st in zip(kernels_, states, strict=True):
+            kernel.step(obs, st["qs"], st["action"], st["has_action"], G=st["G"],
+                        q_pi=st["q_pi"], prior=st["prior"], start=start)
+        ours, theirs = states
+        for name in ("qs", "prior"):
+            for a, b in zip(ours[name], theirs[name], strict=True):
+                np.testing.assert_array_equal(a, b)
+        for name in ("G", "q_pi", "action", "has_action"):
+            np.testing.assert_array_equal(ours[name], theirs[name])
+        obs, start = env.step(theirs["action"])
+    # one factor: no iteration, no table
+    assert native.NativeTick(
+        [np.ones((2, 3)) / 2], [np.eye(3)[:, :, None]], [np.ones(3) / 3], lnC=[np.zeros(2)],
+        lnE=np.zeros(1), policies=np.zeros((1, 1, 1), dtype=np.int64), learned=(),
+        supports=[np.ones((2, 3), dtype=bool)], n=1, gamma=16.0, num_iter=10, dF_tol=0.001,
+        lr=1.0, use_utility=True, use_info_gain=True, shared_counts=False).lnQ1 is None
+
+
 @pytest.mark.parametrize("native_faster", [True, False])
 def test_a_frozen_group_of_a_local_planner_s_model_keeps_the_path_measured_cheaper(
     native_faster: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
