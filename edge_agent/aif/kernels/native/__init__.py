@@ -39,6 +39,7 @@ from edge_agent.aif import joint_outcomes
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels.fast_tables import likelihood_table
 from edge_agent.aif.kernels.inference import softmax_rows
+from edge_agent.arrays import distinct
 
 __all__ = ["LIMITS", "NativeTick", "TransitionEntries", "declared", "layout", "library_path",
            "limits", "load", "mismatch", "support_entries", "too_large", "unavailable"]
@@ -390,7 +391,7 @@ def _reach(
             image = np.zeros(state_index.shape[1], dtype=np.bool_)
             image[row[start[actions[f]]:start[actions[f] + 1]]] = True
             ok &= image[state_index[f, entry_state]]
-        lists.append(np.unique(entry_outcome[ok]))
+        lists.append(distinct(entry_outcome[ok]))  # np.unique would import numpy.ma
     start = np.cumsum([0, *(len(k) for k in lists)]).astype(np.int64)
     reach = np.concatenate([*lists, np.zeros(1, dtype=np.int64)]).astype(np.int64)
     return start, reach
