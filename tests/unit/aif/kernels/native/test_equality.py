@@ -347,6 +347,18 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     assert float(np.median(np.concatenate(kl))) < 1e-4
 
 
+def _float_state(n: int, num_states: list[int], factors: int, policies: int
+                 ) -> dict[str, Any]:
+    """A frozen int8 group's state for ``n`` agents as the pass writes it (float beliefs, priors,
+    ``G`` and ``q_pi``), zeroed: what two kernels stepped side by side each keep."""
+    return {"qs": [np.zeros((n, s), dtype=np.float32) for s in num_states],
+            "prior": [np.zeros((n, s), dtype=np.float32) for s in num_states],
+            "action": np.zeros((n, factors), dtype=np.int64),
+            "has_action": np.zeros(n, dtype=np.bool_),
+            "G": np.zeros((n, policies), dtype=np.float32),
+            "q_pi": np.zeros((n, policies), dtype=np.float32)}
+
+
 @pytest.mark.parametrize("build", BUILDS)
 def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
     build: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -375,14 +387,7 @@ def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
         kernel._tick = lib.edge_tick
     S, F, P = cm.A_rows[0].shape[1], len(cm.num_states), len(cm.tree.policies)
 
-    def state() -> dict[str, Any]:
-        return {"qs": [np.zeros((n, s), dtype=np.float32) for s in cm.num_states],
-                "prior": [np.zeros((n, s), dtype=np.float32) for s in cm.num_states],
-                "action": np.zeros((n, F), dtype=np.int64),
-                "has_action": np.zeros(n, dtype=np.bool_),
-                "G": np.zeros((n, P), dtype=np.float32), "q_pi": np.zeros((n, P), dtype=np.float32)}
-
-    states = [state(), state()]
+    states = [_float_state(n, cm.num_states, F, P) for _ in kernels_]
     env = outcomes(world, n)
     obs, start = env.reset()
     for _ in range(24):
@@ -459,14 +464,7 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
     for kernel in kernels_:
         kernel._tick = lib.edge_tick
 
-    def state() -> dict[str, Any]:
-        return {"qs": [np.zeros((n, s), dtype=np.float32) for s in num_states],
-                "prior": [np.zeros((n, s), dtype=np.float32) for s in num_states],
-                "action": np.zeros((n, F), dtype=np.int64),
-                "has_action": np.zeros(n, dtype=np.bool_),
-                "G": np.zeros((n, P), dtype=np.float32), "q_pi": np.zeros((n, P), dtype=np.float32)}
-
-    states = [state(), state()]
+    states = [_float_state(n, num_states, F, P) for _ in kernels_]
     env = outcomes(world, n)
     obs, start = env.reset()
     for _ in range(12 if world_name == "limits" else 24):
