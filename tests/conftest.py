@@ -6,7 +6,8 @@ depend on how fast the machine is. Hypothesis' deadline (200 ms an example) and 
 health check (examples generated too slowly) are both a matter of time, so the profile loaded here
 turns them off for every property test; what a test sets with ``@settings`` still applies on top.
 The time report (:mod:`tests.support.budgets`; the budgets: tests/budgets.toml) never fails a
-test either.
+test either. MQTT clients a test file leaves running fail its last teardown
+(:mod:`tests.support.client_threads`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, settings
 
 from edge_agent.errors import ConfigError
 from tests.support.budgets import TimeBudget, read_budgets
+from tests.support.client_threads import ClientThreads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +35,4 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as err:
         raise pytest.UsageError(f"the test files' budgets:\n{err}") from err
     config.pluginmanager.register(TimeBudget(budgets), "time-budget")
+    config.pluginmanager.register(ClientThreads(), "client-threads")
