@@ -11,6 +11,7 @@ SIGTERM; ``restart()`` kills and starts again on the same port. The broker's log
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,11 +35,40 @@ def find_mosquitto() -> str:
     return found
 
 
+#: The lowest port :func:`free_port` hands out; it stays below the kernel's ephemeral range.
+LOWEST_PORT = 10000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (the source ports of outgoing
+    connections)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port nothing listens on, **below the ephemeral range**. A client that retries
+    a server the test stopped must be refused, not connected to itself: when nothing listens on
+    a port of the ephemeral range, the kernel may pick that very port as the retry's source
+    port, and the connection is a TCP self-connect (the client reads its own CONNECT, or its own
+    TLS ClientHello; paho then drops the half-made TLS socket unclosed). The kernel never picks
+    a source port outside the range, so a server's port there cannot be one."""
+    high = _ephemeral_low()
+    if high - LOWEST_PORT < 1000:  # a range set unusually low: the kernel's choice, as before
+        candidates: list[int] = [0]
+    else:
+        candidates = random.Random().sample(range(LOWEST_PORT, high), 64)
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = s.getsockname()[1]
+            return port
+    raise RuntimeError(f"no free loopback port among 64 tried in {LOWEST_PORT}-{high - 1}")
 
 
 class MosquittoBroker:
