@@ -144,7 +144,9 @@ def status(hub: Hub) -> dict[str, Any]:
     return got
 
 
-def test_one_node_s_numbers_cannot_stall_learning_nor_bloat_health(fleet: dict[str, Any]) -> None:
+def test_one_node_s_numbers_cannot_stall_learning_nor_bloat_health(
+    fleet: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
     parts, url = fleet["parts"], fleet["url"]
     hub = parts.hub
     sha = sha_of(fleet["bundle"], parts.keys)
@@ -154,6 +156,7 @@ def test_one_node_s_numbers_cannot_stall_learning_nor_bloat_health(fleet: dict[s
                "the daemon's health")  # fmt: skip
     before = figures(hub, url)
     rogue = Rogue(parts)
+    request.addfinalizer(rogue.client.close)
     rogue.send(TOPICS.node_state(ROGUE), NodeState(online=True), retain=True)
     rogue.birth({"grid": GroupInfo(agents=16, bundle=f"{LINE}@1.0.0", bundle_sha256=sha)})
     # 1. Experience: two deltas of 2**63 - 1 agent-ticks each.
