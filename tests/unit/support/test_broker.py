@@ -1,4 +1,4 @@
-"""tests.support.broker.free_port: a loopback port nothing listens on, below the kernel's
+"""tests.support.broker: free_port hands out a loopback port nothing listens on, below the kernel's
 ephemeral range, so that no client retrying a stopped server there connects to itself."""
 
 from __future__ import annotations
