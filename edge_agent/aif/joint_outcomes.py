@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["JointLayout", "joint_layout", "possible_outcomes"]
+__all__ = ["JointLayout", "joint_entries", "joint_layout", "possible_outcomes"]
 
 
 def possible_outcomes(supports: Sequence[np.ndarray]) -> np.ndarray:
@@ -32,6 +32,19 @@ def possible_outcomes(supports: Sequence[np.ndarray]) -> np.ndarray:
         possible &= s[every[:, m]]
     out: np.ndarray = every[possible.any(axis=1)]
     return out
+
+
+def joint_entries(
+    supports: Sequence[np.ndarray], outcomes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (joint outcome, state) entries of ``outcomes`` ``(K, M)`` where every modality's
+    support (``supports[m]`` ``(O_m, S)`` bool) holds, outcome by outcome, states ascending:
+    ``(k_of, state_of)`` ``(E,)`` intp each (:class:`JointLayout`'s entries)."""
+    where = np.ones((len(outcomes), supports[0].shape[1]), dtype=bool)
+    for m, support in enumerate(supports):
+        where &= support[outcomes[:, m]]
+    k_of, state_of = np.nonzero(where)
+    return k_of, state_of
 
 
 class JointLayout(NamedTuple):
@@ -57,10 +70,7 @@ def joint_layout(
     ``supports[m]`` ``(O_m, S)`` bool; ``A[m]`` ``(1, O_m, S)`` gives the shared modalities'
     values (those not in ``learned``, whose tables are the agents' own)."""
     S = supports[0].shape[1]
-    where = np.ones((len(outcomes), S), dtype=bool)
-    for m, support in enumerate(supports):
-        where &= support[outcomes[:, m]]
-    k_of, state_of = np.nonzero(where)
+    k_of, state_of = joint_entries(supports, outcomes)
     shared = np.ones(len(k_of))
     for m, a in enumerate(A):
         if m not in learned:

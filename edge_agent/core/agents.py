@@ -80,7 +80,13 @@ from edge_agent.core.health_window import HealthSummary
 from edge_agent.core.history import HistoryRing
 from edge_agent.core.history_recorder import HistoryRecorder, history_fields
 from edge_agent.core.installer import TablesInstaller
-from edge_agent.core.native_pass import choice_measured, frozen_kernel, local_reason
+from edge_agent.core.native_pass import (
+    choice_measured,
+    compiled_nbytes,
+    frozen_kernel,
+    local_reason,
+    sizing_reasons,
+)
 from edge_agent.core.path_choice import TickCosts, measure_costs, tick_path
 from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, TickPath
 from edge_agent.errors import InputError
@@ -124,6 +130,11 @@ class AifAgentGroup:
     :mod:`edge_agent.core.learning`); ``trial_ends_at_reset``: :meth:`reset` ends the trials of
     the agents that acted in theirs (``pD`` learns from them). A group that learns keeps its
     prior (learning reads and writes it).
+
+    ``sizing_only``: the group is made to know what a group of its model and settings reserves
+    (admission's plan probe, ``check-config``): one that does not learn has its compiled tick's
+    bytes planned from the model (:func:`~edge_agent.core.native_pass.compiled_nbytes`) and
+    steps with numpy, the compiled tick neither built, loaded nor measured.
     """
 
     def __init__(
@@ -148,6 +159,7 @@ class AifAgentGroup:
         trial_ends_at_reset: bool = False,
         health: bool = True,
         drift: DriftSettings | None = None,
+        sizing_only: bool = False,
     ) -> None:
         _check_arguments(name, n_agents, precision, history_beliefs)
         self.name = name
@@ -221,12 +233,12 @@ class AifAgentGroup:
         #: measured: numpy steps it anyway, or ``EDGE_AGENT_NATIVE_TICK=1``).
         self._native_reason = ""
         self.stepping_cost: TickCosts | None = None
-        self._native: NativeTick | None = self._choose_native(cm, n_agents)
+        self._native: NativeTick | None = self._choose_native(cm, n_agents, sizing_only)
         # Reserve before allocating: shared tables once per model (the same bytes whatever the
         # group's size or path), then per-agent state with what the group holds alone: the
-        # compiled tick's tables and scratch, built by every group the compiled tick can take
-        # (each its own NativeTick), reserved whether its measurement keeps it or not: what the
-        # budget admits never depends on a clock's choice.
+        # compiled tick's tables and scratch of every group the compiled tick can take (each its
+        # own NativeTick when it builds one), reserved whether it builds it and its measurement
+        # keeps it or not: what the budget admits never depends on a clock's choice.
         self.shared_nbytes = cm.nbytes + (0 if self._quantized is None else self._quantized.nbytes)
         self.memory.reserve_model(self.key, self.shared_nbytes)
         self.memory.reserve_agents(n_agents)
@@ -254,26 +266,36 @@ class AifAgentGroup:
         )
         self.memory.reserve_learning()
 
-    def _choose_native(self, cm: kernels.CompiledModel, n_agents: int) -> NativeTick | None:
+    def _choose_native(
+        self, cm: kernels.CompiledModel, n_agents: int, sizing_only: bool
+    ) -> NativeTick | None:
         """The compiled tick that steps the group, or None: numpy does, and why
         (:attr:`_native_reason`): numpy for a group that learns (its learning's pass) or plans
         by a policy, or whose model the compiled tick does not take
         (:func:`~edge_agent.core.native_pass.frozen_kernel`), or a local planner's model in a
-        group above a few dozen agents (:func:`~edge_agent.core.native_pass.local_reason`);
-        else the path measured cheaper on the group's model and agents
-        (:func:`~edge_agent.core.path_choice.measure_costs`), in the status and the log."""
+        group above a few dozen agents (:func:`~edge_agent.core.native_pass.local_reason`), or
+        a group made only to be sized (``sizing_only``); else the path measured cheaper on the
+        group's model and agents (:func:`~edge_agent.core.path_choice.measure_costs`), in the
+        status and the log. Where the compiled tick can take the model, the group reserves its
+        bytes whatever it steps with (:func:`~edge_agent.core.native_pass.compiled_nbytes`,
+        planned from the model: a group that steps numpy builds and loads nothing of it)."""
         if self.learning is not None or self.plans is not None:
             self._native_reason = ("its learning steps it" if self.learning is not None
                                    else "a planning policy")
             return None
+        why = sizing_reasons(cm, self.settings)
+        if why is not None:
+            self._native_reason = why
+            return None
+        self.memory.compiled_nbytes = compiled_nbytes(cm, self.settings)
+        numpy_anyway = ("made to be sized only (admission's plan)" if sizing_only
+                        else local_reason(cm, n_agents))
+        if numpy_anyway is not None:
+            self._native_reason = numpy_anyway
+            return None
         found = frozen_kernel(cm, self.settings)
         if isinstance(found, str):
             self._native_reason = found
-            return None
-        self.memory.compiled_nbytes = found.nbytes
-        local = local_reason(cm, n_agents)
-        if local is not None:
-            self._native_reason = local
             return None
         if not choice_measured():
             return found

@@ -75,8 +75,9 @@ class GroupMemory:
         self.recorder, self.plans, self.learning = recorder, plans, learning
         #: Bytes of what the group builds for itself alone, whatever its agents: the compiled
         #: tick's tables and scratch of a group the compiled tick can take (its own
-        #: ``NativeTick``, built to measure it, kept or not; 0: numpy steps it), reserved with
-        #: the agents (:meth:`bytes_for`), not in the model's shared reservation: groups of one
+        #: ``NativeTick``, planned from the model whether the group builds it, keeps it after
+        #: measuring or steps numpy; 0: numpy steps it whatever its size), reserved with the
+        #: agents (:meth:`bytes_for`), not in the model's shared reservation: groups of one
         #: model of any sizes and paths reserve the same bytes under its shared key.
         self.compiled_nbytes = 0
         self._reservations: list[Reservation] = []

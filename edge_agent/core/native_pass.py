@@ -41,7 +41,10 @@ kernels' on the same tables up to float32 rounding for an int8 group (far inside
 docs/quantization.md's bound) and rounding for a float64 one.
 
 Where the compiled tick can take a group, the group measures both paths once when it is made
-and keeps the cheaper (:func:`~edge_agent.core.path_choice.measure_costs`).
+and keeps the cheaper (:func:`~edge_agent.core.path_choice.measure_costs`). Whichever it keeps,
+it reserves the compiled tick's bytes (:func:`compiled_nbytes`, from the model alone: a group
+that steps with numpy, or is made only to be sized, neither builds the pass nor loads the
+library).
 ``EDGE_AGENT_NATIVE_TICK=0`` in the environment (:data:`NATIVE_ENV`) keeps every group on numpy,
 the reference twin; ``EDGE_AGENT_NATIVE_TICK=1`` puts every group the compiled tick can take in it,
 unmeasured (the tests of its results); read when the group is made.
@@ -71,11 +74,13 @@ __all__ = [
     "NativePass",
     "SharedNativePass",
     "choice_measured",
+    "compiled_nbytes",
     "frozen_kernel",
     "local_reason",
     "numpy_reasons",
     "per_agent_pass",
     "shared_pass",
+    "sizing_reasons",
 ]
 
 #: The environment variable that keeps groups on numpy when it is ``0``.
@@ -101,22 +106,23 @@ def local_reason(cm: kernels.CompiledModel, n_agents: int) -> str | None:
     """Why a group of ``n_agents`` of ``cm`` that the compiled tick could take steps numpy's
     local one-step planner unmeasured (None: it measures both paths, or takes the compiled tick
     unmeasured where :data:`NATIVE_ENV` is ``1``). The group still reserves its compiled tick's
-    bytes (made to know them, then dropped), so that what the budget admits for a model does
-    not depend on a group's size or path (``check-config`` plans with probes of one agent)."""
+    bytes (:func:`compiled_nbytes`, neither built nor the library loaded), so that what the
+    budget admits for a model does not depend on a group's size or path (``check-config`` plans
+    with probes of one agent)."""
     if cm.local is None or n_agents <= LOCAL_MEASURED or not choice_measured():
         return None
     return (f"the local one-step planner (numpy) outruns the compiled tick's dense plan above "
             f"{LOCAL_MEASURED} agents")
 
 
-def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
-    """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
-    compiled tick takes it): the environment asks for numpy, policies of more than one step,
-    stochastic or whole-policy action selection, no library (or not the binding's), a model
-    above the library's limits. A model numpy steps with its local one-step planner (grid10's,
-    ``B`` local) is taken too, in a group of up to :data:`LOCAL_MEASURED` agents: the group
-    measures both paths (:func:`~edge_agent.core.path_choice.measure_costs`); a larger one
-    steps the local planner (:func:`local_reason`)."""
+def sizing_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
+    """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns, of what is
+    known without loading the library (None: the compiled tick takes the model, if the
+    installed library is the binding's): the environment asks for numpy, policies of more than
+    one step, stochastic or whole-policy action selection, a package installed without its
+    library, a model above the package's limits (:data:`~edge_agent.aif.kernels.native.
+    PACKAGE_LIMITS`). Where it says None, the group reserves its compiled tick's bytes
+    (:func:`compiled_nbytes`)."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
@@ -128,10 +134,32 @@ def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | Non
     for found, why in reasons:
         if found:
             return why
-    missing = native.unavailable()  # no library, or not the binding's: its limits unknown
-    if missing is not None:
-        return missing
-    return native.too_large(cm.num_states, cm.num_controls, cm.num_modalities, len(policies))
+    return native.not_installed() or native.too_large(
+        cm.num_states, cm.num_controls, cm.num_modalities, len(policies))
+
+
+def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | None:
+    """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns (None: the
+    compiled tick takes it): :func:`sizing_reasons`, or the package's library cannot be loaded
+    or is not the binding's (loaded to know it). A model numpy steps with its local one-step
+    planner (grid10's, ``B`` local) is taken too, in a group of up to :data:`LOCAL_MEASURED`
+    agents: the group measures both paths (:func:`~edge_agent.core.path_choice.measure_costs`);
+    a larger one steps the local planner (:func:`local_reason`)."""
+    return sizing_reasons(cm, settings) or native.unavailable()
+
+
+def compiled_nbytes(cm: kernels.CompiledModel, settings: AifSettings) -> int:
+    """Bytes of the compiled tick a group of ``cm`` that does not learn would hold
+    (:func:`frozen_kernel`'s :attr:`~edge_agent.aif.kernels.native.NativeTick.nbytes`, exactly),
+    from the model's supports and shapes, nothing built and the library not loaded (:func:`
+    ~edge_agent.aif.kernels.native.frozen_nbytes`); 0 where it steps with numpy whatever its
+    size (:func:`sizing_reasons`). A library that is installed but refused at load still has its
+    bytes counted: what a group reserves never depends on loading it."""
+    if sizing_reasons(cm, settings) is not None:
+        return 0
+    return native.frozen_nbytes([np.asarray(a) > 0 for a in cm.A_rows],
+                                [kernels.support_table(t) for t in cm.transitions],
+                                cm.tree.policies)
 
 
 def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> native.NativeTick | str:

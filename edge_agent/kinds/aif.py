@@ -174,7 +174,7 @@ def plan_aif(
     (the same bytes whatever a group's size or path), and with the agents the group's own
     compiled tick where the compiled tick can take the model (the same at every size, kept or
     not by the group's measurement), so ``check-config`` plans what ``run`` reserves."""
-    probe = new_agents(aif, cfg, 1, None, 0)
+    probe = new_agents(aif, cfg, 1, None, 0, sizing_only=True)
     # Each worker beyond the caller holds its own block scratch (start_workers reserves it
     # apart; planned with the group's agents, so that a group too large is named once).
     blocks = -(-cfg.count // probe.block_size)
@@ -208,13 +208,15 @@ def new_agents(
     history_capacity: int,
     *,
     workers: int = 1,
+    sizing_only: bool = False,
 ) -> AifAgentGroup:
     """The group's agents, learning what its ``[groups.learning]`` table says (their trials end
     at the world's episode starts); with ``workers`` above one their state is allocated in shared
     memory from the start (the caller starts the workers: nothing is copied then). Agents that
     neither learn nor coordinate keep no prior between ticks where it follows from their beliefs
     and actions (``keep_prior``, docs/memory.md: learning and coordination read and write
-    it)."""
+    it). ``sizing_only``: a plan's probe, made to know the bytes a group reserves
+    (:class:`AifAgentGroup`'s ``sizing_only``: no compiled tick built, loaded or measured)."""
     kwargs: dict[str, Any] = {
         "settings": aif.settings,
         "precision": cfg.precision,
@@ -226,6 +228,7 @@ def new_agents(
         "planning": cfg.table_or_default(PlanningPolicy),
         "shared_state": workers > 1,
         "drift": cfg.table_or_default(HealthTable).drift(),
+        "sizing_only": sizing_only,
     }
     if aif.learning is None:
         keep_prior = cfg.coordination is not None

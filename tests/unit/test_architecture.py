@@ -233,6 +233,43 @@ def daemon_imports(tmp_path: Path, name: str, tail: str = "", *, entry: str = "m
     return set(ast.literal_eval(out.strip().splitlines()[-1]))
 
 
+def daemon_maps_the_compiled_tick(tmp_path: Path, name: str, count: int) -> bool:
+    """Whether a daemon running half a second on the plain group of ``count`` agents has the
+    compiled tick's library mapped (``/proc/self/maps``), started as ``edge-agent run``."""
+    config = tmp_path / f"{name}.toml"
+    group = PLAIN_GROUP.replace("count = 50", f"count = {count}")
+    config.write_text(
+        f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
+        f"[[groups]]\n{group}"
+    )
+    out = run_fresh(
+        f"""
+        import os
+        os.environ.pop("NOTIFY_SOCKET", None)
+        os.environ.pop("EDGE_AGENT_NATIVE_TICK", None)
+        os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
+        from edge_agent.aif.kernels import native
+        from edge_agent.cli import main
+        assert main(["run", "--config", {str(config)!r}, "--duration", "0.5"]) == 0
+        library = native.library_path()
+        assert library is not None, "the package was installed without its compiled tick"
+        with open("/proc/self/maps") as maps:
+            print(str(library.resolve()) in maps.read())
+        """
+    )
+    return out.strip().splitlines()[-1] == "True"
+
+
+def test_a_daemon_whose_groups_step_numpy_never_loads_the_compiled_tick(tmp_path: Path) -> None:
+    """A daemon whose only group steps numpy (grid10 agents above ``LOCAL_MEASURED``: the local
+    planner, unmeasured) maps nothing of the compiled tick's library: its group plans the
+    compiled tick's bytes from the model, and admission's probe only sizes one (docs/memory.md,
+    "Memory tricks"). A group of 10 agents, which measures the compiled tick, maps it (so this
+    rule cannot pass because the library is never loaded at all)."""
+    assert not daemon_maps_the_compiled_tick(tmp_path, "numpy", 1000)
+    assert daemon_maps_the_compiled_tick(tmp_path, "measured", 10)
+
+
 def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:
     """``edge-agentd`` (what the unit runs) and ``edge-agent run`` import the ``run`` command's
     module alone; building ``edge-agent``'s whole parser imports every command's module."""

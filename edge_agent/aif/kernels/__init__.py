@@ -139,6 +139,7 @@ from edge_agent.aif.kernels.transitions import (
     propagate,
     propagate_per_agent,
     refreshed_transition,
+    support_table,
 )
 from edge_agent.aif.kernels.workspace import CHUNK_ROWS, Block, Workspace
 
@@ -242,5 +243,6 @@ __all__ = [
     "small_prior_block",
     "soft_likelihood",
     "softmax_rows",
+    "support_table",
     "surprise_block",
 ]

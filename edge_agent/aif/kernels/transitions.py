@@ -282,6 +282,25 @@ def dense_table(trans: Transition) -> np.ndarray:
     return out
 
 
+def support_table(trans: Transition) -> NDArray[np.bool_]:
+    """``(S, S, U)`` bool: where :func:`dense_table` of ``trans`` is non-zero, without making
+    that table (a sparse table's entries add into distinct cells: a cell is non-zero where one
+    of its weights is)."""
+    if isinstance(trans, DenseTransition):
+        dense: NDArray[np.bool_] = (trans.BT != 0).transpose(2, 1, 0)
+        return dense
+    S = trans.num_states
+    out = np.zeros((S, S, len(trans.layers)), dtype=np.bool_)
+    for u, layers in enumerate(trans.layers):
+        for tgt, src, w in layers:
+            if w is None:
+                out[tgt, src, u] = True
+            else:
+                keep = np.asarray(w) != 0
+                out[tgt[keep], src[keep], u] = True
+    return out
+
+
 def propagate(trans: Transition, q: np.ndarray, u: int) -> np.ndarray:
     """Predicted next state ``B[:, :, u] @ q`` for every row of ``q`` (shape ``(..., S)``)."""
     if isinstance(trans, DenseTransition):

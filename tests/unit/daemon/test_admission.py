@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 
+from edge_agent.aif.kernels import native
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.cli import main as device_main
 from edge_agent.config.daemon import read_config
@@ -18,7 +20,7 @@ from edge_agent.config.profiles import FirmwareProfile, load_profiles
 from edge_agent.core import agents as aif_agents
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import format_bytes
-from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.native_pass import NATIVE_ENV, compiled_nbytes
 from edge_agent.core.path_choice import MEASURE_AGENTS, TickCosts
 from edge_agent.daemon.admission import admit, load_group_model, resolve_models, trusted_keys
 from edge_agent.daemon.group_runtime import (
@@ -207,7 +209,7 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
                                   + group.scratch_nbytes(group.n_agents)
                                   + group.memory.health_nbytes(group.n_agents))
     assert budget.used == report["base_bytes"] + owners["few"] + owners["many"] + few.shared_nbytes
-    # check-config's plan (probes of one agent, each measured at one agent: the compiled tick)
+    # check-config's plan (probes of one agent, sized only: no compiled tick built or measured)
     # is what run reserved, line by line
     assert planned == [(f"model:{few.key}", "model", few.shared_nbytes, few.key),
                        ("few", "agents", owners["few"], None),
@@ -219,6 +221,50 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
     assert device_main(["check-config", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"budget: {format_bytes(used)} of " in out, out
+
+
+def test_a_plan_and_a_group_stepping_numpy_build_no_compiled_tick_and_measure_nothing(
+    bundles: Path, profiles: dict[str, FirmwareProfile], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """check-config's plan of a frozen grid10 group of 1,000 agents (its probe of one agent) and
+    the group ``run`` admits (above ``LOCAL_MEASURED``: numpy's local planner, unmeasured)
+    neither build the compiled tick nor measure it: its bytes come from the model
+    (``compiled_nbytes``), the same in the plan and the reservation. A group of 10 agents, which
+    measures, builds one (of the bytes planned), so the counting here can fail."""
+    built: list[int] = []
+    measured: list[int] = []
+    real = native.NativeTick
+
+    def counted(*args: Any, **kwargs: Any) -> native.NativeTick:
+        kernel = real(*args, **kwargs)
+        built.append(kernel.nbytes)
+        return kernel
+
+    def costs(*args: object, n_agents: int, **kwargs: object) -> TickCosts:
+        measured.append(n_agents)
+        return TickCosts(native_s=1e-3, numpy_s=2e-3, agents=min(n_agents, MEASURE_AGENTS))
+
+    monkeypatch.setattr(native, "NativeTick", counted)
+    monkeypatch.setattr(aif_agents, "measure_costs", costs)
+    monkeypatch.delenv(NATIVE_ENV, raising=False)
+    path = config(bundles, GRID10.format(name="many", count=1000), name="many.toml")
+    source = read_config(path, profiles=profiles)
+    models = resolve_models(source.config)
+    (cfg,) = source.config.groups
+    planned = plan_requests(models[cfg.name][1], cfg, 8, 1)
+    assert (built, measured) == ([], [])
+    _profile, budget, (group,) = admit(source)
+    many = group.agents
+    assert isinstance(many, AifAgentGroup)
+    assert (built, measured) == ([], [])
+    assert many.stepping.startswith("numpy: the local one-step planner")
+    planned_bytes = compiled_nbytes(many.cm, many.settings)
+    assert many.memory.compiled_nbytes == planned_bytes > 0
+    assert planned[1] == ("many", "agents", budget.report()["by_owner"]["many"], None)
+    many.release()
+    few = AifAgentGroup(many.quantized, 10, settings=many.settings, precision="int8")
+    assert (built, measured) == ([planned_bytes], [10])
+    assert few.stepping == "native"
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,16 @@ with the layout the library reports (:func:`layout`: every struct's size, every 
 size and kind, every limit) before anything is passed to it. A library that differs (built from
 other sources, or a binding edited without its header) is refused, never called:
 :func:`unavailable` says why, and the groups step with numpy. The model sizes the pass takes
-(:func:`limits`) are the library's own, read from it, for the limits :data:`LIMITS` names.
-:func:`load` finds the library; a machine where the package was installed without a C compiler
-has none (:func:`unavailable` says so too). ``recipe.py`` is how it is built.
+(:func:`limits`) are the library's own, read from it, for the limits :data:`LIMITS` names; the
+package's library's are :data:`PACKAGE_LIMITS` (tick.h's values: a package library that reports
+others is refused), known without loading it. :func:`load` finds the library; a machine where
+the package was installed without a C compiler has none (:func:`not_installed`,
+:func:`unavailable` say so). ``recipe.py`` is how it is built.
+
+What a group that does not learn would hold in the pass is known without building it or loading
+the library (:func:`frozen_nbytes`: exactly :attr:`NativeTick.nbytes`, the scratch by
+:func:`scratch_doubles`, the twin of tick.c's ``edge_tick_scratch_doubles``), so that a group
+that steps with numpy, or admission's probe that only sizes one, maps none of it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,14 +49,22 @@ from edge_agent.aif.kernels.fast_tables import likelihood_table
 from edge_agent.aif.kernels.inference import softmax_rows
 from edge_agent.arrays import distinct
 
-__all__ = ["LIMITS", "NativeTick", "TransitionEntries", "declared", "layout", "library_path",
-           "limits", "load", "mismatch", "support_entries", "too_large", "unavailable"]
+__all__ = ["BLOCK", "LIMITS", "PACKAGE_LIMITS", "NativeTick", "TransitionEntries", "declared",
+           "frozen_nbytes", "layout", "library_path", "limits", "load", "mismatch",
+           "not_installed", "scratch_doubles", "support_entries", "too_large", "unavailable"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
 #: the library's (:func:`limits`). A limit added to tick.h is named here too, or the library
 #: is refused.
 LIMITS = {"factors": "MAX_F", "joint": "MAX_S", "modalities": "MAX_M", "policies": "MAX_P",
           "controls": "MAX_U"}
+#: The package's library's limits by :data:`LIMITS`' names: tick.h's ``TICK_LIMITS`` values,
+#: known without loading it (:func:`limits`, :func:`too_large`); :func:`load` refuses a package
+#: library that reports others (test_binding.py reads them in tick.h too).
+PACKAGE_LIMITS = {"factors": 4, "joint": 128, "modalities": 8, "policies": 64, "controls": 16}
+#: The agents of a block of the pass (tick.c's ``BLK``): its scratch is lanes of that many
+#: doubles (:func:`scratch_doubles`).
+BLOCK = 8
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -224,11 +240,21 @@ def _described(row: tuple[str, int, int]) -> str:
     return f"{_KIND_NAMES.get(kind, repr(kind))} at {value} ({size} bytes)"
 
 
-def unavailable() -> str | None:
-    """Why there is no compiled tick here (None: there is one, its layout the binding's)."""
+def not_installed() -> str | None:
+    """Why there is no compiled tick here that is known without loading it: the package was
+    installed without its library (None: it has one, not yet checked: :func:`unavailable`)."""
     if library_path() is None:
         return ("edge-agent was installed without its compiled tick (no C compiler then): "
                 "reinstall it with gcc present (apt-get install gcc)")
+    return None
+
+
+def unavailable() -> str | None:
+    """Why there is no compiled tick here (None: there is one, its layout the binding's; the
+    package's library is loaded to know it)."""
+    missing = not_installed()
+    if missing is not None:
+        return missing
     if _LIBRARY is None and _REFUSED is None:
         with contextlib.suppress(RuntimeError):  # _REFUSED says why
             load()
@@ -250,6 +276,8 @@ def load(path: Path | None = None) -> ctypes.CDLL:
         raise RuntimeError(unavailable())
     try:
         lib = _checked(where)
+        if path is None:
+            _check_limits(lib, where)
     except RuntimeError as refused:
         if path is None:
             _REFUSED = str(refused)
@@ -291,10 +319,22 @@ def _checked(where: Path) -> ctypes.CDLL:
     return lib
 
 
+def _check_limits(lib: ctypes.CDLL, where: Path) -> None:
+    """The package's library's limits are :data:`PACKAGE_LIMITS` (else RuntimeError)."""
+    reported = limits(lib)
+    if reported != PACKAGE_LIMITS:
+        raise RuntimeError(f"the compiled tick {where.name} reports the limits {reported}, the "
+                           f"binding's are {PACKAGE_LIMITS}: reinstall edge-agent so that the "
+                           "library is built from its own sources")
+
+
 def limits(library: ctypes.CDLL | None = None) -> dict[str, int]:
     """The model sizes the pass takes, by :data:`LIMITS`' names: the values ``library``
-    (default: the package's) reports for tick.h's limits."""
-    reported = layout(library or load())
+    reports for tick.h's limits (default: the package's, :data:`PACKAGE_LIMITS`, its library
+    not loaded)."""
+    if library is None:
+        return dict(PACKAGE_LIMITS)
+    reported = layout(library)
     return {size: reported[limit][1] for size, limit in LIMITS.items()}
 
 
@@ -311,7 +351,8 @@ def _addr(a: np.ndarray, dtype: Any = np.float64, size: int | None = None) -> in
 
 def too_large(num_states: Sequence[int], num_controls: Sequence[int], num_modalities: int,
               num_policies: int, library: ctypes.CDLL | None = None) -> str | None:
-    """Which of the limits (:func:`limits`, ``library``'s) a model is above (None: none)."""
+    """Which of the limits (:func:`limits`, ``library``'s; default the package's, its library
+    not loaded) a model is above (None: none)."""
     bounds = limits(library)
     sizes = {"factors": len(num_states), "joint": int(np.prod(num_states)),
              "modalities": num_modalities, "policies": num_policies,
@@ -395,6 +436,61 @@ def _reach(
     start = np.cumsum([0, *(len(k) for k in lists)]).astype(np.int64)
     reach = np.concatenate([*lists, np.zeros(1, dtype=np.int64)]).astype(np.int64)
     return start, reach
+
+
+def scratch_doubles(
+    num_states: Sequence[int], num_controls: Sequence[int], *, policies: int, outcomes: int,
+    entries: int, learned_values: int = 0,
+) -> int:
+    """The doubles of scratch the pass needs (``tick_model.scratch``), alignment slack included:
+    tick.c's ``edge_tick_scratch_doubles`` (its ``carve``, lane by lane, in its order; change
+    both together, test_binding.py checks them equal) for a model of ``num_states`` and
+    ``num_controls`` per factor planning ``policies`` one-step policies over ``outcomes``
+    possible joint outcomes and ``entries`` (outcome, state) entries; ``learned_values``: the
+    learned modalities' ``O_m S`` values summed (0: nothing learned)."""
+    W, S = sum(num_states), math.prod(num_states)
+    lanes = (7 * W  # log_prior, cur, nxt, log_cur, log_nxt, qL, step1
+             + 6 * S  # log_lik, joint, weighted, utility, neg_entropy, qj
+             + 2 * entries  # value, log_value
+             + sum(u * s for u, s in zip(num_controls, num_states, strict=True))  # moved
+             + 2 * policies * outcomes  # qo, log_qo
+             + 3 * policies  # G, x, q_pi
+             + -(-(outcomes + 1 + entries) // BLOCK)  # outcome_start, outcome_entry: int64s
+             + learned_values)  # A: the learned tables
+    return (lanes + 1) * BLOCK
+
+
+def frozen_nbytes(
+    supports: Sequence[np.ndarray], transitions: Sequence[np.ndarray], policies: np.ndarray
+) -> int:
+    """Exactly :attr:`NativeTick.nbytes` of the pass of a model nobody learns (``learned=()``,
+    no ``learned_B``), without building it or loading the library: ``supports[m]`` ``(O_m, S)``
+    bool, where ``A[m]`` is non-zero (the supports the pass is given), ``transitions[f]``
+    ``(S_f, S_f, U_f)`` bool, where ``B[f]`` is, ``policies`` ``(P, 1, F)``. Each array
+    :class:`NativeTick` makes is counted here at its size (its tables as the pass takes them;
+    the outcomes and entries the information gain reads, :func:`joint_outcomes.joint_entries`;
+    each policy's reach, :func:`_reach`; the scratch, :func:`scratch_doubles`): change both
+    together (test_equality.py checks them equal for every world the repository ships)."""
+    num_obs = [int(s.shape[0]) for s in supports]
+    num_states = [int(t.shape[0]) for t in transitions]
+    num_controls = [int(t.shape[2]) for t in transitions]
+    S, W, F, P = int(supports[0].shape[1]), sum(num_states), len(transitions), len(policies)
+    outcomes = joint_outcomes.possible_outcomes(list(supports))
+    entry_outcome, entry_state = joint_outcomes.joint_entries(supports, outcomes)
+    E = len(entry_state)
+    factor_entries = [support_entries(t) for t in transitions]
+    _, reach = _reach(factor_entries, np.ascontiguousarray(policies[:, 0, :]),
+                      np.indices(num_states).reshape(F, S), entry_state, entry_outcome)
+    joint_obs = math.prod(num_obs)
+    lnL = joint_obs * S <= LNL_TABLE
+    values = (sum(u + 1 + 3 * e.size for u, e in zip(num_controls, factor_entries, strict=True))
+              + W + P + P * F + F * S  # B's entries; D, lnE, policies_first, state_index
+              + 4 * E + (S + 1) + (P + 1) + len(reach) + S  # entries, state_start, reach, utility
+              + sum(num_obs) + sum(o * S for o in num_obs)  # lnC, the shared A
+              + (joint_obs * S if lnL else 0) + (joint_obs * W if lnL and F > 1 else 0)  # lnL, lnQ1
+              + scratch_doubles(num_states, num_controls, policies=P, outcomes=len(outcomes),
+                                entries=E))
+    return 8 * values  # every array is float64 or int64
 
 
 class NativeTick:
@@ -575,7 +671,9 @@ class NativeTick:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays the pass holds (the model's tables as it takes them, its
-        scratch): the group's, whatever its agents."""
+        scratch): the group's, whatever its agents (of a pass that learns nothing:
+        :func:`frozen_nbytes`, its twin from the model alone: an array added here is counted
+        there too)."""
         arrays = [*(a for arrays in self._b_arrays for a in arrays), *self.D, self.lnE,
                   self.policies_first, self.state_index, self.entry_outcome, self.state_start,
                   self.state_entry, self.reach_start, self.reach,
@@ -589,6 +687,7 @@ class NativeTick:
         return int(sum(a.nbytes for a in arrays)) + scratch
 
     def _make_scratch(self) -> None:
+        # scratch_doubles is its twin (the bytes planned without the library)
         self._scratch = np.zeros(self._lib.edge_tick_scratch_doubles(self._model_ref))
         self._model.scratch = _addr(self._scratch)
 

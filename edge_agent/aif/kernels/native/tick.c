@@ -161,7 +161,10 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     return used;
 }
 
-/* The doubles of scratch edge_tick needs (tick_model.scratch), alignment slack included. */
+/* The doubles of scratch edge_tick needs (tick_model.scratch), alignment slack included.
+ * Its twin in Python, scratch_doubles in __init__.py, plans the bytes without the library
+ * (a group that steps with numpy never loads it): change carve and BLK there too
+ * (test_binding.py compares the two). */
 int64_t edge_tick_scratch_doubles(const tick_model *m) {
     return (carve(m, NULL, NULL) + 1) * BLK;
 }

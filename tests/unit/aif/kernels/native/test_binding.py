@@ -5,7 +5,9 @@ takes are the library's own limits (those docs/learning.md states). A library bu
 another header (a field of another type, a field or a limit added, no layout table at all) or
 one that cannot be loaded is refused with a reason that names the difference, never called;
 the package's library refused, a group that would take the pass steps with numpy and says why.
-A limit changed in the header is taken from the library (no second copy to drift).
+A limit changed in the header is taken from a library built from it; the package's library's
+limits are known without loading it (``PACKAGE_LIMITS``, tick.h's values, checked here against
+the header and the library: a package library of other limits is refused).
 
 The changed libraries are built from copies of the sources with the recipe
 (tests/support/native_builds.py; the C compiler needed: ``apt-get install gcc libc6-dev``)."""
@@ -24,6 +26,7 @@ from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import recipe
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import compiled_nbytes
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from tests.support import native_builds
 from tests.support.native_tick import Pass, make_world
@@ -55,6 +58,16 @@ def test_the_limits_are_the_library_s_and_the_docs_state_them() -> None:
     assert tuple(map(int, stated.groups())) == (
         limits["factors"], limits["joint"], limits["modalities"], limits["policies"],
         limits["controls"])
+
+
+def test_the_package_limits_are_tick_h_s_and_the_library_s() -> None:
+    """``PACKAGE_LIMITS`` (what a group is checked against without loading the library) are the
+    values tick.h's ``TICK_LIMITS`` gives and the package's library reports."""
+    header = (Path(recipe.HERE) / "tick.h").read_text()
+    values = dict(re.findall(r"X\((MAX_\w+), (\d+)\)", header))
+    assert {size: int(values[limit]) for size, limit in native.LIMITS.items()} == (
+        native.PACKAGE_LIMITS)
+    assert native.limits(native.load()) == native.PACKAGE_LIMITS == native.limits()
 
 
 def _changed(tmp_path: Path, file: str, old: str, new: str) -> Path:
@@ -124,6 +137,25 @@ def test_a_limit_changed_in_the_header_is_the_library_s(tmp_path: Path) -> None:
     assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16) is None  # the package's: 128
 
 
+def test_a_package_library_of_other_limits_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package's library reporting limits other than ``PACKAGE_LIMITS`` (built from another
+    header) is refused, so that the limits a group is checked against without loading it are
+    the library's."""
+    built = _changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)")
+    monkeypatch.setattr(native, "library_path", lambda: built)
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "_REFUSED", None)
+    why = native.unavailable()
+    assert why is not None
+    assert "'joint': 64" in why
+    assert "the binding's are {'factors': 4, 'joint': 128" in why
+    with pytest.raises(RuntimeError, match="reports the limits"):
+        native.load()
+    _steps_with_numpy_saying(why)
+
+
 def _steps_with_numpy_saying(why: str) -> None:
     """A group the pass would step (per-agent float64 ``pA`` learning every tick) steps with
     numpy, its learning's ``stepping`` saying ``why``."""
@@ -173,6 +205,11 @@ def test_a_group_steps_with_numpy_when_the_package_library_is_refused(
     with pytest.raises(RuntimeError, match="does not match its binding"):
         native.load()
     _steps_with_numpy_saying(package_library_refused)
+    # A group that does not learn steps numpy too, and reserves the compiled tick's bytes all
+    # the same (planned from the model: what a group reserves never depends on loading it).
+    frozen = AifAgentGroup(tmaze_reversal_model(), 3, precision="float64")
+    assert frozen.stepping == f"numpy: {package_library_refused}"
+    assert frozen.memory.compiled_nbytes == compiled_nbytes(frozen.cm, frozen.settings) > 0
 
 
 def test_arrays_the_pass_would_read_or_write_past_are_refused() -> None:

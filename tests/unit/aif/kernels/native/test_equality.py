@@ -49,8 +49,9 @@ from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_pass import NATIVE_ENV, frozen_kernel
+from edge_agent.core.native_pass import NATIVE_ENV, compiled_nbytes, frozen_kernel
 from edge_agent.core.path_choice import TickCosts
+from edge_agent.sim.registry import BUILTIN_WORKLOADS, builtin_model
 from tests.support import native_builds
 from tests.support.native_tick import (
     FROZEN_WORLDS,
@@ -537,3 +538,53 @@ def test_a_local_planner_s_group_above_the_measured_sizes_steps_numpy_unmeasured
     at = frozen_group(world, LOCAL_MEASURED, "int8")
     assert measured == [LOCAL_MEASURED]
     assert at.stepping == "native"
+
+
+def _shipped_model(name: str, tmp_path: Path) -> GenerativeModel:
+    """A model the repository ships: a built-in workload's (``builtin:<name>``) or the equality
+    suite's world's."""
+    kind, _, which = name.partition(":")
+    if kind == "builtin":
+        return builtin_model(which)
+    world = make_world(name, tmp_path)
+    return GenerativeModel.from_arrays(world.A, world.B, world.C, world.D)
+
+
+@pytest.mark.parametrize("precision", ["float64", "int8"])
+@pytest.mark.parametrize("name", [*(f"builtin:{n}" for n in BUILTIN_WORKLOADS), *FROZEN_WORLDS])
+def test_a_frozen_compiled_tick_s_bytes_are_planned_exactly_from_the_model(
+    name: str, precision: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a group that does not learn reserves for its compiled tick, planned from its model
+    alone (``compiled_nbytes``: ``native.frozen_nbytes``, the scratch by ``scratch_doubles``;
+    nothing built, the library not needed) is exactly the ``nbytes`` of the compiled tick
+    ``frozen_kernel`` builds, for every model the repository ships (its built-in workloads and
+    the equality suite's worlds) at either precision; a group made only to be sized reserves
+    it and builds none."""
+    monkeypatch.delenv(NATIVE_ENV, raising=False)
+    model = _shipped_model(name, tmp_path)
+    probe = AifAgentGroup(model, 1, settings=SETTINGS, precision=precision,  # type: ignore[arg-type]
+                          sizing_only=True)
+    assert probe.stepping == "numpy: made to be sized only (admission's plan)"
+    kernel = frozen_kernel(probe.cm, SETTINGS)
+    assert isinstance(kernel, native.NativeTick), kernel
+    assert probe.memory.compiled_nbytes == compiled_nbytes(probe.cm, SETTINGS) == kernel.nbytes
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("world_name", list(SIZES))
+def test_the_scratch_s_python_twin_is_the_library_s_learning_or_not(
+    world_name: str, build: str, tmp_path: Path
+) -> None:
+    """``native.scratch_doubles`` (the bytes planned without the library) is what the library
+    says its pass needs (``edge_tick_scratch_doubles``), with the learned tables' lanes of a pass
+    that learns (per agent or shared) and without them."""
+    world = make_world(world_name, tmp_path)
+    for scope in ("per_agent", "shared"):
+        kernel = Pass(world, 13, scope, library(build)).kernel
+        S = int(np.prod(kernel.num_states))
+        assert kernel._scratch is not None
+        assert kernel._scratch.size == native.scratch_doubles(
+            kernel.num_states.tolist(), kernel.num_controls.tolist(), policies=len(kernel.lnE),
+            outcomes=kernel._model.outcomes, entries=kernel._model.entries,
+            learned_values=sum(int(kernel.num_obs[m]) * S for m in kernel.learned))

@@ -69,10 +69,11 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     assert done.returncode == 0, report
     # each world and agents: every scope learning, and a frozen group at either precision;
     # a frozen model's likelihood table against the product and its logs; its first-step
-    # table against the step made, three worlds (2, 3 and 4 factors)
+    # table against the step made, three worlds (2, 3 and 4 factors); the scratch's Python
+    # twin against the library's, each world
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
-             + 3)
+             + 3 + len(SIZES))
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
