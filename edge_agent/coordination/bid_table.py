@@ -56,7 +56,7 @@ class BidTable:
     into the columns copied them all each time. Rows the caller knows to be new slots
     (:meth:`add_new`) wait aside as the message's arrays (``_chunks``), with no look-up."""
 
-    __slots__ = ("_chunks", "_costs", "_held", "_keys", "_pending", "_seqs", "digest")
+    __slots__ = ("_chunks", "_costs", "_held", "_keys", "_pending", "_seqs", "digest", "nodes")
 
     def __init__(self) -> None:
         self._keys: IntArray = _EMPTY_I
@@ -69,6 +69,10 @@ class BidTable:
         """New slots not yet in the columns (:meth:`add_new`), none in ``_pending``."""
         self.digest: int | None = None
         """The ledger's hash of these rows (None: not computed since they changed)."""
+        self.nodes: frozenset[int] | None = None
+        """The ledger's ids of the nodes these rows' holders are of (None: not computed since
+        the rows changed; :meth:`~edge_agent.coordination.board_state.BoardState.bid_by_all`
+        asks it of every team round every tick while a formation's bids come in)."""
 
     def __len__(self) -> int:
         return int(self._keys.size) + len(self._pending) + sum(c[0].size for c in self._chunks)
@@ -130,7 +134,7 @@ class BidTable:
         take = min(int(keys.size), max(room, 0))
         if take:
             self._chunks.append((keys[:take], costs[:take], seq, held[:take]))
-            self.digest = None
+            self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
@@ -208,7 +212,7 @@ class BidTable:
             fresh = fresh[np.argsort(keys[fresh])]
             self._insert(keys[fresh], costs[fresh], np.full(fresh.size, seq, np.int64), held[fresh])
         if replaced or fresh.size:
-            self.digest = None
+            self.digest = self.nodes = None
         return Merged(replaced + int(fresh.size), int(fresh.size), refused)
 
     def _merge_small(
@@ -252,7 +256,7 @@ class BidTable:
             c, h = best[k]
             pending[k] = (c, seq, h)
         if replaced or fresh:
-            self.digest = None
+            self.digest = self.nodes = None
         return Merged(replaced + len(fresh), len(fresh), refused)
 
     def drop(self, gone: BoolArray) -> int:
@@ -264,5 +268,5 @@ class BidTable:
             keep = ~gone
             self._keys, self._costs = self._keys[keep], self._costs[keep]
             self._seqs, self._held = self._seqs[keep], self._held[keep]
-            self.digest = None
+            self.digest = self.nodes = None
         return n

@@ -252,10 +252,14 @@ def stable_hash64(fact: tuple[object, ...]) -> int:
 def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64]:
     """``stable_hash64((node, group, agent))`` of each of ``agents``: the tuple's msgpack is
     a three-element array's header, the two names (encoded once) and the agent."""
-    encode, blake2b, from_bytes = msgspec.msgpack.encode, hashlib.blake2b, int.from_bytes
-    prefix = b"\x93" + encode(node) + encode(group)
-    digests = [blake2b(prefix + encode(a), digest_size=8).digest() for a in agents]
-    return np.array([from_bytes(d, "little") for d in digests], dtype=np.uint64)
+    encode = msgspec.msgpack.encode
+    base = hashlib.blake2b(b"\x93" + encode(node) + encode(group), digest_size=8)
+    digests = []
+    for a in agents:  # the prefix's state copied: a third cheaper than hashing it again
+        h = base.copy()
+        h.update(encode(a))
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
 
 
 _MASK64: Final = (1 << 64) - 1
@@ -550,10 +554,12 @@ class BoardState:
         per = self.bids.get(task)
         if per is None or None in wanted:
             return False
-        keys = per.arrays()[0]
-        present = np.zeros(len(self._nodes.names), dtype=bool)
-        present[self._holder_node.data[keys // ROLE_SPAN]] = True
-        return bool(present[np.array(wanted, dtype=np.int64)].all())
+        if per.nodes is None:
+            keys = per.arrays()[0]
+            present = np.zeros(len(self._nodes.names), dtype=bool)
+            present[self._holder_node.data[keys // ROLE_SPAN]] = True
+            per.nodes = frozenset(np.flatnonzero(present).tolist())
+        return per.nodes.issuperset(wanted)
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
@@ -652,7 +658,7 @@ class BoardState:
         parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
         where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
         salts = [self._salt_of(task) for task in tasks if task in self.bids]
-        n_roles = [len(self.specs[task].slots()) for task in tasks if task in self.bids]
+        n_roles = [self.specs[task].n_roles for task in tasks if task in self.bids]
         empty = np.empty(0, dtype=np.int64)
         if not parts:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
