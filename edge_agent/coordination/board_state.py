@@ -30,10 +30,12 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.team_award import (
     SALT_BITS,
+    FillRecord,
     RoleBids,
     RoleTable,
     counted_holds,
-    fill,
+    fill_recorded,
+    refill,
 )
 from edge_agent.fleet.names import UINT32
 
@@ -358,6 +360,10 @@ class BoardState:
         self.stale_bids = 0
         self._single: tuple[int, dict[str, Bid]] = (-1, {})
         self._teams: tuple[int, dict[str, Team]] = (-1, {})
+        self._fill_record: tuple[NDArray[np.int64], FillRecord] | None = None
+        """The last team fill's record and the holders its columns are (team_award.refill)."""
+        self.refills = 0
+        """Team awards whose fill was the last one's less the slots members took since."""
         self._team_rows: tuple[
             int,
             tuple[
@@ -603,7 +609,18 @@ class BoardState:
                 c = rank.get(self._holders[(n, g, bid.agent)])
                 if c is not None:
                     busy[c] = True
-        filled = fill(roles, rows, members, busy, len(team_tasks))
+        # Members that only took slots the last fill gave them change nothing it computes
+        # (team_award.refill): a formation's holds come in many messages.
+        again = None
+        last = self._fill_record
+        if last is not None and not single and np.array_equal(last[0], holders):
+            again = refill(last[1], roles, rows, members, busy)
+        if again is None:
+            filled, record = fill_recorded(roles, rows, members, busy, len(team_tasks))
+        else:
+            filled, record = again
+            self.refills += 1
+        self._fill_record = None if record is None or single else (holders, record)
         teams = self._team_view(
             team_tasks,
             open_epochs=open_epochs,
