@@ -836,16 +836,32 @@ class BoardState:
 
     def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
         """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
-        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold."""
+        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
+        table that only took new slots since its last hash (``per.digest_base``) hashes only
+        theirs: a formation's peers' first bids add rows to every task's table, and every
+        ``task_state`` that came between two of them hashed every row again."""
         parts = []
+        bases = []
         for task, per in tables:
             if not len(per):
-                per.digest = 0
+                per.digest, per.digest_base, per.unhashed = 0, None, []
                 continue
             th = self._task_hash.get(task)
             if th is None:
                 th = self._task_hash[task] = stable_hash64(("task", task))
-            parts.append((per, per.arrays(), (th * int(_ODD[2])) & _MASK64))
+            if per.digest_base is not None:  # only new slots since: their rows' hashes added
+                new = per.unhashed
+                rows = (
+                    np.concatenate([c[0] for c in new]),
+                    np.concatenate([c[1] for c in new]),
+                    np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
+                    np.concatenate([c[3] for c in new]),
+                )
+                bases.append(per.digest_base)
+            else:
+                rows = per.arrays()
+                bases.append(0)
+            parts.append((per, rows, (th * int(_ODD[2])) & _MASK64))
         if not parts:
             return
         sizes = [a[0].size for _, a, _ in parts]
@@ -862,8 +878,8 @@ class BoardState:
         x = _splitmix(x ^ (slot * _ODD[3]) ^ salt)
         starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
         sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
-        for (per, _, _), total in zip(parts, sums, strict=True):
-            per.digest = int(total)
+        for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
+            per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:
