@@ -102,6 +102,7 @@ class Assignment:
 
     def __init__(self, edges: Edges, n_cols: int, capacity: int) -> None:
         self.indptr = edges.indptr
+        self._bounds: list[int] = edges.indptr.tolist()  # a search's slices, as Python ints
         self.cols = edges.cols
         # Non-negative costs (a constant shift changes no choice: every matching of the rows
         # matched has as many edges), so reduced costs start non-negative at zero potentials.
@@ -212,7 +213,7 @@ class Assignment:
         largest potential, the lower on a tie, whose path to every column is no longer than
         another's of the list (so the paths and distances are those of relaxing every row)."""
         spc, path, u, v = self._spc, self._path, self.u, self.v
-        indptr, cols, costs, row_list = self.indptr, self.cols, self.costs, self.row_list
+        bounds, cols, costs, row_list = self._bounds, self.cols, self.costs, self.row_list
         frontier = np.array([cur], dtype=np.int64)
         visited: list[IntArray] = []
         final: list[IntArray] = []
@@ -224,14 +225,16 @@ class Assignment:
             # a column keeps the path through the lower row); a final column is never improved
             # (reduced costs are >= 0).
             for i in _one_per_list(frontier, row_list, u):
-                g = row_list[i]
-                lo, hi = indptr[g], indptr[g + 1]
+                g = int(row_list[i])
+                lo, hi = bounds[g], bounds[g + 1]
                 js = cols[lo:hi]
-                r = min_val + costs[lo:hi] - u[i] - v[js]
-                better = r < spc[js]
+                r = costs[lo:hi] - v[js]
+                r += min_val - u[i]  # (integers: the same sum in any order)
+                old = spc[js]
+                better = r < old
                 jb = js[better]
                 if jb.size:
-                    new = jb[spc[jb] == _INF]
+                    new = jb[old[better] == _INF]
                     spc[jb] = r[better]
                     path[jb] = i
                     if new.size:
