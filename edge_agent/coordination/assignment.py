@@ -102,6 +102,7 @@ class Assignment:
 
     def __init__(self, edges: Edges, n_cols: int, capacity: int) -> None:
         self.indptr = edges.indptr
+        self._bounds: list[int] = edges.indptr.tolist()  # a search's slices, as Python ints
         self.cols = edges.cols
         # Non-negative costs (a constant shift changes no choice: every matching of the rows
         # matched has as many edges), so reduced costs start non-negative at zero potentials.
@@ -115,12 +116,14 @@ class Assignment:
         self.row4col = np.full(n_cols, -1, dtype=np.int64)
         self._spc = np.full(n_cols, _INF, dtype=np.int64)  # a search's path costs (_INF: unseen)
         self._path = np.empty(n_cols, dtype=np.int64)
+        self._unique: bool | None = None  # unique()'s answer, until the rows change
 
     def save(self) -> Saved:
         return Saved(self.rows, self.u.copy(), self.v.copy(), self.col4row.copy(),
                      self.row4col.copy())  # fmt: skip
 
     def restore(self, saved: Saved) -> None:
+        self._unique = None
         self.rows = saved.rows
         self.u[:] = saved.u
         self.v[:] = saved.v
@@ -134,6 +137,7 @@ class Assignment:
         cur = self.rows
         if cur >= self.row_list.size:
             return -1
+        self._unique = None
         self.row_list[cur] = g
         self.col4row[cur] = -1
         self.u[cur] = 0
@@ -183,6 +187,7 @@ class Assignment:
             free = self.row4col[js[first]] < 0
             direct = direct if free.all() else int(np.argmin(free))
         if direct > 0:
+            self._unique = None
             chosen, r_chosen = js[first[:direct]], r[first[:direct]]
             rows = np.arange(cur, cur + direct)
             last = r_chosen[-1]
@@ -208,7 +213,7 @@ class Assignment:
         largest potential, the lower on a tie, whose path to every column is no longer than
         another's of the list (so the paths and distances are those of relaxing every row)."""
         spc, path, u, v = self._spc, self._path, self.u, self.v
-        indptr, cols, costs, row_list = self.indptr, self.cols, self.costs, self.row_list
+        bounds, cols, costs, row_list = self._bounds, self.cols, self.costs, self.row_list
         frontier = np.array([cur], dtype=np.int64)
         visited: list[IntArray] = []
         final: list[IntArray] = []
@@ -220,14 +225,16 @@ class Assignment:
             # a column keeps the path through the lower row); a final column is never improved
             # (reduced costs are >= 0).
             for i in _one_per_list(frontier, row_list, u):
-                g = row_list[i]
-                lo, hi = indptr[g], indptr[g + 1]
+                g = int(row_list[i])
+                lo, hi = bounds[g], bounds[g + 1]
                 js = cols[lo:hi]
-                r = min_val + costs[lo:hi] - u[i] - v[js]
-                better = r < spc[js]
+                r = costs[lo:hi] - v[js]
+                r += min_val - u[i]  # (integers: the same sum in any order)
+                old = spc[js]
+                better = r < old
                 jb = js[better]
                 if jb.size:
-                    new = jb[spc[jb] == _INF]
+                    new = jb[old[better] == _INF]
                     spc[jb] = r[better]
                     path[jb] = i
                     if new.size:
@@ -251,6 +258,69 @@ class Assignment:
             final.append(ties)
             frontier = self.row4col[ties]
             visited.append(frontier)
+
+    def unique(self) -> bool:
+        """Whether the rows held have one least-cost assignment as a set of ``(edge list,
+        column)`` pairs (rows of one list are interchangeable: which of a role's slots an agent
+        fills is no other assignment).
+
+        The potentials are an optimal dual (every reduced cost ``costs - u - v`` is >= 0, zero
+        on the matched edges, and a column with ``v < 0`` is matched), so another least-cost
+        assignment uses only zero-reduced-cost ("tight") edges and leaves free only columns
+        with ``v == 0``; it differs from this one by alternating cycles and paths. Over lists
+        (a list points to the lists holding the columns it has tight edges to): another exists
+        exactly when that graph has a cycle, or a list holding a column with ``v == 0`` reaches
+        (itself included) a list with a tight edge to a free column. Kept until rows change."""
+        if self._unique is None:
+            self._unique = self._one_least()
+        return self._unique
+
+    def _one_least(self) -> bool:
+        n = self.rows
+        if n == 0:
+            return True
+        lists, held = self.row_list[:n], self.col4row[:n]
+        owner = np.full(self.n_cols, -1, dtype=np.int64)
+        owner[held] = lists
+        points: dict[int, set[int]] = {}
+        to_free: set[int] = set()
+        starts: set[int] = set()
+        for g in np.unique(lists).tolist():
+            mine = lists == g
+            lo, hi = int(self.indptr[g]), int(self.indptr[g + 1])
+            js = self.cols[lo:hi]
+            reduced = self.costs[lo:hi] - self.v[js]
+            tight = np.isin(reduced, self.u[:n][mine])  # rows of a list share their potential
+            others = owner[js[tight]]
+            if (others < 0).any():
+                to_free.add(g)
+            points[g] = set(others[(others >= 0) & (others != g)].tolist())
+            if (self.v[held[mine]] == 0).any():
+                starts.add(g)
+        # A list that reaches a free column from a column that may be left free: another one.
+        reach, stack = set(starts), list(starts)
+        while stack:
+            for h in points[stack.pop()]:
+                if h not in reach:
+                    reach.add(h)
+                    stack.append(h)
+        if reach & to_free:
+            return False
+        # A cycle (Kahn's order leaves a list unsorted): another one.
+        indegree = dict.fromkeys(points, 0)
+        for targets in points.values():
+            for h in targets:
+                indegree[h] += 1
+        ready = [g for g, d in indegree.items() if d == 0]
+        sorted_lists = 0
+        while ready:
+            g = ready.pop()
+            sorted_lists += 1
+            for h in points[g]:
+                indegree[h] -= 1
+                if indegree[h] == 0:
+                    ready.append(h)
+        return sorted_lists == len(points)
 
     def columns(self) -> IntArray:
         """The column of every row added, in the order added."""

@@ -56,7 +56,18 @@ class BidTable:
     into the columns copied them all each time. Rows the caller knows to be new slots
     (:meth:`add_new`) wait aside as the message's arrays (``_chunks``), with no look-up."""
 
-    __slots__ = ("_chunks", "_costs", "_held", "_keys", "_pending", "_seqs", "digest")
+    __slots__ = (
+        "_chunks",
+        "_costs",
+        "_held",
+        "_keys",
+        "_pending",
+        "_seqs",
+        "digest",
+        "digest_base",
+        "nodes",
+        "unhashed",
+    )
 
     def __init__(self) -> None:
         self._keys: IntArray = _EMPTY_I
@@ -69,6 +80,16 @@ class BidTable:
         """New slots not yet in the columns (:meth:`add_new`), none in ``_pending``."""
         self.digest: int | None = None
         """The ledger's hash of these rows (None: not computed since they changed)."""
+        self.digest_base: int | None = None
+        """When ``digest`` is None only because new slots were added (:meth:`add_new`): the
+        digest of the rows before them, to which the ledger adds theirs (``unhashed``); else
+        None (the rows are hashed again, all of them)."""
+        self.unhashed: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
+        """The new slots added since ``digest_base`` (as :meth:`add_new` took them)."""
+        self.nodes: frozenset[int] | None = None
+        """The ledger's ids of the nodes these rows' holders are of (None: not computed since
+        the rows changed; :meth:`~edge_agent.coordination.board_state.BoardState.bid_by_all`
+        asks it of every team round every tick while a formation's bids come in)."""
 
     def __len__(self) -> int:
         return int(self._keys.size) + len(self._pending) + sum(c[0].size for c in self._chunks)
@@ -129,8 +150,13 @@ class BidTable:
         look-up, no copy of the columns."""
         take = min(int(keys.size), max(room, 0))
         if take:
-            self._chunks.append((keys[:take], costs[:take], seq, held[:take]))
-            self.digest = None
+            chunk = (keys[:take], costs[:take], seq, held[:take])
+            self._chunks.append(chunk)
+            if self.digest is not None:  # a row hash sums: the new rows' is added to it
+                self.digest_base, self.unhashed = self.digest, [chunk]
+            elif self.digest_base is not None:
+                self.unhashed.append(chunk)
+            self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
@@ -208,7 +234,7 @@ class BidTable:
             fresh = fresh[np.argsort(keys[fresh])]
             self._insert(keys[fresh], costs[fresh], np.full(fresh.size, seq, np.int64), held[fresh])
         if replaced or fresh.size:
-            self.digest = None
+            self._rows_changed()
         return Merged(replaced + int(fresh.size), int(fresh.size), refused)
 
     def _merge_small(
@@ -252,8 +278,13 @@ class BidTable:
             c, h = best[k]
             pending[k] = (c, seq, h)
         if replaced or fresh:
-            self.digest = None
+            self._rows_changed()
         return Merged(replaced + len(fresh), len(fresh), refused)
+
+    def _rows_changed(self) -> None:
+        """Rows replaced, inserted or dropped: every row is hashed again at the next digest."""
+        self.digest = self.digest_base = self.nodes = None
+        self.unhashed = []
 
     def drop(self, gone: BoolArray) -> int:
         """Remove the rows where ``gone`` (over :meth:`arrays`' rows) is True; returns how
@@ -264,5 +295,5 @@ class BidTable:
             keep = ~gone
             self._keys, self._costs = self._keys[keep], self._costs[keep]
             self._seqs, self._held = self._seqs[keep], self._held[keep]
-            self.digest = None
+            self._rows_changed()
         return n

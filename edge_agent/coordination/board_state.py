@@ -30,10 +30,12 @@ from edge_agent.coordination.messages import (
 )
 from edge_agent.coordination.team_award import (
     SALT_BITS,
+    FillRecord,
     RoleBids,
     RoleTable,
     counted_holds,
-    fill,
+    fill_recorded,
+    refill,
 )
 from edge_agent.fleet.names import UINT32
 
@@ -252,10 +254,14 @@ def stable_hash64(fact: tuple[object, ...]) -> int:
 def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64]:
     """``stable_hash64((node, group, agent))`` of each of ``agents``: the tuple's msgpack is
     a three-element array's header, the two names (encoded once) and the agent."""
-    encode, blake2b, from_bytes = msgspec.msgpack.encode, hashlib.blake2b, int.from_bytes
-    prefix = b"\x93" + encode(node) + encode(group)
-    digests = [blake2b(prefix + encode(a), digest_size=8).digest() for a in agents]
-    return np.array([from_bytes(d, "little") for d in digests], dtype=np.uint64)
+    encode = msgspec.msgpack.encode
+    base = hashlib.blake2b(b"\x93" + encode(node) + encode(group), digest_size=8)
+    digests = []
+    for a in agents:  # the prefix's state copied: a third cheaper than hashing it again
+        h = base.copy()
+        h.update(encode(a))
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
 
 
 _MASK64: Final = (1 << 64) - 1
@@ -354,6 +360,10 @@ class BoardState:
         self.stale_bids = 0
         self._single: tuple[int, dict[str, Bid]] = (-1, {})
         self._teams: tuple[int, dict[str, Team]] = (-1, {})
+        self._fill_record: tuple[NDArray[np.int64], FillRecord] | None = None
+        """The last team fill's record and the holders its columns are (team_award.refill)."""
+        self.refills = 0
+        """Team awards whose fill was the last one's less the slots members took since."""
         self._team_rows: tuple[
             int,
             tuple[
@@ -550,10 +560,12 @@ class BoardState:
         per = self.bids.get(task)
         if per is None or None in wanted:
             return False
-        keys = per.arrays()[0]
-        present = np.zeros(len(self._nodes.names), dtype=bool)
-        present[self._holder_node.data[keys // ROLE_SPAN]] = True
-        return bool(present[np.array(wanted, dtype=np.int64)].all())
+        if per.nodes is None:
+            keys = per.arrays()[0]
+            present = np.zeros(len(self._nodes.names), dtype=bool)
+            present[self._holder_node.data[keys // ROLE_SPAN]] = True
+            per.nodes = frozenset(np.flatnonzero(present).tolist())
+        return per.nodes.issuperset(wanted)
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
@@ -597,7 +609,18 @@ class BoardState:
                 c = rank.get(self._holders[(n, g, bid.agent)])
                 if c is not None:
                     busy[c] = True
-        filled = fill(roles, rows, members, busy, len(team_tasks))
+        # Members that only took slots the last fill gave them change nothing it computes
+        # (team_award.refill): a formation's holds come in many messages.
+        again = None
+        last = self._fill_record
+        if last is not None and not single and np.array_equal(last[0], holders):
+            again = refill(last[1], roles, rows, members, busy)
+        if again is None:
+            filled, record = fill_recorded(roles, rows, members, busy, len(team_tasks))
+        else:
+            filled, record = again
+            self.refills += 1
+        self._fill_record = None if record is None or single else (holders, record)
         teams = self._team_view(
             team_tasks,
             open_epochs=open_epochs,
@@ -652,7 +675,7 @@ class BoardState:
         parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
         where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
         salts = [self._salt_of(task) for task in tasks if task in self.bids]
-        n_roles = [len(self.specs[task].slots()) for task in tasks if task in self.bids]
+        n_roles = [self.specs[task].n_roles for task in tasks if task in self.bids]
         empty = np.empty(0, dtype=np.int64)
         if not parts:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
@@ -813,16 +836,32 @@ class BoardState:
 
     def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
         """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
-        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold."""
+        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
+        table that only took new slots since its last hash (``per.digest_base``) hashes only
+        theirs: a formation's peers' first bids add rows to every task's table, and every
+        ``task_state`` that came between two of them hashed every row again."""
         parts = []
+        bases = []
         for task, per in tables:
             if not len(per):
-                per.digest = 0
+                per.digest, per.digest_base, per.unhashed = 0, None, []
                 continue
             th = self._task_hash.get(task)
             if th is None:
                 th = self._task_hash[task] = stable_hash64(("task", task))
-            parts.append((per, per.arrays(), (th * int(_ODD[2])) & _MASK64))
+            if per.digest_base is not None:  # only new slots since: their rows' hashes added
+                new = per.unhashed
+                rows = (
+                    np.concatenate([c[0] for c in new]),
+                    np.concatenate([c[1] for c in new]),
+                    np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
+                    np.concatenate([c[3] for c in new]),
+                )
+                bases.append(per.digest_base)
+            else:
+                rows = per.arrays()
+                bases.append(0)
+            parts.append((per, rows, (th * int(_ODD[2])) & _MASK64))
         if not parts:
             return
         sizes = [a[0].size for _, a, _ in parts]
@@ -839,8 +878,8 @@ class BoardState:
         x = _splitmix(x ^ (slot * _ODD[3]) ^ salt)
         starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
         sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
-        for (per, _, _), total in zip(parts, sums, strict=True):
-            per.digest = int(total)
+        for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
+            per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:

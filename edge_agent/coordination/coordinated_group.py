@@ -19,6 +19,7 @@ from edge_agent.coordination.settings import SharingSettings
 from edge_agent.coordination.utility import (
     DISTANCE_TABLE_MAX,
     goal_distances,
+    task_utilities,
     task_utility,
     transition_support,
 )
@@ -101,6 +102,26 @@ class GroupState:
             reach = transition_support(cm.transitions[factor], cm.num_states[factor])
             table = self.distances[factor] = goal_distances(reach)
         return table
+
+    def prepare_utilities(self, goals: list[Slots], scale: float) -> None:
+        """Compute the utilities of ``goals`` not cached yet, those of a factor with a distance
+        table in one batch per factor (:func:`task_utilities`), as :meth:`utility` will ask
+        for them."""
+        new: dict[int, list[int]] = {}
+        for goal in goals:
+            key = (goal.goal_factor, goal.goal_state)
+            if key not in self.utilities and goal.goal_state not in new.get(key[0], ()):
+                new.setdefault(goal.goal_factor, []).append(goal.goal_state)
+        for factor, states in new.items():
+            table = self._distances(factor) if len(states) > 1 else None
+            if table is None or not all(0 <= s < table.shape[0] for s in states):
+                continue  # one goal, or no table: utility() computes each alone
+            U = task_utilities(self.group.cm, factor, states, scale=scale, distances=table)
+            rows = np.ascontiguousarray(U.T)  # a goal's utility contiguous, as utility() gives
+            for j, state in enumerate(states):
+                self.utilities[(factor, state)] = rows[j]
+        while len(self.utilities) > UTILITY_CACHE:
+            self.utilities.popitem(last=False)
 
     def utility(self, spec: TaskSpec, scale: float, role: int = 0) -> np.ndarray:
         """The utility per joint state of the task's ``role`` goal (cached by goal)."""

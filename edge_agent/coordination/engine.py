@@ -316,6 +316,7 @@ class CoordinationEngine(EngineIO):
             if rows.size == 0:
                 continue
             group = gs.group
+            gs.prepare_utilities([s.slots()[r] for s, r in columns], auction.preference_scale)
             U = np.stack([gs.utility(s, auction.preference_scale, r) for s, r in columns], axis=1)
             costs = task_costs(
                 group.cm,

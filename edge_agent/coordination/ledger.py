@@ -311,13 +311,18 @@ class TaskBoard(BoardState):
             np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
         )
         inserted = 0
-        for j, part in enumerate(np.split(by_task, bounds) if by_task.size else ()):
-            per = usable[int(t_rows[part[0]])]
+        # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+        slot, cost, held = slot[by_task], cost[by_task], held[rows[by_task]]
+        starts: list[int] = np.r_[0, bounds].tolist() if by_task.size else []
+        ends = [*starts[1:], int(by_task.size)] if starts else []
+        first_task = t_rows[by_task[starts]].tolist() if starts else []
+        for j, (lo, hi, t) in enumerate(zip(starts, ends, first_task, strict=True)):
+            per = usable[t]
             if per is None:  # not reached: the rows are of usable tasks
                 continue
             merge = per.add_new if all_new[j] else per.merge
             merged = merge(
-                slot[part], cost[part], key, held[rows[part]], room=self.max_bids - self.n_bids
+                slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids
             )
             self.n_bids += merged.added
             self.overflow += merged.refused

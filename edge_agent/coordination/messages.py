@@ -150,6 +150,12 @@ class TaskSpec(_Strict, frozen=True, kw_only=True):
         """Agents the task needs: its slots over all roles."""
         return sum(r.agents for r in self.slots())
 
+    @property
+    def n_roles(self) -> int:
+        """``len(self.slots())``, without building them (admission asks it of every task of
+        every bid message)."""
+        return 1 if self.roles is UNSET else 1 + len(self.roles)
+
     def slots(self) -> tuple[Slots, ...]:
         """Its roles in order: the spec's own first (``team`` agents, or one), then ``roles``."""
         own = Slots(

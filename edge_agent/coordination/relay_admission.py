@@ -59,6 +59,9 @@ from edge_agent.coordination.utility import MIN_BID_COST
 
 __all__ = ["MAX_ROUNDS", "AdmittedBids", "RelayAdmission", "Verdict"]
 
+_NO_ROWS: NDArray[np.int64] = np.empty(0, dtype=np.int64)
+_NO_COSTS: NDArray[np.float64] = np.empty(0, dtype=np.float64)
+
 
 class Verdict(Enum):
     """What a node takes of a release its sender sent directly."""
@@ -74,15 +77,18 @@ class Verdict(Enum):
 
 
 class AdmittedBids(NamedTuple):
-    """The part of a ``task_bids`` message a node takes, as :meth:`TaskBoard.add_bids` wants it."""
+    """The part of a ``task_bids`` message a node takes, as :meth:`TaskBoard.add_bids` wants it:
+    the bids as arrays, one entry per bid (no Python object per bid: a formation's message
+    brings about a thousand)."""
 
     tasks: list[str]
     epochs: list[int]
-    task_index: list[int]
-    agents: list[int]
-    costs: list[float]
-    roles: list[int] | None = None
-    holds: list[bool] | None = None
+    task_index: NDArray[np.int64]
+    agents: NDArray[np.int64]
+    costs: NDArray[np.float64]
+    """As the wire's float32, exactly."""
+    roles: NDArray[np.int64] | None = None
+    holds: NDArray[np.bool_] | None = None
 
 
 class RelayAdmission:
@@ -162,7 +168,7 @@ class RelayAdmission:
         :meth:`epoch_limit`; a bid whose cost is below ``MIN_BID_COST``."""
         epochs, task_index, agents, costs = body.arrays()
         if not self.bids_allowed(node, bdseq):
-            return AdmittedBids([], [], [], [], []), body.n_bids
+            return AdmittedBids([], [], _NO_ROWS, _NO_ROWS, _NO_COSTS), body.n_bids
         limits = np.array([self.epoch_limit(t) for t in body.tasks], dtype=np.int64)
         task_ok = epochs.astype(np.int64) <= limits
         roles, holds = body.team_columns()
@@ -176,11 +182,11 @@ class RelayAdmission:
         admitted = AdmittedBids(
             tasks=[t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
             epochs=epochs[task_ok].tolist(),
-            task_index=renumber[task_index[row_ok]].tolist(),
-            agents=agents[row_ok].tolist(),
-            costs=costs[row_ok].tolist(),
-            roles=roles[row_ok].tolist() if team else None,
-            holds=holds[row_ok].astype(bool).tolist() if team else None,
+            task_index=renumber[task_index[row_ok]],
+            agents=agents[row_ok].astype(np.int64),
+            costs=costs[row_ok].astype(np.float64),
+            roles=roles[row_ok].astype(np.int64) if team else None,
+            holds=holds[row_ok].astype(bool) if team else None,
         )
         return admitted, int(row_ok.size - row_ok.sum())
 
@@ -194,7 +200,7 @@ class RelayAdmission:
         """Rows whose role is one of their task's (as its signed spec here says) and that hold
         only a team task's slot: a one-agent task has role 0 and no holds."""
         n_roles = np.array(
-            [len(spec.slots()) if (spec := self.board.specs.get(t)) else 1 for t in tasks],
+            [spec.n_roles if (spec := self.board.specs.get(t)) else 1 for t in tasks],
             dtype=np.int64,
         )
         team = np.array([self.board.is_team(t) for t in tasks], dtype=bool)

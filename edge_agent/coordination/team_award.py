@@ -99,6 +99,34 @@ def counted_holds(roles: RoleTable, bids: RoleBids, n_cols: int) -> BoolArray:
     return out
 
 
+class FillRecord(NamedTuple):
+    """A fill whose every team was whole, with nothing but members busy: what :func:`refill`
+    needs to give the next fill without an assignment when members only took slots it gave
+    them, and its assignment, which says whether it was the only one of least cost
+    (:meth:`~edge_agent.coordination.assignment.Assignment.unique`: asked only then, off the
+    first award's path)."""
+
+    roles: RoleTable
+    members: IntArray
+    """Sorted ``role * n_cols + col`` of the member rows."""
+    filled: IntArray
+    """Sorted ``role * n_cols + col`` of the filling rows."""
+    usable: tuple[IntArray, IntArray, IntArray, IntArray]
+    """``(role, col, cost, salt)`` of the rows the assignment could use, in row order."""
+    n_cols: int
+    solver: Assignment
+
+
+def _keys(bids: RoleBids, rows: BoolArray, n_cols: int) -> IntArray:
+    keys: IntArray = np.sort(bids.role[rows] * n_cols + bids.col[rows])
+    return keys
+
+
+def _usable_rows(bids: RoleBids, members: BoolArray, busy: BoolArray) -> IntArray:
+    rows: IntArray = np.flatnonzero(~members & ~busy[bids.col])
+    return rows
+
+
 def fill(
     roles: RoleTable,
     bids: RoleBids,
@@ -111,22 +139,79 @@ def fill(
     ``members``: the rows already members (counted holds); ``busy (n_cols,)``: agents that
     cannot fill a slot (members, winners of one-agent tasks). Returns the filling rows.
     """
+    return fill_recorded(roles, bids, members, busy, n_tasks)[0]
+
+
+def refill(
+    record: FillRecord, roles: RoleTable, bids: RoleBids, members: BoolArray, busy: BoolArray
+) -> tuple[BoolArray, FillRecord] | None:
+    """:func:`fill`'s result, without an assignment, when it is provably ``record``'s fill less
+    the slots members took since (None otherwise): the same roles, the members of then and
+    some of the agents its fill gave a slot, now holding that slot, the rows the assignment
+    can use those of then less the new members' rows, nothing else busy (``busy`` only the
+    members' agents, as then). Then the assignment of then without the new members' slots is
+    one of least cost for the slots left (any cheaper one, with the new members, would have
+    been cheaper then), and then it was the only one, so the fill's is it: what the fill
+    computes is unchanged, it is computed no more (a formation's members take their slots in
+    many messages, and each was a fill of every slot on every node: issue 55)."""
+    n_cols = record.n_cols
+    if busy.size != n_cols or not all(
+        np.array_equal(a, b) for a, b in zip(record.roles, roles, strict=True)
+    ):
+        return None
+    now = _keys(bids, members, n_cols)
+    if now.size < record.members.size or busy.sum() != np.unique(bids.col[members]).size:
+        return None
+    taken = np.setdiff1d(now, record.members, assume_unique=True)
+    if (
+        taken.size + record.members.size != now.size
+        or not np.isin(taken, record.filled, assume_unique=True).all()
+    ):
+        return None
+    usable = _usable_rows(bids, members, busy)
+    role, col, cost, salt = record.usable
+    kept = ~np.isin(col, taken % n_cols)
+    if not (
+        np.array_equal(bids.role[usable], role[kept])
+        and np.array_equal(bids.col[usable], col[kept])
+        and np.array_equal(bids.cost[usable], cost[kept])
+        and np.array_equal(bids.salt[usable], salt[kept])
+    ):
+        return None
+    if taken.size and not record.solver.unique():
+        return None  # (with no new member it is the same fill whatever the assignments)
+    filled = np.setdiff1d(record.filled, taken, assume_unique=True)
+    out = np.zeros(bids.role.size, dtype=bool)
+    out[usable] = np.isin(bids.role[usable] * n_cols + bids.col[usable], filled)
+    usable_now = (bids.role[usable], bids.col[usable], bids.cost[usable], bids.salt[usable])
+    return out, FillRecord(roles, now, filled, usable_now, n_cols, record.solver)
+
+
+def fill_recorded(
+    roles: RoleTable,
+    bids: RoleBids,
+    members: BoolArray,
+    busy: BoolArray,
+    n_tasks: int,
+) -> tuple[BoolArray, FillRecord | None]:
+    """:func:`fill`, and its :class:`FillRecord` when every team was whole and only members
+    were busy (else None)."""
     out = np.zeros(bids.role.size, dtype=bool)
     n_roles = roles.task.size
+    n_cols = int(busy.size)
     if n_roles == 0:
-        return out
+        return out, None
     held = np.bincount(bids.role[members], minlength=n_roles)
     vacant = np.maximum(roles.slots - roles.done - held, 0)
     if not vacant.any():
-        return out
+        return out, None
     formed = np.zeros(n_tasks, dtype=bool)
     formed[roles.task[(held > 0) | (roles.done > 0)]] = True
-    usable = np.flatnonzero(~members & ~busy[bids.col])
+    usable = _usable_rows(bids, members, busy)
     if usable.size == 0:
-        return out
+        return out, None
     cost = bids.cost[usable] * _TIE_SCALE + bids.salt[usable]
     edges = edges_of(bids.role[usable], bids.col[usable], cost, n_roles)
-    n_cols = int(busy.size)
     solver = Assignment(edges, n_cols, min(int(vacant.sum()), MAX_ROWS))
     rows: list[int] = []  # the role of each slot the solver holds, in the order added
     # A formed team's vacant slots first (a repair before a new team), as many as can be filled.
@@ -160,4 +245,11 @@ def fill(
     order = np.argsort(keys, kind="stable")
     want = row_role * n_cols + col4row
     out[usable[order[np.searchsorted(keys[order], want)]]] = True
-    return out
+    only_members = int(busy.sum()) == np.unique(bids.col[members]).size
+    if len(rows) != int(vacant.sum()) or not only_members:
+        return out, None  # a team left out, or agents busy that are no members
+    usable_rows = (bids.role[usable], bids.col[usable], bids.cost[usable], bids.salt[usable])
+    record = FillRecord(
+        roles, _keys(bids, members, n_cols), np.sort(want), usable_rows, n_cols, solver
+    )
+    return out, record

@@ -199,3 +199,58 @@ def test_a_role_s_slots_added_at_once_are_as_added_one_by_one_to_the_bit(seed: i
         assert np.array_equal(fast.row4col, plain.row4col)
         assert np.array_equal(fast.u[: fast.rows], plain.u[: plain.rows])
         assert np.array_equal(fast.v, plain.v)
+
+
+def least_cost_sets(row_list: np.ndarray, dense: np.ndarray, mask: np.ndarray) -> set[frozenset]:
+    """Every least-cost assignment of the rows, as a set of ``(list, column)`` pairs, by
+    trying every one."""
+    from itertools import permutations
+
+    best, found = None, set()
+    for cols in permutations(range(dense.shape[1]), row_list.size):
+        if not mask[row_list, cols].all():
+            continue
+        cost = int(dense[row_list, cols].sum())
+        pairs = frozenset(zip(row_list.tolist(), cols, strict=True))
+        if best is None or cost < best:
+            best, found = cost, {pairs}
+        elif cost == best:
+            found.add(pairs)
+    return found
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_unique_says_whether_another_assignment_of_the_lists_is_as_cheap(seed: int) -> None:
+    """Against every assignment tried: rows of one list (a role's slots) that swap columns are
+    the same assignment; few distinct costs make many ties."""
+    rng = np.random.default_rng(seed)
+    n_lists, n_cols = int(rng.integers(1, 4)), int(rng.integers(2, 7))
+    dense, mask, edges = random_instance(
+        rng, n_lists, n_cols, float(rng.uniform(0.4, 1.0)), spread=int(rng.choice([4, 12, 1000]))
+    )
+    row_list = np.sort(rng.integers(0, n_lists, int(rng.integers(1, min(4, n_cols) + 1))))
+    solver = Assignment(edges, n_cols, row_list.size)
+    added = np.array([g for g in row_list.tolist() if solver.add(g) >= 0], dtype=np.int64)
+    sets = least_cost_sets(added, dense, mask)  # of the rows it holds
+    held = frozenset(zip(added.tolist(), solver.columns().tolist(), strict=True))
+    assert held in sets
+    assert solver.unique() == (len(sets) == 1)
+
+
+def test_unique_sees_a_swap_a_free_column_and_a_role_s_own_slots() -> None:
+    # Two lists, two columns, the swap as cheap: not unique.
+    swap = edges_of(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.array([1, 2, 2, 3]), 2)
+    solver = Assignment(swap, 2, 2)
+    assert solver.add(0) >= 0
+    assert solver.add(1) >= 0
+    assert not solver.unique()
+    # A free column as cheap as the one taken: not unique.
+    free = edges_of(np.array([0, 0]), np.array([0, 1]), np.array([5, 5]), 1)
+    solver = Assignment(free, 2, 1)
+    assert solver.add(0) == 0
+    assert not solver.unique()
+    # Two slots of one list on its two columns: one assignment, however they are numbered.
+    own = edges_of(np.array([0, 0]), np.array([0, 1]), np.array([5, 5]), 1)
+    solver = Assignment(own, 2, 2)
+    assert solver.add_slots(0, 2) == 2
+    assert solver.unique()

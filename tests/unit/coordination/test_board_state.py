@@ -50,3 +50,57 @@ def test_tables_hashed_together_hash_as_each_alone() -> None:
     assert [per.digest for _, per in tables] == together
     assert board.bids["c"].digest == 0
     assert len(set(together)) == len(together)
+
+
+def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
+    """Peers' first bids are new slots: the digest hashes only them and adds them to what it
+    had (issue 55); it is the digest of a board that took the same bids with no digest asked
+    between them, and of one that took them in another order -- also once rows are replaced
+    (holds) and dropped (a dead session)."""
+    import numpy as np
+
+    from edge_agent.coordination.ledger import TaskBoard
+    from edge_agent.coordination.messages import TaskSpec
+
+    def spec(t: str) -> TaskSpec:
+        return TaskSpec(task=t, epoch=0, capability="grid", goal_state=1, announced_by="hub",
+                        team=3)  # fmt: skip
+
+    rng = np.random.default_rng(5)
+    messages = []
+    for n in range(6):
+        task_index = rng.integers(0, 3, 40)
+        messages.append((f"n{n}", task_index, rng.permutation(200)[:40], rng.random(40),
+                         rng.integers(0, 1, 40), np.zeros(40, bool)))  # fmt: skip
+    holds = [(m[0], m[1][:5], m[2][:5], m[3][:5], m[4][:5], np.ones(5, bool)) for m in messages[:3]]
+
+    def board_of(order: list[int], *, ask: bool) -> TaskBoard:
+        board = TaskBoard()
+        for t in ("a", "b", "c"):
+            board.add_spec(spec(t))
+        for i in order:
+            node, ti, agents, costs, roles, held = messages[i]
+            board.add_bids(node, "g", 1, 1, ["a", "b", "c"], epochs=[0, 0, 0], task_index=ti,
+                           agents=agents, costs=costs, roles=roles, holds=held)  # fmt: skip
+            if ask:
+                added.append(sum(per.digest_base is not None for per in board.bids.values()))
+                board.digest()
+        return board
+
+    added: list[int] = []
+    asked, once = board_of(list(range(6)), ask=True), board_of([5, 3, 1, 0, 2, 4], ask=False)
+    assert added == [0, 3, 3, 3, 3, 3]  # after the first, every message's rows only added
+    assert asked.digest() == once.digest()
+    for board in (asked, once):
+        for node, ti, agents, costs, roles, held in holds:
+            board.add_bids(node, "g", 1, 2, ["a", "b", "c"], epochs=[0, 0, 0], task_index=ti,
+                           agents=agents, costs=costs, roles=roles, holds=held)  # fmt: skip
+            board.digest()
+    assert asked.digest() == once.digest()
+    more = messages[0]
+    for board in (asked, once):
+        board.add_bids("n9", "g", 1, 1, ["a", "b", "c"], epochs=[0, 0, 0], task_index=more[1],
+                       agents=more[2], costs=more[3], roles=more[4], holds=more[5])  # fmt: skip
+    asked.add_dead("n1", 1)
+    once.add_dead("n1", 1)
+    assert asked.digest() == once.digest()

@@ -447,3 +447,17 @@ def test_bid_by_all_says_whether_every_node_named_has_a_bid_on_the_round() -> No
     assert not board.bid_by_all("T", ["n1", "n3"])  # n3 bid on U only
     assert not board.bid_by_all("T", ["n1", "n4"])  # never heard of
     assert not board.bid_by_all("V", ["n1"])
+
+
+def test_bid_by_all_follows_the_round_s_bids_after_it_was_asked() -> None:
+    """The answer is kept per task until its rows change: a peer's bids that come later, and
+    bids that go (a dead session's), change it."""
+    board = TaskBoard()
+    board.add_spec(team("T", 2))
+    board.add_bid(bid("T", "n1", 0, 1.0))
+    assert not board.bid_by_all("T", ["n1", "n2"])
+    board.add_bid(bid("T", "n2", 3, 1.0))
+    assert board.bid_by_all("T", ["n1", "n2"])
+    board.add_dead("n2", 0)
+    assert not board.bid_by_all("T", ["n1", "n2"])
+    assert board.bid_by_all("T", ["n1"])

@@ -39,10 +39,12 @@ from edge_agent.coordination.utility import (
     select_bids,
     steps_to_goal,
     task_costs,
+    task_utilities,
     task_utility,
     transition_support,
 )
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.errors import InputError
 from edge_agent.fleet.names import UINT32
 from edge_agent.fleet.protocol import DEFAULT_MAX_BYTES, DecodeError, Envelope, decode, encode
 from edge_agent.sim import BatchEnv
@@ -844,7 +846,37 @@ def test_the_distance_table_is_every_goal_s_search_and_gives_the_same_utility(
             task_utility(cm, 0, goal, scale=1.5, distances=table),
             task_utility(cm, 0, goal, scale=1.5),
         )
+    goals = [3, 0, 17, 29, 3]
+    batch = task_utilities(cm, 0, goals, scale=1.5, distances=table)  # one product per modality
+    assert batch.shape == (cm.num_states[0], len(goals))
+    for j, goal in enumerate(goals):
+        np.testing.assert_allclose(
+            batch[:, j], task_utility(cm, 0, goal, scale=1.5), rtol=1e-12, atol=1e-12
+        )
+    with pytest.raises(InputError):
+        task_utilities(cm, 0, [0, cm.num_states[0]], scale=1.5, distances=table)
     one_way = np.zeros((4, 4), dtype=bool)  # 0 -> 1 -> 2; 3 alone: unreachable states
     one_way[0, 1] = one_way[1, 2] = True
     for goal in range(4):
         assert np.array_equal(goal_distances(one_way)[:, goal], steps_to_goal(one_way, goal))
+
+
+def test_a_group_prepares_new_goals_utilities_in_one_batch() -> None:
+    """The utilities a group caches for a formation's new goals, computed together, are each
+    goal's own (up to rounding); a goal cached already is kept as it was."""
+    from edge_agent.coordination.coordinated_group import CoordinatedGroup, GroupState
+
+    model = gridworld_model(6, 5, noise=0.1)
+    group = AifAgentGroup(model, 3, seed=0)
+    gs = GroupState("g", CoordinatedGroup(group, capabilities=("grid",)), "n1", 4)
+    kept = gs.utility(spec("t0", goal=7), 2.0)
+    goals = [spec(f"t{g}", goal=g).slots()[0] for g in (7, 3, 11, 3, 29)]
+    gs.prepare_utilities(goals, 2.0)
+    assert set(gs.utilities) == {(0, 7), (0, 3), (0, 11), (0, 29)}
+    assert gs.utility(spec("t0", goal=7), 2.0) is kept
+    for g in (3, 11, 29):
+        u = gs.utility(spec(f"t{g}", goal=g), 2.0)
+        assert u.flags.c_contiguous
+        np.testing.assert_allclose(
+            u, task_utility(group.cm, 0, g, scale=2.0), rtol=1e-12, atol=1e-12
+        )

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from edge_agent.coordination.team_award import RoleBids, RoleTable, counted_holds, fill
+from edge_agent.coordination.team_award import (
+    RoleBids,
+    RoleTable,
+    counted_holds,
+    fill,
+    fill_recorded,
+    refill,
+)
 
 I64 = np.int64
 
@@ -153,3 +160,63 @@ def test_scarce_agents_form_whole_teams_only_the_same_whatever_the_row_order(see
     assert {
         (int(g), int(c)) for g, c in zip(shuffled.role[again], shuffled.col[again], strict=True)
     } == chosen
+
+
+def taking(b: RoleBids, rows: np.ndarray, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(members, busy) when the agents of bid ``rows`` hold those slots."""
+    members = np.zeros(b.role.size, bool)
+    members[rows] = True
+    busy = np.zeros(n_cols, bool)
+    busy[b.col[rows]] = True
+    return members, busy
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_refill_is_the_fill_once_members_took_slots_it_gave(seed: int) -> None:
+    """Members take some of the slots a fill gave them, a few at a time, as holds come: each
+    refill (when it gives one) is what the fill computes from scratch; with many ties (a small
+    cost spread, no salt) it declines where the assignment was not the only one of least
+    cost."""
+    rng = np.random.default_rng(seed)
+    roles, b, _, _ = random_teams(rng, int(rng.integers(1, 10)), 60, 0.5)
+    if seed % 2:  # few distinct costs: ties
+        b = b._replace(cost=b.cost % 7)
+    n_tasks = int(roles.task.max()) + 1
+    none = np.zeros(b.role.size, bool)
+    filled, record = fill_recorded(roles, b, none, np.zeros(60, bool), n_tasks)
+    chosen = rng.permutation(np.flatnonzero(filled))
+    only = record is not None and record.solver.unique()
+    refilled = 0
+    for k in range(1, chosen.size + 1, 3):
+        members, busy = taking(b, chosen[:k], 60)
+        full = fill(roles, b, members, busy, n_tasks)
+        again = None if record is None else refill(record, roles, b, members, busy)
+        if again is not None:
+            assert again[0].tolist() == full.tolist()
+            refilled += 1
+        record = (
+            again[1] if again is not None else fill_recorded(roles, b, members, busy, n_tasks)[1]
+        )
+    if only:
+        assert refilled  # the only assignment of least cost: every step is a refill
+
+
+def test_a_refill_declines_what_could_change_the_fill() -> None:
+    roles = table([0, 1], [1, 1])
+    b = bids([(0, 0, 1), (0, 1, 5), (1, 1, 2), (1, 2, 9)])
+    filled, record = fill_recorded(roles, b, np.zeros(4, bool), np.zeros(3, bool), 2)
+    assert record is not None
+    assert b.col[filled].tolist() == [0, 1]
+    members, busy = taking(b, np.array([0]), 3)  # agent 0 holds the slot it was given
+    again = refill(record, roles, b, members, busy)
+    assert again is not None
+    assert again[0].tolist() == fill(roles, b, members, busy, 2).tolist()
+    members, busy = taking(b, np.array([1]), 3)  # agent 1 holds a slot it was not given
+    assert refill(record, roles, b, members, busy) is None
+    cheaper = b._replace(cost=np.array([1, 5, 2, 1]))  # another bid changed
+    members, busy = taking(cheaper, np.array([0]), 3)
+    assert refill(record, roles, cheaper, members, busy) is None
+    busy[2] = True  # an agent busy elsewhere (a one-agent task's winner)
+    assert refill(record, roles, b, members, busy) is None
+    members, busy = taking(b, np.array([0]), 3)
+    assert refill(record, table([0, 1], [1, 2]), b, members, busy) is None  # other roles
