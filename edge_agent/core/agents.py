@@ -92,7 +92,7 @@ from edge_agent.core.tick_paths import BlockTicks, CompiledTick, SharedStages, T
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
-    from edge_agent.aif.kernels.native import NativeTick
+    from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.aif.learning import LearningSpec
     from edge_agent.core.learning import AgentStepping, GroupLearning
     from edge_agent.core.planning_pass import PolicyTicks

@@ -64,6 +64,7 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import IntArray
 
 if TYPE_CHECKING:
+    from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.settings import AifSettings
@@ -145,16 +146,19 @@ def numpy_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | Non
     planner (grid10's, ``B`` local) is taken too, in a group of up to :data:`LOCAL_MEASURED`
     agents: the group measures both paths (:func:`~edge_agent.core.path_choice.measure_costs`);
     a larger one steps the local planner (:func:`local_reason`)."""
-    return sizing_reasons(cm, settings) or native.unavailable()
+    if (why := sizing_reasons(cm, settings)) is not None:
+        return why
+    from edge_agent.aif.kernels.native import binding  # noqa: PLC0415 - loads the library
+    return binding.unavailable()
 
 
 def compiled_nbytes(cm: kernels.CompiledModel, settings: AifSettings) -> int:
     """Bytes of the compiled tick a group of ``cm`` that does not learn would hold
-    (:func:`frozen_kernel`'s :attr:`~edge_agent.aif.kernels.native.NativeTick.nbytes`, exactly),
-    from the model's supports and shapes, nothing built and the library not loaded (:func:`
-    ~edge_agent.aif.kernels.native.frozen_nbytes`); 0 where it steps with numpy whatever its
-    size (:func:`sizing_reasons`). A library that is installed but refused at load still has its
-    bytes counted: what a group reserves never depends on loading it."""
+    (:func:`frozen_kernel`'s :attr:`~edge_agent.aif.kernels.native.binding.NativeTick.nbytes`,
+    exactly), from the model's supports and shapes, nothing built and neither the library nor its
+    binding loaded (:func:`~edge_agent.aif.kernels.native.frozen_nbytes`); 0 where it steps with
+    numpy whatever its size (:func:`sizing_reasons`). A library that is installed but refused at
+    load still has its bytes counted: what a group reserves never depends on loading it."""
     if sizing_reasons(cm, settings) is not None:
         return 0
     return native.frozen_nbytes([np.asarray(a) > 0 for a in cm.A_rows],
@@ -162,14 +166,15 @@ def compiled_nbytes(cm: kernels.CompiledModel, settings: AifSettings) -> int:
                                 cm.tree.policies)
 
 
-def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> native.NativeTick | str:
+def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> NativeTick | str:
     """The compiled tick of a group that steps with ``cm`` and does not learn (its state in
     ``cm.dtype``), or why it steps with numpy (:func:`numpy_reasons`)."""
     why = numpy_reasons(cm, settings)
     if why is not None:
         return why
+    from edge_agent.aif.kernels.native import binding  # noqa: PLC0415 - numpy_reasons loaded it
     A = [np.asarray(a, dtype=np.float64) for a in cm.A_rows]
-    return native.NativeTick(
+    return binding.NativeTick(
         A, [kernels.dense_table(t) for t in cm.transitions],
         [np.asarray(d, dtype=np.float64) for d in cm.D],
         lnC=[np.asarray(c, dtype=np.float64) for c in cm.lnC],
@@ -186,7 +191,7 @@ class _CompiledPass:
     this tick's ``p(o_m)`` of ``n_agents`` agents."""
 
     def __init__(
-        self, learner: Learner, kernel: native.NativeTick, n_agents: int, num_modalities: int
+        self, learner: Learner, kernel: NativeTick, n_agents: int, num_modalities: int
     ) -> None:
         assert learner.pA is not None  # _kernel checked
         self._counts = learner.pA
@@ -214,7 +219,7 @@ class NativePass(_CompiledPass):
     makes_prior = True
 
     def __init__(
-        self, tables_A: list[np.ndarray], learner: Learner, kernel: native.NativeTick,
+        self, tables_A: list[np.ndarray], learner: Learner, kernel: NativeTick,
         n_agents: int,
     ) -> None:
         super().__init__(learner, kernel, n_agents, len(tables_A))
@@ -259,7 +264,7 @@ class SharedNativePass(_CompiledPass):
     makes_prior = False
 
     def __init__(
-        self, model: GenerativeModel, learner: Learner, kernel: native.NativeTick, n_agents: int
+        self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int
     ) -> None:
         super().__init__(learner, kernel, n_agents, model.num_modalities)
         #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
@@ -339,11 +344,11 @@ def shared_pass(
 def _kernel(
     model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
-) -> native.NativeTick | str:
+) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` alone, without forgetting or novelty, in float64 counts
     refreshed every tick, for one-step policies, deterministic marginal action selection and a
-    model within :func:`~edge_agent.aif.kernels.native.limits`, in C-contiguous float64
+    model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in C-contiguous float64
     arrays (the counts, their experience and ``bound``: the tables it writes)."""
     s = spec.settings
     policies = cm.tree.policies
@@ -363,7 +368,8 @@ def _kernel(
     for found, why in reasons:
         if found:
             return why
-    missing = native.unavailable()  # no library, or not the binding's: its limits unknown
+    from edge_agent.aif.kernels.native import binding  # noqa: PLC0415 - loads the library
+    missing = binding.unavailable()  # no library, or not the binding's: its limits unknown
     if missing is not None:
         return missing
     too_large = native.too_large(model.num_states, model.num_controls, model.num_modalities,
@@ -379,8 +385,8 @@ def _kernel(
     supports = [(a > 0).reshape(a.shape[0], S) for a in model.A]
     for slot, m in enumerate(pA.tables):
         supports[m] = supports[m] | (pA.prior[slot].reshape(supports[m].shape) > 0)
-    return native.NativeTick(
-        model.A, model.B, model.D, lnC=native.log_preferences(model.C),
+    return binding.NativeTick(
+        model.A, model.B, model.D, lnC=binding.log_preferences(model.C),
         lnE=np.asarray(cm.lnE, dtype=np.float64), policies=policies, learned=pA.tables,
         supports=supports, n=n_agents,
         gamma=float(settings.gamma), num_iter=settings.num_iter, dF_tol=settings.dF_tol,

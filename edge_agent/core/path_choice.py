@@ -29,7 +29,7 @@ from edge_agent.sim.uniforms import SplitMix64
 
 if TYPE_CHECKING:
     from edge_agent.aif import kernels
-    from edge_agent.aif.kernels.native import NativeTick
+    from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.aif.settings import AifSettings
     from edge_agent.core.agent_state import AgentState
     from edge_agent.core.block_stepper import BlockStepper

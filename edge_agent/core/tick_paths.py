@@ -58,7 +58,7 @@ from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health import TickPrior
 
 if TYPE_CHECKING:
-    from edge_agent.aif.kernels.native import NativeTick
+    from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.core.history_recorder import HistoryRecorder
     from edge_agent.core.installer import TablesInstaller
     from edge_agent.core.learning import GroupLearning

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import binding
 from edge_agent.core.native_pass import NATIVE_ENV
 
 __all__ = ["SYMBOLS", "NeuralPass", "argmax_numpy", "observe_numpy", "unavailable"]
@@ -51,10 +51,10 @@ def unavailable(library: ctypes.CDLL | None = None) -> str | None:
     if os.environ.get(NATIVE_ENV) == "0":
         return f"{NATIVE_ENV}=0 in the environment"
     if library is None:
-        refused = native.unavailable()
+        refused = binding.unavailable()
         if refused is not None:
             return refused
-        library = native.load()
+        library = binding.load()
     missing = [name for name in SYMBOLS if not hasattr(library, name)]
     if missing:
         return (
@@ -69,7 +69,7 @@ class NeuralPass:
     must have said None for it)."""
 
     def __init__(self, library: ctypes.CDLL | None = None) -> None:
-        lib = library or native.load()
+        lib = library or binding.load()
         observe = lib.edge_neural_observe
         observe.argtypes = [_p, _i64, _i64, _p, _i64, _p, _p, _p, _p]
         observe.restype = _i64

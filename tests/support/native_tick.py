@@ -22,7 +22,8 @@ from bench_learning_peers import write_workload  # noqa: E402
 from peers.learning import GAMMA, NUM_ITER, load  # noqa: E402
 from peers.world import ClosedLoopWorld, load_workload  # noqa: E402
 
-from edge_agent.aif.kernels import native  # noqa: E402
+from edge_agent.aif.constants import EPS  # noqa: E402
+from edge_agent.aif.kernels.native import binding  # noqa: E402
 from edge_agent.aif.policies import construct_policies  # noqa: E402
 from edge_agent.aif.settings import AifSettings  # noqa: E402
 
@@ -94,7 +95,7 @@ def _limits_world() -> World:
     16 controls of the first factor and 2, 2, 1 of the others (64 one-step policies), 8
     modalities of 2 outcomes, three of them learned."""
     world = _random_world((4, 4, 4, 2), (16, 2, 2, 1), (2,) * 8, (1, 4, 6), seed=57)
-    limits = native.limits()
+    limits = binding.limits()
     reached = {"factors": len(world.B), "joint": int(np.prod([b.shape[0] for b in world.B])),
                "modalities": len(world.A),
                "policies": int(np.prod([b.shape[2] for b in world.B])),
@@ -165,8 +166,8 @@ class Pass:
         self._counts_support = [prior[m] > 0 for m in self.learned]
         self.experience = [np.zeros_like(prior[m]) for m in self.learned]
         uniform = np.full(len(policies), 1.0 / len(policies))
-        self.kernel = native.NativeTick(
-            A, B, world.D, lnC=native.log_preferences(world.C), lnE=np.log(uniform + native.EPS),
+        self.kernel = binding.NativeTick(
+            A, B, world.D, lnC=binding.log_preferences(world.C), lnE=np.log(uniform + EPS),
             policies=policies, learned=self.learned, supports=supports, n=n, gamma=GAMMA,
             num_iter=NUM_ITER, dF_tol=SETTINGS.dF_tol, lr=world.lr, use_utility=True,
             use_info_gain=True, shared_counts=scope == "shared", library=library)

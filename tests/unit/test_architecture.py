@@ -233,9 +233,11 @@ def daemon_imports(tmp_path: Path, name: str, tail: str = "", *, entry: str = "m
     return set(ast.literal_eval(out.strip().splitlines()[-1]))
 
 
-def daemon_maps_the_compiled_tick(tmp_path: Path, name: str, count: int) -> bool:
-    """Whether a daemon running half a second on the plain group of ``count`` agents has the
-    compiled tick's library mapped (``/proc/self/maps``), started as ``edge-agent run``."""
+def daemon_holds_the_compiled_tick(tmp_path: Path, name: str, count: int) -> tuple[bool, bool]:
+    """Whether a daemon running half a second on the plain group of ``count`` agents, started as
+    ``edge-agent run``, has the compiled tick's library mapped (``/proc/self/maps``) and its
+    binding module (``edge_agent.aif.kernels.native.binding``: the ctypes structs,
+    ``NativeTick``) imported."""
     config = tmp_path / f"{name}.toml"
     group = PLAIN_GROUP.replace("count = 50", f"count = {count}")
     config.write_text(
@@ -244,7 +246,7 @@ def daemon_maps_the_compiled_tick(tmp_path: Path, name: str, count: int) -> bool
     )
     out = run_fresh(
         f"""
-        import os
+        import os, sys
         os.environ.pop("NOTIFY_SOCKET", None)
         os.environ.pop("EDGE_AGENT_NATIVE_TICK", None)
         os.environ["EDGE_AGENT_RUNTIME_DIR"] = {str(tmp_path / name / "run")!r}
@@ -254,20 +256,23 @@ def daemon_maps_the_compiled_tick(tmp_path: Path, name: str, count: int) -> bool
         library = native.library_path()
         assert library is not None, "the package was installed without its compiled tick"
         with open("/proc/self/maps") as maps:
-            print(str(library.resolve()) in maps.read())
+            mapped = str(library.resolve()) in maps.read()
+        print(mapped, "edge_agent.aif.kernels.native.binding" in sys.modules)
         """
     )
-    return out.strip().splitlines()[-1] == "True"
+    mapped, imported = out.strip().splitlines()[-1].split()
+    return mapped == "True", imported == "True"
 
 
 def test_a_daemon_whose_groups_step_numpy_never_loads_the_compiled_tick(tmp_path: Path) -> None:
     """A daemon whose only group steps numpy (grid10 agents above ``LOCAL_MEASURED``: the local
-    planner, unmeasured) maps nothing of the compiled tick's library: its group plans the
-    compiled tick's bytes from the model, and admission's probe only sizes one (docs/memory.md,
-    "Memory tricks"). A group of 10 agents, which measures the compiled tick, maps it (so this
-    rule cannot pass because the library is never loaded at all)."""
-    assert not daemon_maps_the_compiled_tick(tmp_path, "numpy", 1000)
-    assert daemon_maps_the_compiled_tick(tmp_path, "measured", 10)
+    planner, unmeasured) maps nothing of the compiled tick's library and imports none of its
+    binding: its group plans the compiled tick's bytes from the model (``native/__init__.py``,
+    no ctypes), and admission's probe only sizes one (docs/memory.md, "Memory tricks"). A group
+    of 10 agents, which measures the compiled tick, maps it and imports its binding (so this
+    rule cannot pass because neither is ever loaded at all)."""
+    assert daemon_holds_the_compiled_tick(tmp_path, "numpy", 1000) == (False, False)
+    assert daemon_holds_the_compiled_tick(tmp_path, "measured", 10) == (True, True)
 
 
 def test_edge_agentd_imports_no_other_commands_code(tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
     (bare,) = (tmp_path / "no-cc").glob("edge_agent_runtime-*.whl")
     with zipfile.ZipFile(bare) as archive:
         assert not [n for n in archive.namelist() if n.startswith(f"{NATIVE}/_tick")]
-        assert f"{NATIVE}/__init__.py" in archive.namelist()
+        assert {f"{NATIVE}/__init__.py", f"{NATIVE}/binding.py"} <= set(archive.namelist())
 
     # The wheel from the sdist, as pip builds it for a device.
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
@@ -112,7 +112,7 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
     # Loaded by the binding: its layout is the one the binding declares.
     checked = run([sys.executable, "-c",
                    "import sys; from pathlib import Path; "
-                   "from edge_agent.aif.kernels import native; "
-                   "print(native.limits(native.load(Path(sys.argv[1]))) == native.limits())",
+                   "from edge_agent.aif.kernels.native import binding; "
+                   "print(binding.limits(binding.load(Path(sys.argv[1]))) == binding.limits())",
                    str(path)], tmp_path)
     assert checked.stdout.split() == ["True"], checked.stdout

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.aif.settings import AifSettings
@@ -57,7 +57,7 @@ def _stepping(group: AifAgentGroup) -> str:
 
 
 def test_the_package_carries_the_compiled_tick() -> None:
-    assert native.unavailable() is None, native.unavailable()
+    assert binding.unavailable() is None, binding.unavailable()
 
 
 def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: bool = True) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import binding
 from edge_agent.bundle.writer import pack_tar, sign_bundle, write_bundle
 from edge_agent.cli import main as device_main
 from edge_agent.config.daemon import read_config
@@ -233,9 +233,9 @@ def test_a_plan_and_a_group_stepping_numpy_build_no_compiled_tick_and_measure_no
     measures, builds one (of the bytes planned), so the counting here can fail."""
     built: list[int] = []
     measured: list[int] = []
-    real = native.NativeTick
+    real = binding.NativeTick
 
-    def counted(*args: Any, **kwargs: Any) -> native.NativeTick:
+    def counted(*args: Any, **kwargs: Any) -> binding.NativeTick:
         kernel = real(*args, **kwargs)
         built.append(kernel.nbytes)
         return kernel
@@ -244,7 +244,7 @@ def test_a_plan_and_a_group_stepping_numpy_build_no_compiled_tick_and_measure_no
         measured.append(n_agents)
         return TickCosts(native_s=1e-3, numpy_s=2e-3, agents=min(n_agents, MEASURE_AGENTS))
 
-    monkeypatch.setattr(native, "NativeTick", counted)
+    monkeypatch.setattr(binding, "NativeTick", counted)
     monkeypatch.setattr(aif_agents, "measure_costs", costs)
     monkeypatch.delenv(NATIVE_ENV, raising=False)
     path = config(bundles, GRID10.format(name="many", count=1000), name="many.toml")

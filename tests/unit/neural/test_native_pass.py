@@ -246,9 +246,9 @@ def test_a_library_without_the_pass_is_named() -> None:
 SANITIZED_SCRIPT = """
 import ctypes, sys
 import numpy as np
-from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import binding
 from edge_agent.neural.native_pass import NeuralPass, argmax_numpy, observe_numpy
-neural = NeuralPass(native.load(sys.argv[1]))
+neural = NeuralPass(binding.load(sys.argv[1]))
 at = lambda a: int(a.ctypes.data)
 rng = np.random.default_rng(0)
 for n in (1, 7, 1000):

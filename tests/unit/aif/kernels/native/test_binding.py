@@ -1,4 +1,4 @@
-"""The compiled tick's binding (edge_agent/aif/kernels/native/__init__.py) holds the library to
+"""The compiled tick's binding (edge_agent/aif/kernels/native/binding.py) holds the library to
 its contract, tick.h: the package's library reports the layout the binding declares (every
 struct's size, every field's offset, size and kind, every limit), and the model sizes the pass
 takes are the library's own limits (those docs/learning.md states). A library built from
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.kernels import native
-from edge_agent.aif.kernels.native import recipe
+from edge_agent.aif.kernels.native import binding, recipe
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.native_pass import compiled_nbytes
@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[5]
 
 
 def test_the_package_library_reports_the_layout_the_binding_declares() -> None:
-    assert native.unavailable() is None, native.unavailable()
-    reported = native.layout(native.load())
-    assert native.mismatch(reported) is None
-    ours = native.declared()
+    assert binding.unavailable() is None, binding.unavailable()
+    reported = binding.layout(binding.load())
+    assert binding.mismatch(reported) is None
+    ours = binding.declared()
     assert reported.keys() == ours.keys()
     for name, (kind, value, size) in ours.items():
         if kind != "l":
@@ -49,7 +49,7 @@ def test_the_package_library_reports_the_layout_the_binding_declares() -> None:
 
 
 def test_the_limits_are_the_library_s_and_the_docs_state_them() -> None:
-    limits = native.limits()
+    limits = binding.limits()
     assert set(limits) == set(native.LIMITS)
     text = " ".join((REPO / "docs" / "learning.md").read_text().split())
     stated = re.search(r"within the pass's sizes \((\d+) factors, (\d+) joint states, (\d+) "
@@ -67,7 +67,7 @@ def test_the_package_limits_are_tick_h_s_and_the_library_s() -> None:
     values = dict(re.findall(r"X\((MAX_\w+), (\d+)\)", header))
     assert {size: int(values[limit]) for size, limit in native.LIMITS.items()} == (
         native.PACKAGE_LIMITS)
-    assert native.limits(native.load()) == native.PACKAGE_LIMITS == native.limits()
+    assert binding.limits(binding.load()) == native.PACKAGE_LIMITS == binding.limits()
 
 
 def _changed(tmp_path: Path, file: str, old: str, new: str) -> Path:
@@ -99,7 +99,7 @@ def test_a_library_of_another_header_is_refused_saying_what_differs(
 ) -> None:
     built = _changed(tmp_path, file, old, new)
     with pytest.raises(RuntimeError, match=why) as refused:
-        native.load(built)
+        binding.load(built)
     assert "reinstall edge-agent" in str(refused.value)
 
 
@@ -107,32 +107,33 @@ def test_a_file_that_is_no_library_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "_tick.so"
     bad.write_bytes(b"not an ELF file")
     with pytest.raises(RuntimeError, match=r"_tick\.so cannot be loaded"):
-        native.load(bad)
+        binding.load(bad)
 
 
 def test_a_binding_edited_without_its_header_refuses_the_library(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class Shorter(ctypes.Structure):  # tick_state without its last field
-        _fields_ = [(name, ctype) for name, ctype, *_ in native._State._fields_[:-1]]
+        _fields_ = [(name, ctype) for name, ctype, *_ in binding._State._fields_[:-1]]
 
-    library = native.load()  # the package's, loaded as it is (before the binding is edited)
-    monkeypatch.setitem(native._STRUCTS, "tick_state", Shorter)
-    assert native.mismatch(native.layout(library)) == (
+    library = binding.load()  # the package's, loaded as it is (before the binding is edited)
+    monkeypatch.setitem(binding._STRUCTS, "tick_state", Shorter)
+    assert binding.mismatch(binding.layout(library)) == (
         "tick_state.qs_prev only in the library; tick_state: 88 bytes in the library, 80 "
         "bytes here")
     path = native.library_path()
     assert path is not None
     with pytest.raises(RuntimeError, match="does not match its binding"):
-        native.load(path)
+        binding.load(path)
 
 
 def test_a_limit_changed_in_the_header_is_the_library_s(tmp_path: Path) -> None:
-    built = native.load(_changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)"))
-    assert native.limits(built)["joint"] == 64
+    built = binding.load(_changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)"))
+    bounds = binding.limits(built)
+    assert bounds["joint"] == 64
     model = tmaze_reversal_model()  # 8 joint states
-    assert native.too_large(model.num_states, model.num_controls, 2, 4, built) is None
-    assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16, built) == (
+    assert native.too_large(model.num_states, model.num_controls, 2, 4, bounds) is None
+    assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16, bounds) == (
         "joint 128 above the compiled tick's 64")
     assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16) is None  # the package's: 128
 
@@ -145,14 +146,14 @@ def test_a_package_library_of_other_limits_is_refused(
     the library's."""
     built = _changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)")
     monkeypatch.setattr(native, "library_path", lambda: built)
-    monkeypatch.setattr(native, "_LIBRARY", None)
-    monkeypatch.setattr(native, "_REFUSED", None)
-    why = native.unavailable()
+    monkeypatch.setattr(binding, "_LIBRARY", None)
+    monkeypatch.setattr(binding, "_REFUSED", None)
+    why = binding.unavailable()
     assert why is not None
     assert "'joint': 64" in why
     assert "the binding's are {'factors': 4, 'joint': 128" in why
     with pytest.raises(RuntimeError, match="reports the limits"):
-        native.load()
+        binding.load()
     _steps_with_numpy_saying(why)
 
 
@@ -173,13 +174,13 @@ def test_installed_without_the_library_a_group_steps_with_numpy_saying_how_to_ge
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(native, "library_path", lambda: None)
-    monkeypatch.setattr(native, "_LIBRARY", None)
-    monkeypatch.setattr(native, "_REFUSED", None)
-    why = native.unavailable()
+    monkeypatch.setattr(binding, "_LIBRARY", None)
+    monkeypatch.setattr(binding, "_REFUSED", None)
+    why = binding.unavailable()
     assert why == ("edge-agent was installed without its compiled tick (no C compiler then): "
                    "reinstall it with gcc present (apt-get install gcc)")
     with pytest.raises(RuntimeError, match="installed without its compiled tick"):
-        native.load()
+        binding.load()
     _steps_with_numpy_saying(why)
 
 
@@ -189,9 +190,9 @@ def package_library_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (as if the package were built from another header): the binding's verdict on it."""
     built = _changed(tmp_path, "tick.h", "X(int64_t, num_iter)", "X(double, num_iter)")
     monkeypatch.setattr(native, "library_path", lambda: built)
-    monkeypatch.setattr(native, "_LIBRARY", None)
-    monkeypatch.setattr(native, "_REFUSED", None)
-    why = native.unavailable()
+    monkeypatch.setattr(binding, "_LIBRARY", None)
+    monkeypatch.setattr(binding, "_REFUSED", None)
+    why = binding.unavailable()
     assert why is not None
     return why
 
@@ -203,7 +204,7 @@ def test_a_group_steps_with_numpy_when_the_package_library_is_refused(
     assert "tick_model.num_iter: double at 40 (8 bytes) in the library" in (
         package_library_refused)
     with pytest.raises(RuntimeError, match="does not match its binding"):
-        native.load()
+        binding.load()
     _steps_with_numpy_saying(package_library_refused)
     # A group that does not learn steps numpy too, and reserves the compiled tick's bytes all
     # the same (planned from the model: what a group reserves never depends on loading it).
@@ -216,7 +217,7 @@ def test_arrays_the_pass_would_read_or_write_past_are_refused() -> None:
     """Shapes are checked where they are bound: more agents' outcomes than the arrays hold, a
     factor's beliefs of another size, another number of policies, a table of another size."""
     world = make_world("factors3", Path("unused"))
-    tick = Pass(world, 5, "per_agent", native.load())
+    tick = Pass(world, 5, "per_agent", binding.load())
     obs = np.zeros((5, len(world.A)), dtype=np.int64)
     start = np.zeros(5, dtype=bool)
     tick.step(obs, start, learn=True)

@@ -43,6 +43,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif.kernels import native
+from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
@@ -88,10 +89,10 @@ def library(build: str) -> ctypes.CDLL:
     """The library of ``build``: the package's, its baseline version, or (in test_recipe.py's
     subprocess) the sanitized one."""
     if build == "installed":
-        return native.load()
+        return binding.load()
     if build == "sanitized":
-        return native.load(Path(os.environ[SANITIZED_ENV]))
-    return native.load(native_builds.build(build))
+        return binding.load(Path(os.environ[SANITIZED_ENV]))
+    return binding.load(native_builds.build(build))
 
 
 BUILDS = ("installed", "baseline", *(("sanitized",) if SANITIZED_ENV in os.environ else ()))
@@ -204,7 +205,7 @@ def test_each_agent_is_its_float64_reference_agent(world_name: str, tmp_path: Pa
     world = make_world(world_name, tmp_path)
     n, ticks = 3, 8
     model = GenerativeModel.from_arrays(world.A, world.B, world.C, world.D)
-    tick = Pass(world, n, "per_agent", native.load())
+    tick = Pass(world, n, "per_agent", binding.load())
     refs = [LearningReferenceAgent(model, SETTINGS, pA=world.pA, lr_pA=world.lr)
             for _ in range(n)]
     rng = np.random.default_rng(11)
@@ -229,12 +230,12 @@ def test_each_agent_is_its_float64_reference_agent(world_name: str, tmp_path: Pa
 
 
 def test_the_pass_refuses_a_model_above_the_library_s_limits() -> None:
-    states = native.limits()["joint"] + 72  # a joint state above the pass's stack arrays
+    states = binding.limits()["joint"] + 72  # a joint state above the pass's stack arrays
     A = [np.full((2, states), 0.5)]
     world = World(A, [np.eye(states)[:, :, None]], [np.zeros(2)],
                   [np.full(states, 1.0 / states)], {0: A[0] * 2}, 1.0)
     with pytest.raises(ValueError, match=f"joint {states} above the compiled tick's 128"):
-        Pass(world, 2, "per_agent", native.load())
+        Pass(world, 2, "per_agent", binding.load())
 
 
 class FrozenCase(NamedTuple):
@@ -284,7 +285,7 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     twin = frozen_group(world, n, precision)
     monkeypatch.delenv(NATIVE_ENV)
     assert twin.stepping == f"numpy: {NATIVE_ENV}=0"
-    monkeypatch.setattr(native, "_LIBRARY", library(build))
+    monkeypatch.setattr(binding, "_LIBRARY", library(build))
     monkeypatch.setenv(NATIVE_ENV, "1")  # the compiled tick, unmeasured: its results the subject
     group = frozen_group(world, n, precision)
     monkeypatch.delenv(NATIVE_ENV)
@@ -373,8 +374,8 @@ def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
     n = 13
     cm = frozen_group(world, n, "int8").cm
     with_table, without = frozen_kernel(cm, SETTINGS), frozen_kernel(cm, SETTINGS)
-    assert isinstance(with_table, native.NativeTick)
-    assert isinstance(without, native.NativeTick)
+    assert isinstance(with_table, binding.NativeTick)
+    assert isinstance(without, binding.NativeTick)
     kernels_ = (with_table, without)
     assert with_table.lnL is not None
     num_obs = [a.shape[0] for a in cm.A_rows]
@@ -404,7 +405,7 @@ def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
         obs, start = env.step(theirs["action"])
     assert with_table.lnL.shape == (int(np.prod(num_obs)), S)
     # a learning kernel's tables move: no table; above the bound: none either
-    learning = native.NativeTick(
+    learning = binding.NativeTick(
         [np.asarray(a, dtype=np.float64) for a in cm.A_rows],
         [np.asarray(b) for b in world.B], [np.asarray(d) for d in world.D],
         lnC=with_table.lnC, lnE=with_table.lnE, policies=cm.tree.policies, learned=(1,),
@@ -413,7 +414,7 @@ def test_a_frozen_model_s_likelihood_table_steps_as_the_product_and_its_logs(
     assert learning.lnL is None
     monkeypatch.setattr(native, "LNL_TABLE", with_table.lnL.size - 1)
     above = frozen_kernel(cm, SETTINGS)
-    assert isinstance(above, native.NativeTick)
+    assert isinstance(above, binding.NativeTick)
     assert above.lnL is None
 
 
@@ -435,8 +436,8 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
     n = 13
     cm = frozen_group(world, n, "int8").cm
     with_table, without = frozen_kernel(cm, SETTINGS), frozen_kernel(cm, SETTINGS)
-    assert isinstance(with_table, native.NativeTick)
-    assert isinstance(without, native.NativeTick)
+    assert isinstance(with_table, binding.NativeTick)
+    assert isinstance(without, binding.NativeTick)
     assert with_table.lnL is not None
     assert with_table.lnQ1 is not None
     num_states = [int(s) for s in cm.num_states]
@@ -480,7 +481,7 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
             np.testing.assert_array_equal(ours[name], theirs[name])
         obs, start = env.step(theirs["action"])
     # one factor: no iteration, no table
-    assert native.NativeTick(
+    assert binding.NativeTick(
         [np.ones((2, 3)) / 2], [np.eye(3)[:, :, None]], [np.ones(3) / 3], lnC=[np.zeros(2)],
         lnE=np.zeros(1), policies=np.zeros((1, 1, 1), dtype=np.int64), learned=(),
         supports=[np.ones((2, 3), dtype=bool)], n=1, gamma=16.0, num_iter=10, dF_tol=0.001,
@@ -567,7 +568,7 @@ def test_a_frozen_compiled_tick_s_bytes_are_planned_exactly_from_the_model(
                           sizing_only=True)
     assert probe.stepping == "numpy: made to be sized only (admission's plan)"
     kernel = frozen_kernel(probe.cm, SETTINGS)
-    assert isinstance(kernel, native.NativeTick), kernel
+    assert isinstance(kernel, binding.NativeTick), kernel
     assert probe.memory.compiled_nbytes == compiled_nbytes(probe.cm, SETTINGS) == kernel.nbytes
 
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.aif.kernels import native
-from edge_agent.aif.kernels.native import recipe
+from edge_agent.aif.kernels.native import binding, recipe
 from tests.support import native_builds
 from tests.support.native_tick import (
     FROZEN_WORLDS,
@@ -38,7 +37,7 @@ def test_the_sources_build_with_warnings_as_errors() -> None:
     for name in ("warnings", "baseline"):
         assert "-Werror" in native_builds.BUILDS[name]
         built = native_builds.build(name)  # the compiler's errors, if any, fail here
-        assert native.mismatch(native.layout(native.load(built))) is None
+        assert binding.mismatch(binding.layout(binding.load(built))) is None
 
 
 def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[str]:
