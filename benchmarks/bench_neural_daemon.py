@@ -59,7 +59,12 @@ Everything a user would do, in one run, one JSON object per line:
    <= 1.2); ``*_ratio`` the same for every variant. A round's median leaves out the work a
    step does only every few ticks (the range check and the health sample every 4th, the health
    measures every 32nd): ``neural_step_mean_ratio`` is the mean of every call of the step over
-   the mean of every call of the session, all rounds (``*_mean_ms``). ``paced_*``: ``session_run``,
+   the mean of every call of the session, all rounds (``*_mean_ms``), at the mercy of any call
+   the machine delayed; ``neural_step_cadence_ratio`` counts every call robustly: the step
+   called ``CYCLE`` (32) x ``--repeats`` / 2 times, alternately with ``session_run``, its median
+   at each phase of the cadence (``cadence_phase_ratios``: over the session's median; the phases
+   that do the work of every 4th, 8th and 32nd tick stand out) averaged over the phases, over
+   the session's median (``*_cadence_ms``). ``paced_*``: ``session_run``,
    ``neural_step`` and ``group_tick`` called in turn once per tick period (``--paced`` calls
    each), so that every call starts cold after a sleep as in the daemon. ``paced_in_tick_*``:
    ``session_run`` and ``neural_step`` paced the same way, each call preceded (untimed) by what
@@ -105,16 +110,23 @@ sys.path.insert(0, str(REPO))
 
 from edge_agent.config.daemon import load_config  # noqa: E402
 from edge_agent.config.profiles import load_profiles  # noqa: E402
+from edge_agent.core.health import HEALTH_EVERY  # noqa: E402
 from edge_agent.daemon.admission import load_group_model, trusted_keys  # noqa: E402
 from edge_agent.daemon.group_runtime import GroupRuntime, make_agents, make_runtime  # noqa: E402
 from edge_agent.kinds.neural import net_of  # noqa: E402
 from edge_agent.neural.agents import NeuralAgentGroup  # noqa: E402
+from edge_agent.neural.health import MAX_HELD_TICKS  # noqa: E402
 from edge_agent.neural.perception import PerceptionAifGroup  # noqa: E402
 from edge_agent.sim.endpoints import WorldSource  # noqa: E402
 from edge_agent.sim.sensors import SensorWorld  # noqa: E402
 
 FEATURES = 8
 OVERHEAD_TARGET = 1.2
+#: Calls of a whole cadence of a neural group's step: the health sample and the range check every
+#: HEALTH_EVERY ticks, held MAX_HELD_TICKS at most (fewer for a wide output) before their measures
+#: are taken, the ring written every window length (8 in the README's bundle): CYCLE phases hold
+#: every part of the step's work about as often as the daemon's ticks do.
+CYCLE = HEALTH_EVERY * MAX_HELD_TICKS
 #: The README's policy (``edge-agent-host convert onnx examples/sensor_policy.onnx ...``).
 README_POLICY = "README sensor_policy.onnx (window 8, hidden 32)"
 README_WINDOW = 8
@@ -476,6 +488,25 @@ def interleave(
     return medians
 
 
+def cadence_medians(
+    step: Callable[[], object], session: Callable[[], object], cycles: int, cycle: int
+) -> tuple[list[float], float]:
+    """Seconds of ``step`` at each phase of its cadence (the median over ``cycles`` of its
+    calls at that phase: a call that the machine delayed does not count, a call that does the
+    work of every 8th or 32nd tick does, at its phase), and the median seconds of ``session``,
+    called alternately with it."""
+    phases: list[list[float]] = [[] for _ in range(cycle)]
+    base: list[float] = []
+    for k in range(cycles * cycle):
+        start = time.perf_counter()
+        step()
+        phases[k % cycle].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        session()
+        base.append(time.perf_counter() - start)
+    return [statistics.median(p) for p in phases], statistics.median(base)
+
+
 def paced(
     variants: dict[str, Callable[[], object]],
     per_variant: int,
@@ -575,6 +606,9 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
         fn()
     means: dict[str, list[float]] = {}
     medians = interleave(variants, args.repeats, args.calls, means)
+    phases, phase_base = cadence_medians(
+        variants["neural_step"], variants["session_run"], max(2, args.repeats // 2), CYCLE
+    )
     slow = paced(
         {k: variants[k] for k in ("session_run", "neural_step", "group_tick")},
         args.paced,
@@ -617,6 +651,13 @@ def overhead(cfg_path: Path, kind: str, args: argparse.Namespace) -> dict[str, A
     row["neural_step_mean_ms"] = round(mean_step * 1e3, 4)
     row["session_run_mean_ms"] = round(mean_base * 1e3, 4)
     row["neural_step_mean_ratio"] = round(mean_step / mean_base, 3)
+    # Every call counted, robustly: the step's median at each phase of its cadence, averaged
+    # over the phases (each part of its work as often as in the daemon), over the session's.
+    row["cycle_calls"] = CYCLE
+    row["cadence_phase_ratios"] = [round(p / phase_base, 2) for p in phases]
+    row["neural_step_cadence_ms"] = round(statistics.fmean(phases) * 1e3, 4)
+    row["session_run_cadence_ms"] = round(phase_base * 1e3, 4)
+    row["neural_step_cadence_ratio"] = round(statistics.fmean(phases) / phase_base, 3)
     for name, value in slow.items():
         row[f"paced_{name}_ms"] = round(value * 1e3, 4)
     row["paced_hz"] = args.tick_hz
