@@ -291,18 +291,22 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
     }
     lane prev, dF, vfe;
     int64_t active[BLK];
+    /* sc->joint is the joint of cur: the last iteration's free energy made it of nxt, and every
+     * lane took nxt (the same products of the same values: no joint_of of cur again) */
+    int joint_of_cur = 0;
     free_energy(m, cur, log_cur, log_prior, NULL, sc->joint, prev);
     LANES dF[b] = 1.0;
     for (int64_t it = 0; it < m->num_iter; it++) {
-        int64_t any = 0;
+        int64_t any = 0, all = 1;
         LANES { active[b] = !(dF[b] < m->dF_tol); any |= active[b]; }
+        for (int b = 0; b < BLK; b++) all &= active[b];
         if (!any) break;
         /* the first step from uniform beliefs depends on the observation alone but for the log
          * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), the
          * same sums in the same order (edge_tick_first_step) */
         const int from_table = tabled && it == 0 && m->lnQ1 != NULL;
         if (!from_table) {
-            joint_of(m, cur, sc->joint);
+            if (!joint_of_cur) joint_of(m, cur, sc->joint);
             for (int64_t s = 0; s < S; s++)
                 LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
         }
@@ -334,6 +338,7 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             dF[b] = active[b] ? fabs(prev[b] - vfe[b]) : dF[b];
             prev[b] = active[b] ? vfe[b] : prev[b];
         }
+        joint_of_cur = (int)all;
     }
 }
 
