@@ -133,7 +133,8 @@ class _Draws:
     #: Rows of at most this many breaks are counted column by column.
     COLUMNS = 3
 
-    def __init__(self, stack: _Stacked, n: int, u: np.ndarray | None = None) -> None:
+    def __init__(self, stack: _Stacked, n: int, u: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> None:
         T, W = stack.tables, stack.width
         self.stack = stack
         self.first = stack.first  # (T, 1)
@@ -144,7 +145,9 @@ class _Draws:
         self.below = np.zeros((T * n, 1 if self.by_column else W), dtype=np.bool_)
         self.values = np.zeros(T * n if self.by_column else 0)
         self.at = np.zeros(T * n, dtype=np.intp)
-        self.out = np.zeros((T, n), dtype=np.intp)
+        #: The draws (``out``: a ``(T, n)`` intp C-order buffer the world gives, written only
+        #: once the draw's reads of ``index`` are done).
+        self.out = np.zeros((T, n), dtype=np.intp) if out is None else out
         self._flat_index = self.index.reshape(-1)
         self._flat_u = self.u.reshape(-1, 1)
         self._u_1d = self.u.reshape(-1)
@@ -219,7 +222,10 @@ class ClosedLoopWorld:
         self._uniforms = np.zeros(sum(sizes))
         move_u, spawn_u, obs_u = np.split(self._uniforms, np.cumsum(sizes[:2]))
         self._obs_draws = _Draws(self.obs_cdf, n, obs_u.reshape(-1, n))
-        self._move_draws = _Draws(self.move_cdf, n, move_u.reshape(-1, n))
+        #: The hidden states by factor ``(F, n)`` (the move's draws, drawn in place); ``states``
+        #: is its ``(n, F)`` view.
+        self.by_factor = np.zeros((len(B), n), dtype=np.intp)
+        self._move_draws = _Draws(self.move_cdf, n, move_u.reshape(-1, n), out=self.by_factor)
         self._spawn_draws = _Draws(self.spawn_cdf, n, spawn_u.reshape(-1, n))
         self._after_move = self._uniforms[sizes[0] :]
         self._spawn_draws.index[:] = self.spawn_cdf.first  # the one row of each table
@@ -231,10 +237,9 @@ class ClosedLoopWorld:
         self.rule = workload["rule"]
         self.goal_state = workload["goal_state"]
         self.trial_len = workload["trial_len"]
-        #: The hidden states by factor ``(F, n)``; ``states`` is its ``(n, F)`` view.
-        self.by_factor = np.zeros((len(B), n), dtype=np.intp)
         self.states = self.by_factor.T
         self._joint = np.zeros(n, dtype=np.intp)
+        self._term = np.zeros(n, dtype=np.intp)
         self.obs = np.zeros((n, len(A)), dtype=np.int64)
         self.episode_steps = np.zeros(n, dtype=np.int64)
         self._restart = np.zeros(n, dtype=np.bool_)
@@ -286,7 +291,14 @@ class ClosedLoopWorld:
     def _observe(self) -> np.ndarray:
         """The agents' outcomes (the uniforms drawn by the caller)."""
         draws, joint = self._obs_draws, self._joint
-        np.matmul(self.strides, self.by_factor, out=joint)
+        by_factor, strides = self.by_factor, self.strides
+        np.multiply(by_factor[0], strides[0], out=joint)
+        for f in range(1, len(strides)):  # (the last factor's stride is 1)
+            if f < len(strides) - 1:
+                np.multiply(by_factor[f], strides[f], out=self._term)
+                np.add(joint, self._term, out=joint)
+            else:
+                np.add(joint, by_factor[f], out=joint)
         np.add(draws.first, joint, out=draws.index)
         self.obs[:] = draws.draw().T
         if self.reward_modality >= 0:
@@ -336,7 +348,7 @@ class ClosedLoopWorld:
         np.multiply(by_factor, self._controls_col, out=index)
         index += actions.T
         index += move.first
-        by_factor[:] = move.draw()
+        move.draw()  # into by_factor
         self.episode_steps += 1
         if self._spawn(restart):
             self._count_trials(restart)
