@@ -195,7 +195,8 @@ INLINE void joint_of(const tick_model *m, lane *const *q, lane *out) {
     }
     const int64_t s1 = m->num_states[1];
     for (int64_t i = 0; i < s0; i++) {
-        const double *a = q[0][i];
+        lane a;  /* a copy: the stores below cannot change it (no reload per j) */
+        LANES a[b] = q[0][i][b];
         lane *row = out + i * s1;
         for (int64_t j = 0; j < s1; j++) LANES row[j][b] = a[b] * q[1][j][b];
     }
@@ -709,9 +710,13 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
         else
             tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
-        for (int64_t p = 0; p < P; p++)
+        for (int64_t p = 0; p < P; p++) {
+            lane g;  /* in registers: a store to G[p] could be a read of qo (no reload per r) */
+            LANES g[b] = G[p][b];
             for (int64_t r = begin[p]; r < begin[p + 1]; r++)
-                LANES G[p][b] -= qo[r][b] * sc->log_qo[r][b];
+                LANES g[b] -= qo[r][b] * sc->log_qo[r][b];
+            LANES G[p][b] = g[b];
+        }
     }
     for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
     lane *q_pi = sc->q_pi;
