@@ -771,7 +771,10 @@ TABLES: tuple[Table, ...] = (
             "faster there: grid10's local planner at many agents, a dense shared `B` that numpy "
             "multiplies for the whole batch in one BLAS call (docs/architecture.md, \"The "
             "compiled tick's contract\"; benchmarks/notes/learning.md, issue 58). The int8 group's "
-            "`stepping` says which and why."
+            "`stepping` says which and why. edge-agent's groups measure their health as the "
+            "daemon's do (a sample of at most 64 agents every 4th tick, held and measured up to 8 "
+            "ticks at once, docs/health.md); the world's step (`benchmarks/peers/world.py`) is the "
+            "same numpy code in every implementation's process, drawing the same numbers."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,

@@ -94,6 +94,11 @@ class _Stacked:
             self.breaks[r, : ks.size] = full[r, ks]
             self.outcomes[r, : ks.size] = ks
         self.outcomes_flat = self.outcomes.reshape(-1)
+        #: The breaks a uniform can pass, column by column ``(W - 1, R)``: a row's last break
+        #: is its maximum, exactly 1.0 (a pad is 2.0), never at most a ``u < 1``, so the count
+        #: of a row's breaks at most ``u`` is that of its first ``W - 1`` (0 of a row of one
+        #: outcome: the draw is that outcome, whatever ``u``).
+        self.columns = np.ascontiguousarray(self.breaks[:, : self.width - 1].T)
         #: Each row's breaks and outcomes as Python lists (one agent's draw: a ``bisect``).
         self.breaks_rows = [self.breaks[r, : int(rises[r].sum())].tolist()
                             for r in range(full.shape[0])]
@@ -113,26 +118,41 @@ class _Stacked:
 class _Draws:
     """Inverse-CDF draws of one :class:`_Stacked` for ``n`` agents into buffers reserved once:
     the flat row indices ``index`` ``(T, n)`` (written by the caller, table ``t``'s rows offset
-    by ``first``), the uniforms ``u`` ``(T, n)``, the gathered breaks, their comparison and the
+    by ``first``), the uniforms ``u`` ``(T, n)`` (``u``: a view the world gives, into the
+    buffer it fills for a whole step in one call), the gathered breaks, their comparison and the
     draws ``out`` ``(T, n)``: a step allocates nothing and makes a few numpy calls whatever
-    ``T``. The draw is the count of the row's breaks at most ``u``, the first of them above
-    ``u`` (a row rises to exactly 1.0, so there is one), which ``argmin`` finds faster than a
-    sum counts; the rows are gathered with one ``take`` of flat indices (``mode="clip"``: into
-    ``out`` unbuffered; the indices are in range), the outcome then taken at that break."""
+    ``T``. The draw is the count of the row's breaks at most ``u`` (the outcome there, at the
+    row's flat position in ``outcomes``). Narrow rows (:data:`COLUMNS` breaks at most) count
+    column by column (:attr:`_Stacked.columns`: a 1-D ``take`` of each column's break, a
+    comparison and an add, the last column never passed: a table of one outcome per row is one
+    ``take`` of its outcomes); wider rows are gathered whole with one ``take`` of flat indices
+    (``mode="clip"``: into ``out`` unbuffered; the indices are in range) and the count is the
+    first break above ``u`` (a row rises to exactly 1.0, so there is one), which ``argmin``
+    finds faster than a sum counts."""
 
-    def __init__(self, stack: _Stacked, n: int) -> None:
+    #: Rows of at most this many breaks are counted column by column.
+    COLUMNS = 3
+
+    def __init__(self, stack: _Stacked, n: int, u: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> None:
         T, W = stack.tables, stack.width
         self.stack = stack
         self.first = stack.first  # (T, 1)
         self.index = np.zeros((T, n), dtype=np.intp)
-        self.u = np.zeros((T, n))
-        self.rows = np.zeros((T * n, W))
-        self.below = np.zeros((T * n, W), dtype=np.bool_)
+        self.u = np.zeros((T, n)) if u is None else u
+        self.by_column = W <= self.COLUMNS
+        self.rows = np.zeros((0 if self.by_column else T * n, W))
+        self.below = np.zeros((T * n, 1 if self.by_column else W), dtype=np.bool_)
+        self.values = np.zeros(T * n if self.by_column else 0)
         self.at = np.zeros(T * n, dtype=np.intp)
-        self.out = np.zeros((T, n), dtype=np.intp)
+        #: The draws (``out``: a ``(T, n)`` intp C-order buffer the world gives, written only
+        #: once the draw's reads of ``index`` are done).
+        self.out = np.zeros((T, n), dtype=np.intp) if out is None else out
         self._flat_index = self.index.reshape(-1)
         self._flat_u = self.u.reshape(-1, 1)
+        self._u_1d = self.u.reshape(-1)
         self._flat_out = self.out.reshape(-1)
+        self._below_1d = self.below.reshape(-1)
 
     def uniforms(self, rng: np.random.Generator) -> None:
         """This step's uniforms, the numbers ``rng.random((T, n))`` gives."""
@@ -141,6 +161,18 @@ class _Draws:
     def draw(self) -> np.ndarray:
         """The outcomes ``(T, n)`` at the rows of ``index`` under ``u`` (the buffer ``out``)."""
         stack = self.stack
+        if self.by_column:
+            if stack.width == 1:  # one outcome a row: its outcome
+                stack.outcomes_flat.take(self._flat_index, out=self._flat_out, mode="clip")
+                return self.out
+            at, values, below = self.at, self.values, self._below_1d
+            np.multiply(self._flat_index, stack.width, out=at)  # the row's first outcome
+            for column in stack.columns:
+                column.take(self._flat_index, out=values, mode="clip")
+                np.less_equal(values, self._u_1d, out=below)
+                np.add(at, below, out=at)
+            stack.outcomes_flat.take(at, out=self._flat_out, mode="clip")
+            return self.out
         stack.breaks.take(self._flat_index, axis=0, out=self.rows, mode="clip")
         np.less_equal(self.rows, self._flat_u, out=self.below)
         if stack.dense:
@@ -169,7 +201,10 @@ class ClosedLoopWorld:
 
     A step is a fixed set of batched numpy calls into buffers reserved here (:class:`_Draws`),
     the hidden states kept by factor (``states`` ``(n, F)`` is a view of them): its cost at
-    N = 1 is those calls, the same for every implementation that acts in it.
+    N = 1 is those calls, the same for every implementation that acts in it. Its uniforms, the
+    move's, the respawn's and the observation's, are drawn in that order in one call (the same
+    numbers as one call each: a double is one draw of the generator), into one buffer whose
+    three parts the draws read.
     """
 
     def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
@@ -182,9 +217,17 @@ class ClosedLoopWorld:
         self.move_cdf = _Stacked([_cdf_rows(b.reshape(b.shape[0], -1)) for b in B])
         self.spawn_cdf = _Stacked([_cdf_rows(np.asarray(d, dtype=np.float64)[:, None])
                                    for d in workload["spawn"]])
-        self._obs_draws = _Draws(self.obs_cdf, n)
-        self._move_draws = _Draws(self.move_cdf, n)
-        self._spawn_draws = _Draws(self.spawn_cdf, n)
+        sizes = [self.move_cdf.tables * n, self.spawn_cdf.tables * n, self.obs_cdf.tables * n]
+        #: A step's uniforms: the move's, the respawn's, the observation's (reset: the last two).
+        self._uniforms = np.zeros(sum(sizes))
+        move_u, spawn_u, obs_u = np.split(self._uniforms, np.cumsum(sizes[:2]))
+        self._obs_draws = _Draws(self.obs_cdf, n, obs_u.reshape(-1, n))
+        #: The hidden states by factor ``(F, n)`` (the move's draws, drawn in place); ``states``
+        #: is its ``(n, F)`` view.
+        self.by_factor = np.zeros((len(B), n), dtype=np.intp)
+        self._move_draws = _Draws(self.move_cdf, n, move_u.reshape(-1, n), out=self.by_factor)
+        self._spawn_draws = _Draws(self.spawn_cdf, n, spawn_u.reshape(-1, n))
+        self._after_move = self._uniforms[sizes[0] :]
         self._spawn_draws.index[:] = self.spawn_cdf.first  # the one row of each table
         self.controls = np.asarray(self.num_controls, dtype=np.int64)
         self._controls_col = self.controls.reshape(-1, 1)
@@ -194,8 +237,6 @@ class ClosedLoopWorld:
         self.rule = workload["rule"]
         self.goal_state = workload["goal_state"]
         self.trial_len = workload["trial_len"]
-        #: The hidden states by factor ``(F, n)``; ``states`` is its ``(n, F)`` view.
-        self.by_factor = np.zeros((len(B), n), dtype=np.intp)
         self.states = self.by_factor.T
         self._joint = np.zeros(n, dtype=np.intp)
         self._term = np.zeros(n, dtype=np.intp)
@@ -211,7 +252,18 @@ class ClosedLoopWorld:
         #: The agents in a reversed phase (their trials so far ``// reverse_every`` odd), kept
         #: as the trials change (at the episode starts), not recomputed every observation.
         self.reversed = np.zeros(n, dtype=np.bool_)
-        self._flip = np.zeros(n, dtype=np.bool_)
+        #: The reward modality's outcome as seen, by phase: ``(2 * O,)``, ``O`` outcomes each,
+        #: the reversed phase's (the second) with reward and loss swapped; an agent's phase
+        #: offset ``_phase_at`` (``O`` when reversed), kept with :attr:`reversed`.
+        bins = int(A[self.reward_modality].shape[0]) if self.reward_modality >= 0 else 0
+        swapped = np.arange(bins, dtype=np.int64)
+        if self.reverse_every > 0:
+            swapped[[self.reward_outcome, self.loss_outcome]] = \
+                swapped[[self.loss_outcome, self.reward_outcome]]
+        self._seen_as = np.concatenate([np.arange(bins, dtype=np.int64), swapped])
+        self._phase_at = np.zeros(n, dtype=np.intp)
+        self._seen_at = np.zeros(n, dtype=np.intp)
+        self._seen = np.zeros(n, dtype=np.int64)
         self._outcome_bins = int(A[self.reward_modality].shape[0]) if self.reward_modality >= 0 \
             else 0
         self.score: str | None = (
@@ -221,11 +273,12 @@ class ClosedLoopWorld:
         #: One agent: :meth:`step` in Python scalars (:meth:`_step_one`), the same results.
         self.one = n == 1
 
-    def _spawn(self, where: np.ndarray) -> None:
+    def _spawn(self, where: np.ndarray) -> bool:
+        """The agents ``where`` respawn (the uniforms drawn whoever respawns, by the caller);
+        whether any did."""
         draws = self._spawn_draws
-        draws.uniforms(self.rng)  # drawn whoever respawns
         if not where.any():
-            return
+            return False
         drawn = draws.draw()
         if where.all():
             self.by_factor[:] = drawn
@@ -233,16 +286,20 @@ class ClosedLoopWorld:
         else:
             self.by_factor[:, where] = drawn[:, where]
             self.episode_steps[where] = 0
+        return True
 
     def _observe(self) -> np.ndarray:
-        draws, by_factor, strides = self._obs_draws, self.by_factor, self.strides
-        joint = self._joint
-        joint[:] = by_factor[-1]  # the last factor's stride is 1
-        for f in range(len(strides) - 1):
-            np.multiply(by_factor[f], strides[f], out=self._term)
-            joint += self._term
+        """The agents' outcomes (the uniforms drawn by the caller)."""
+        draws, joint = self._obs_draws, self._joint
+        by_factor, strides = self.by_factor, self.strides
+        np.multiply(by_factor[0], strides[0], out=joint)
+        for f in range(1, len(strides)):  # (the last factor's stride is 1)
+            if f < len(strides) - 1:
+                np.multiply(by_factor[f], strides[f], out=self._term)
+                np.add(joint, self._term, out=joint)
+            else:
+                np.add(joint, by_factor[f], out=joint)
         np.add(draws.first, joint, out=draws.index)
-        draws.uniforms(self.rng)
         self.obs[:] = draws.draw().T
         if self.reward_modality >= 0:
             self.scores.append(self._rewards(self.obs[:, self.reward_modality]))
@@ -252,11 +309,9 @@ class ClosedLoopWorld:
         """Swap reward and loss in the reversed phases (in place); rewards less losses."""
         reward, loss = self.reward_outcome, self.loss_outcome
         if self.reverse_every > 0 and self.reversed.any():
-            flip = self._flip
-            np.equal(outcome, reward, out=flip)
-            flip |= outcome == loss
-            flip &= self.reversed
-            outcome[flip] = reward + loss - outcome[flip]
+            np.add(self._phase_at, outcome, out=self._seen_at)
+            self._seen_as.take(self._seen_at, out=self._seen, mode="clip")
+            outcome[:] = self._seen
         counts = np.bincount(outcome, minlength=self._outcome_bins)
         return int(counts[reward]) - int(counts[loss])
 
@@ -265,12 +320,15 @@ class ClosedLoopWorld:
         self.trials += restart
         if self.reverse_every > 0:
             np.equal((self.trials // self.reverse_every) % 2, 1, out=self.reversed)
+            np.multiply(self.reversed, self._outcome_bins, out=self._phase_at)
 
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
         start = np.ones(self.n, dtype=np.bool_)
+        self.rng.random(out=self._after_move)  # the respawn's and the observation's uniforms
         self._spawn(start)
         self.trials[:] = 0
         self.reversed[:] = False
+        self._phase_at[:] = 0
         if self.rule == "goal":
             self.scores.append(0)
         return self._observe(), start
@@ -285,15 +343,14 @@ class ClosedLoopWorld:
         else:
             np.greater_equal(self.episode_steps, self.trial_len - 1, out=restart)
         move = self._move_draws
-        move.uniforms(self.rng)
+        self.rng.random(out=self._uniforms)  # the move's, the respawn's, the observation's
         index = move.index  # (F, n): state * controls + action, in table f's rows
         np.multiply(by_factor, self._controls_col, out=index)
         index += actions.T
         index += move.first
-        by_factor[:] = move.draw()
+        move.draw()  # into by_factor
         self.episode_steps += 1
-        self._spawn(restart)
-        if restart.any():
+        if self._spawn(restart):
             self._count_trials(restart)
         if self.rule == "goal":
             reached = self._reached
@@ -329,6 +386,7 @@ class ClosedLoopWorld:
             self.trials[0] = trials
             if self.reverse_every > 0:
                 self.reversed[0] = (trials // self.reverse_every) % 2 == 1
+                self._phase_at[0] = self._outcome_bins * int(self.reversed[0])
         self.by_factor[:, 0] = states
         self.episode_steps[0] = steps
         self._restart[0] = restart

@@ -167,13 +167,14 @@ class GroupMemory:
         )
 
     def health_nbytes(self, n_agents: int) -> int:
-        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (a small
-        group's, :meth:`AifHealth.nbytes_for <edge_agent.core.health.AifHealth.nbytes_for>`;
-        0 for a group without health)."""
+        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in
+        (:meth:`AifHealth.nbytes_for <edge_agent.core.health.AifHealth.nbytes_for>`, a group
+        that does not learn keeping no predictions; 0 for a group without health)."""
         if not self.health:
             return 0
         cm = self._stepper.cm
-        return AifHealth.nbytes_for(n_agents, cm.num_states, cm.num_obs, cm.num_policies)
+        return AifHealth.nbytes_for(n_agents, cm.num_states, cm.num_obs, cm.num_policies,
+                                    fixed_tables=self.learning is None)
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,

@@ -18,12 +18,14 @@ tick's mean excess surprise into a :class:`~edge_agent.core.drift.DriftDetector`
 raised is a ``drift`` :class:`~edge_agent.core.contract.GroupEvent` and cleared a
 ``drift_cleared`` one (:meth:`AifHealth.alerts`; the daemon logs and publishes them).
 
-A measured tick whose sample has fewer than :data:`MIN_HEALTH_AGENTS` agents (a small group) is
-held: its sample copied into buffers made with the agents, at most :data:`HELD_TICKS` ticks,
-then measured together (:meth:`AifHealth.flush`: when full, and before the window closes, a
-resize and a tap set), each tick's values and drift update in tick order, so that a group of
-one agent pays a measured tick's fixed cost of numpy calls once per 8 (its drift alarm at most
-32 ticks late).
+A group holds its measured ticks: a measured tick copies its sample into buffers made with
+the agents, and at most :data:`HELD_TICKS` ticks are then measured together (:meth:`AifHealth.
+flush`: when full, and before the window closes, a resize and a tap set), each tick's values
+and drift update in tick order, so that a group pays a measured tick's fixed cost of numpy
+calls (the same for one agent as for 64) once per 8: a sample of fewer than
+:data:`MIN_HEALTH_AGENTS` agents always, a larger one as many ticks as fit :data:`HELD_BYTES`
+(:func:`held_ticks`; the T-maze's 64 agents nobody learning: 8; fewer than 2: none, each
+measured when it happens). Its drift alarm is then at most 32 ticks late.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ if TYPE_CHECKING:  # a group that does not learn never imports learning's module
 __all__ = [
     "AIF_MEASURES",
     "HEALTH_AGENTS",
+    "HELD_BYTES",
     "HELD_TICKS",
     "LEARNING_HEALTH",
     "AifHealth",
@@ -54,6 +57,7 @@ __all__ = [
     "Likelihood",
     "TickPrior",
     "health_agents",
+    "held_ticks",
 ]
 
 #: At most this many agents of a group are measured on a measured tick ...
@@ -67,10 +71,17 @@ MIN_HEALTH_AGENTS = 8
 #: keeps the cost at about 1 % of a tick of 10,000 agents of the 10 x 10 grid, and that of a
 #: small group's tick low (``benchmarks/bench_health.py``).
 HEALTH_EVERY = 4
-#: A group whose measured ticks sample fewer than :data:`MIN_HEALTH_AGENTS` agents (a group of
-#: fewer agents) holds at most this many measured ticks' samples and measures them at once: its
-#: drift alarm is then at most ``HELD_TICKS * HEALTH_EVERY`` = 32 ticks late.
+#: A group holds at most this many measured ticks' samples and measures them at once (a
+#: sample of fewer than :data:`MIN_HEALTH_AGENTS` agents always, a larger one as many as fit
+#: :data:`HELD_BYTES`): its drift alarm is then at most ``HELD_TICKS * HEALTH_EVERY`` = 32
+#: ticks late.
 HELD_TICKS = 8
+#: A sample of at least :data:`MIN_HEALTH_AGENTS` agents is held in at most this many bytes
+#: (:func:`held_ticks`; fewer than 2 ticks' worth: none held, each measured tick measured when
+#: it happens). The T-maze's sample of 64 agents, nobody learning, holds 8 (76 KiB): a measured
+#: tick's fixed cost of a few dozen numpy calls, about a quarter of a 100-agent group's
+#: compiled tick, is then paid once per 8.
+HELD_BYTES = 80 * 1024
 
 #: The measures an Active Inference group reports every tick (learning adds its own at the
 #: window's close).
@@ -107,6 +118,24 @@ def health_agents(num_states: Sequence[int], num_obs: Sequence[int]) -> int:
     """How many agents a measured tick measures at most, for a model of these sizes."""
     widest = max(math.prod(num_states), *num_obs)
     return max(MIN_HEALTH_AGENTS, min(HEALTH_AGENTS, HEALTH_ROW_BYTES // (8 * widest)))
+
+
+def held_ticks(
+    rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+    *, fixed_tables: bool = False,
+) -> int:
+    """How many measured ticks of a sample of ``rows`` agents a group holds before measuring
+    them (0: none, each measured when it happens): :data:`HELD_TICKS` for a sample of fewer
+    than :data:`MIN_HEALTH_AGENTS` agents, else as many as fit :data:`HELD_BYTES` (at most
+    :data:`HELD_TICKS`), none when fewer than 2 fit."""
+    if rows <= 0:
+        return 0
+    if rows < MIN_HEALTH_AGENTS:
+        return HELD_TICKS
+    per_tick = _Held.nbytes_for(rows, num_states, num_obs, num_policies,
+                                fixed_tables=fixed_tables, ticks=1)
+    ticks = min(HELD_TICKS, HELD_BYTES // per_tick)
+    return ticks if ticks >= 2 else 0
 
 
 class AifHealth:
@@ -176,23 +205,30 @@ class AifHealth:
         self._obs = self._prior = None
         r = self._base.shape[0]
         held = self._hold
-        if 0 < r < MIN_HEALTH_AGENTS:
-            if held is None or held.rows != r:
+        ticks = held_ticks(r, self.num_states, self.num_obs, self.num_policies,
+                           fixed_tables=self.fixed_tables)
+        if ticks:
+            if held is None or held.rows != r or held.ticks != ticks:
                 self._hold = _Held(r, self.num_states, self.num_obs, self.num_policies,
-                                   fixed_tables=self.fixed_tables)
+                                   fixed_tables=self.fixed_tables, ticks=ticks)
         else:
             self._hold = None
 
     @staticmethod
     def nbytes_for(
-        n_agents: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int
+        n_agents: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+        *, fixed_tables: bool = False,
     ) -> int:
-        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (0: its
-        sample is not small, each measured tick is measured when it happens)."""
-        r = min(n_agents, health_agents(num_states, num_obs))
-        if not 0 < r < MIN_HEALTH_AGENTS:
+        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (0: it
+        holds none, each measured tick is measured when it happens; ``fixed_tables``: a group
+        that does not learn, see :class:`_Held`)."""
+        step = max(1, -(-n_agents // health_agents(num_states, num_obs)))
+        r = -(-n_agents // step)  # the sampled rows, as resize spreads them
+        ticks = held_ticks(r, num_states, num_obs, num_policies, fixed_tables=fixed_tables)
+        if not ticks:
             return 0
-        return _Held.nbytes_for(r, num_states, num_obs, num_policies)
+        return _Held.nbytes_for(r, num_states, num_obs, num_policies,
+                                fixed_tables=fixed_tables, ticks=ticks)
 
     @property
     def nbytes(self) -> int:
@@ -290,7 +326,7 @@ class AifHealth:
             hold.after(t, rows, given=prior is not None, qs=qs, q_pi=q_pi,
                        n_agents=self.n_agents, likelihood=likelihood, made=made)
             self._held = t + 1
-            if t + 1 == HELD_TICKS:
+            if t + 1 == hold.ticks:
                 self.flush()
             return
         if prior is None and made:
@@ -329,7 +365,7 @@ class AifHealth:
             self._clear_drift(0.0 if since is None else now - since)
 
     def flush(self) -> None:
-        """Measure the measured ticks held (a small group's, :data:`HELD_TICKS` at most) at
+        """Measure the measured ticks held (:data:`HELD_TICKS` at most, :func:`held_ticks`) at
         once: their values go to the window in tick order, and per tick, in order, its excess
         surprise's mean and variance to the drift detector with the tick's wall clock, as each
         would have when it happened (up to rounding). A group with a tap (a shadow's) holds
@@ -409,8 +445,8 @@ class AifHealth:
 
 
 class _Held:
-    """The samples of a small group's measured ticks (``rows`` agents each, fewer than
-    :data:`MIN_HEALTH_AGENTS`), held in buffers made with the agents until
+    """The samples of a group's measured ticks (``rows`` agents each; ``ticks`` of them,
+    :func:`held_ticks`), held in buffers made with the agents until
     :meth:`AifHealth.flush` measures them at once. What depends on the likelihood is worked
     out with the tables the agents inferred with at that tick: a learning group's change
     between ticks (each agent's own, or a shared table written in place by a refresh), so its
@@ -419,36 +455,42 @@ class _Held:
     an agent, not its tables: a 10 x 10 grid's are 80 KB); ``fixed_tables`` (a group that does
     not learn, whose tables are never written: a new model is new arrays) keeps a reference to
     each tick's tables instead and works it out at the flush, for every tick held on the same
-    tables at once. The rest (logs, entropies, divergences, free energy) at the flush: a few
-    dozen numpy calls for every tick held."""
+    tables at once (its buffers hold no predictions: they are the flush's temporaries). The
+    rest (logs, entropies, divergences, free energy) at the flush: a few dozen numpy calls for
+    every tick held."""
 
     def __init__(
         self, rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
-        *, fixed_tables: bool = False,
+        *, fixed_tables: bool = False, ticks: int = HELD_TICKS,
     ) -> None:
-        t, r, m = HELD_TICKS, rows, len(num_obs)
+        t, r, m = ticks, rows, len(num_obs)
         self.rows = r
+        self.ticks = t
         self.fixed_tables = fixed_tables
         self.tables: list[Sequence[np.ndarray] | None] = [None] * t  # (fixed_tables)
         self.num_obs = tuple(num_obs)
         self.obs = np.zeros((t, r, m), dtype=np.intp)
-        self.seen = np.zeros((t, r, m), dtype=np.intp)  # rows of the tables side by side
         self.prior = [np.zeros((t, r, s)) for s in num_states]
         self.qs = [np.zeros((t, r, s)) for s in num_states]
         self.q_pi = np.zeros((t, r, num_policies))
-        self.p = np.zeros((t, r, sum(num_obs)))
-        self.picked = np.zeros((t, r, m, math.prod(num_states)))
+        kept = 0 if fixed_tables else t  # the predictions made at the tick (a learning group)
+        self.seen = np.zeros((kept, r, m), dtype=np.intp)  # rows of the tables side by side
+        self.p = np.zeros((kept, r, sum(num_obs)))
+        self.picked = np.zeros((kept, r, m, math.prod(num_states)))
         self.times = [0.0] * t  # each tick's wall clock (the drift detector's)
         self.has_prior = [False] * t  # measured (a tick without its prior: only its outcomes)
         self.has_policy = [False] * t
 
     @staticmethod
     def nbytes_for(
-        rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int
+        rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+        *, fixed_tables: bool = False, ticks: int = HELD_TICKS,
     ) -> int:
-        m = len(num_obs)
-        floats = 2 * sum(num_states) + num_policies + sum(num_obs) + m * math.prod(num_states)
-        return HELD_TICKS * rows * (8 * floats + 2 * m * np.dtype(np.intp).itemsize)
+        m, intp = len(num_obs), np.dtype(np.intp).itemsize
+        floats = 2 * sum(num_states) + num_policies
+        if not fixed_tables:  # the predictions too
+            floats += sum(num_obs) + m * math.prod(num_states)
+        return ticks * rows * (8 * floats + (1 if fixed_tables else 2) * m * intp)
 
     @property
     def nbytes(self) -> int:
@@ -479,7 +521,7 @@ class _Held:
     def for_policies(self, num_policies: int, t: int) -> None:
         """Buffers for ``num_policies`` (the ticks held are measured first), slot ``t``'s
         outcomes and prior moved to the first."""
-        self.q_pi = np.zeros((HELD_TICKS, self.rows, num_policies))
+        self.q_pi = np.zeros((self.ticks, self.rows, num_policies))
         for b in (self.obs, *self.prior):
             b[0] = b[t]
 
@@ -509,41 +551,46 @@ class _Held:
             return
         self._predict(t, likelihood(rows))
 
-    def _predict(self, t: int, tables: Sequence[np.ndarray]) -> None:
-        """Tick ``t``'s predictions (:func:`~edge_agent.aif.health.predictions`) with the
-        likelihood ``tables`` of its agents, into its slot."""
+    def _predictions(
+        self, t: int, tables: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tick ``t``'s outcome rows and predictions (:func:`~edge_agent.aif.health.
+        predictions`) with the likelihood ``tables`` of its agents."""
         seen = kernels_health.outcome_rows(self.num_obs, self.obs[t])
-        self.seen[t] = seen
         joint = kernels_health.joint_beliefs([b[t] for b in self.prior])
         p, picked = kernels_health.predictions(joint, tables, seen)
-        self.p[t] = p
-        self.picked[t] = picked
+        return seen, p, picked
 
-    def _predict_held(self, ticks: list[int]) -> None:
-        """The predictions of the held ``ticks`` whose tables were kept (``fixed_tables``): at
-        once for ticks on the same tables shared by their agents (all of them, but after a new
-        model), else by tick."""
+    def _predict(self, t: int, tables: Sequence[np.ndarray]) -> None:
+        """:meth:`_predictions` of tick ``t`` into its slot (a learning group's, at the
+        tick)."""
+        self.seen[t], self.p[t], self.picked[t] = self._predictions(t, tables)
+
+    def _predict_held(self, ticks: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The outcome rows and predictions of the held ``ticks`` whose tables were kept
+        (``fixed_tables``), their rows tick after tick: at once for ticks on the same tables
+        shared by their agents (all of them, but after a new model), else by tick."""
         tables = self.tables
         first = tables[ticks[0]]
         assert first is not None
         if (any(tables[t] is not first for t in ticks) or ticks != list(range(len(ticks)))
                 or any(a.ndim != 2 for a in first)):  # (each agent's own: by tick)
+            parts = []
             for t in ticks:
                 kept = tables[t]
                 assert kept is not None
-                self._predict(t, kept)
+                parts.append(self._predictions(t, kept))
+            seen, p, picked = (np.concatenate(a) for a in zip(*parts, strict=True))
         else:
             k = len(ticks) * self.rows
             obs = self.obs[: len(ticks)].reshape(k, -1)
             seen = kernels_health.outcome_rows(self.num_obs, obs)
-            self.seen[: len(ticks)] = seen.reshape(self.seen[: len(ticks)].shape)
             joint = kernels_health.joint_beliefs(
                 [b[: len(ticks)].reshape(k, -1) for b in self.prior])
             p, picked = kernels_health.predictions(joint, first, seen)
-            self.p[: len(ticks)] = p.reshape(self.p[: len(ticks)].shape)
-            self.picked[: len(ticks)] = picked.reshape(self.picked[: len(ticks)].shape)
         for t in ticks:
             tables[t] = None
+        return seen, p, picked
 
     def measured_ticks(self, held: int) -> list[int]:
         """The slots of the first ``held`` ticks measured with their prior, in tick order."""
@@ -566,8 +613,6 @@ class _Held:
             obs = self.obs[:held].reshape(held * r, -1)
             blocks.append((["preference"], kernels_health.preference(lnC, obs)[None]))
         ticks = self.measured_ticks(held)
-        if ticks and self.fixed_tables:
-            self._predict_held(ticks)
         if ticks:
             pick: slice | list[int] = slice(0, held) if len(ticks) == held else ticks
             k = len(ticks) * r
@@ -575,9 +620,12 @@ class _Held:
             def rows_of(a: np.ndarray) -> np.ndarray:
                 return a[pick].reshape(k, *a.shape[2:])
 
+            if self.fixed_tables:
+                seen, p, picked = self._predict_held(ticks)
+            else:
+                seen, p, picked = rows_of(self.seen), rows_of(self.p), rows_of(self.picked)
             measured = kernels_health.measures_of(
-                [rows_of(b) for b in self.prior], [rows_of(b) for b in self.qs],
-                rows_of(self.p), rows_of(self.picked), rows_of(self.seen),
+                [rows_of(b) for b in self.prior], [rows_of(b) for b in self.qs], p, picked, seen,
             )
             blocks.append((list(kernels_health.TICK_MEASURES), measured))
         if len(blocks) > 1 and all(v.shape[1] == blocks[-1][1].shape[1] for _, v in blocks):

@@ -160,6 +160,43 @@ def test_world_draws_from_the_support_are_the_full_inverse_cdf_draws() -> None:
     assert [draws.rows, draws.below, draws.out] == buffers  # the same buffers every step
 
 
+@pytest.mark.parametrize("support", [1, 2, 3])
+def test_narrow_rows_counted_column_by_column_draw_the_full_inverse_cdf_draws(
+    support: int,
+) -> None:
+    """Rows of at most ``_Draws.COLUMNS`` outcomes are counted column by column (a row of one
+    outcome: that outcome, whatever ``u``): the draws of the full rows, the first outcome with
+    ``u < cdf[k]``, for every uniform, the ends of the interval included."""
+    from peers.world import _cdf_rows, _Draws, _Stacked
+
+    rng = np.random.default_rng(support)
+    tables = []
+    for k, cols in ((5, 7), (3, 4)):
+        t = np.zeros((k, cols))
+        for c in range(cols):  # at most `support` outcomes a column, anywhere in it
+            t[rng.choice(k, size=support, replace=False), c] = rng.random(support) + 0.1
+        t[:, 0] = 0.0
+        t[k - 1, 0] = 1.0  # one outcome, the last
+        tables.append(t / t.sum(axis=0))
+    cdfs = [_cdf_rows(t) for t in tables]
+    stack = _Stacked(cdfs)
+    assert stack.width == support
+    n = 300
+    draws = _Draws(stack, n)
+    assert draws.by_column
+    for _ in range(20):
+        cols = np.stack([rng.integers(0, c.shape[0], n) for c in cdfs])
+        draws.index[:] = cols + stack.first
+        draws.uniforms(rng)
+        draws.u[:, :5] = 0.0
+        draws.u[:, 5:10] = np.nextafter(1.0, 0.0)
+        u = draws.u.copy()
+        got = draws.draw()
+        for t, cdf in enumerate(cdfs):
+            full = (cdf[cols[t]] <= u[t][:, None]).sum(axis=1)
+            np.testing.assert_array_equal(got[t], full)
+
+
 def _one_agent_worlds() -> list[tuple[str, int]]:
     return [("grid10", 0), ("grid2f", 0), ("tmaze", 0), ("reversal", 1), ("reversal", 3)]
 

@@ -13,6 +13,7 @@ from edge_agent.aif.planning import PlanningPolicy
 from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget
+from edge_agent.core.health import HELD_BYTES
 from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.path_choice import TickCosts
 from edge_agent.core.workers import is_shared
@@ -34,7 +35,10 @@ def test_the_agents_reservation_is_what_their_parts_hold() -> None:
     per_agent = sum(parts.values())
     assert memory.per_agent_nbytes() == per_agent
     scratch = memory.scratch_nbytes(3 * BLOCK)
-    assert memory.bytes_for(3 * BLOCK, 8) == 3 * BLOCK * per_agent + 8 * 8 + scratch
+    held = memory.health_nbytes(3 * BLOCK)
+    assert group.health is not None
+    assert held == group.health.nbytes
+    assert memory.bytes_for(3 * BLOCK, 8) == 3 * BLOCK * per_agent + 8 * 8 + scratch + held
     assert budget.by_owner()["g"] == memory.bytes_for(3 * BLOCK, 8)
     group.resize(5 * BLOCK)
     assert budget.by_owner()["g"] == memory.bytes_for(5 * BLOCK, 8)
@@ -99,10 +103,10 @@ def test_what_workers_write_is_allocated_in_shared_memory_once_the_group_is() ->
     assert is_shared(alone.state.qs[0])
 
 
-def test_a_small_group_reserves_its_held_health_samples() -> None:
-    """A group of fewer agents than a measured tick samples at least holds its measured ticks'
-    samples in buffers reserved with its agents (what its health part made); a larger group
-    and one without health hold none."""
+def test_a_group_reserves_its_held_health_samples() -> None:
+    """A group holds its measured ticks' samples in buffers reserved with its agents (what its
+    health part made): a small group's, a larger group's within HELD_BYTES; one without health
+    holds none."""
     budget = MemoryBudget(256 << 20)
     env: Any = make_env("tmaze", 3, seed=1)
     group = AifAgentGroup(env.model, 3, budget=budget, name="g")
@@ -114,6 +118,6 @@ def test_a_small_group_reserves_its_held_health_samples() -> None:
     assert budget.by_owner()["g"] == memory.bytes_for(3, 0) == (
         3 * per_agent + scratch + group.health.nbytes + memory.compiled_nbytes
     )
-    assert memory.health_nbytes(100) == 0
+    assert 0 < memory.health_nbytes(100) <= HELD_BYTES
     bare = AifAgentGroup(env.model, 3, health=False)
     assert bare.memory.health_nbytes(3) == 0

@@ -19,6 +19,7 @@ from edge_agent.core.health import (
     AIF_MEASURES,
     HEALTH_AGENTS,
     HEALTH_EVERY,
+    HELD_BYTES,
     HELD_TICKS,
     LEARNING_HEALTH,
     MIN_HEALTH_AGENTS,
@@ -82,10 +83,13 @@ def test_the_drift_alarm_raised_and_cleared_is_one_event_each_time() -> None:
     """A frozen model in the reversal T-maze (the rewarded arm swaps every 20 trials, 60 ticks):
     the alarm rises in a reversed phase and clears in the next normal one, each transition one
     event (``drift`` at warning, ``drift_cleared`` at info) naming the group and the numbers
-    that crossed, in the order they happened, none while a state lasts."""
+    that crossed, in the order they happened, none while a state lasts. Each measured tick is
+    measured when it happens (the alarm read after each tick is then the detector's state at
+    that tick; held ticks give the same events, later: the test below)."""
     env = ReversalTMazeEnv(64, seed=11, reverse_every=20)
     group = AifAgentGroup(env.model, 64, precision="int8", name="maze")
     assert group.health is not None
+    group.health.holds = False
     threshold = group.health.detector.settings.threshold
     obs = env.reset()
     events = []
@@ -264,11 +268,13 @@ def _reversal_run(
                                               for e in group.alerts())]
 
 
-@pytest.mark.parametrize(("n", "close_every"), [(1, 0), (3, 37), (MIN_HEALTH_AGENTS - 1, 37)])
-def test_a_small_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_would(
+@pytest.mark.parametrize(("n", "close_every"), [(1, 0), (3, 37), (MIN_HEALTH_AGENTS - 1, 37),
+                                              (64, 37), (100, 0)])
+def test_a_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_would(
     n: int, close_every: int
 ) -> None:
-    """A frozen int8 group of fewer than MIN_HEALTH_AGENTS agents in the reversal T-maze, its
+    """A frozen int8 group in the reversal T-maze (fewer than MIN_HEALTH_AGENTS agents, or a
+    sample of 64 and 50 agents held as HELD_BYTES allows), its
     model the maze's unreversed one (its alarm rises and clears): holding its measured ticks
     and measuring them at once gives the windows (closed every 37 ticks, a window's close
     measures what is held), the drift statistic and the drift / drift_cleared events, in order,
@@ -277,6 +283,8 @@ def test_a_small_group_measured_a_few_ticks_at_once_reports_what_each_tick_measu
     runs = []
     for holds in (True, False):
         group = AifAgentGroup(tmaze_reversal_model(), n, precision="int8")
+        assert group.health is not None
+        assert group.health.nbytes > 0  # it holds
         runs.append(_reversal_run(group, n, 1200, holds=holds, close_every=close_every))
     (held, held_events), (each, each_events) = runs
     assert len(held) == len(each)
@@ -351,8 +359,9 @@ def _direct(n: int, holds: bool = True, fixed_tables: bool = False) -> AifHealth
 def test_held_ticks_are_measured_on_resize_and_when_a_tap_is_set() -> None:
     """A resize (another sample: the buffers are made again) and a tap set measure the ticks
     held first; a group with a tap measures each tick when it happens, and the tap is told each
-    measured tick's clock in order; the buffers' bytes are what nbytes_for says, none for a
-    sample of MIN_HEALTH_AGENTS agents."""
+    measured tick's clock in order; the buffers' bytes are what nbytes_for says: a sample of
+    MIN_HEALTH_AGENTS agents or more holds as many ticks as fit HELD_BYTES (a group that does
+    not learn keeps no predictions: fewer bytes a tick), none when fewer than 2 fit."""
     health = _direct(2)
     assert health.nbytes == AifHealth.nbytes_for(2, (2, 3), (2, 4), 5) > 0
     _feed(health, np.random.default_rng(1), 2, 3 * HEALTH_EVERY)  # 3 measured ticks held
@@ -368,8 +377,17 @@ def test_held_ticks_are_measured_on_resize_and_when_a_tap_is_set() -> None:
     _feed(health, np.random.default_rng(3), 3, 2 * HEALTH_EVERY)
     clock = 3 * HEALTH_EVERY + 2 * HEALTH_EVERY
     assert told == [(clock, 3), (clock + HEALTH_EVERY, 3)]
-    assert AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5) == 0
-    assert _direct(MIN_HEALTH_AGENTS).nbytes == 0
+    for fixed_tables in (False, True):
+        large = _direct(MIN_HEALTH_AGENTS, fixed_tables=fixed_tables)
+        kept = AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5,
+                                    fixed_tables=fixed_tables)
+        assert large.nbytes == kept
+        assert 0 < kept <= HELD_BYTES
+    assert (AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5, fixed_tables=True)
+            < AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5))
+    # 8 agents' policy posteriors of 1,000 policies: 64 KB a tick, fewer than 2 fit
+    assert AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 1000) == 0
+    assert _direct(MIN_HEALTH_AGENTS).nbytes > 0
 
 
 @pytest.mark.parametrize("fixed_tables", [False, True])

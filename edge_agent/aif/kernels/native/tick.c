@@ -198,7 +198,8 @@ INLINE void joint_of(const tick_model *m, lane *const *q, lane *out) {
     }
     const int64_t s1 = m->num_states[1];
     for (int64_t i = 0; i < s0; i++) {
-        const double *a = q[0][i];
+        lane a;  /* a copy: the stores below cannot change it (no reload per j) */
+        LANES a[b] = q[0][i][b];
         lane *row = out + i * s1;
         for (int64_t j = 0; j < s1; j++) LANES row[j][b] = a[b] * q[1][j][b];
     }
@@ -294,18 +295,22 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
     }
     lane prev, dF, vfe;
     int64_t active[BLK];
+    /* sc->joint is the joint of cur: the last iteration's free energy made it of nxt, and every
+     * lane took nxt (the same products of the same values: no joint_of of cur again) */
+    int joint_of_cur = 0;
     free_energy(m, cur, log_cur, log_prior, NULL, sc->joint, prev);
     LANES dF[b] = 1.0;
     for (int64_t it = 0; it < m->num_iter; it++) {
-        int64_t any = 0;
+        int64_t any = 0, all = 1;
         LANES { active[b] = !(dF[b] < m->dF_tol); any |= active[b]; }
+        for (int b = 0; b < BLK; b++) all &= active[b];
         if (!any) break;
         /* the first step from uniform beliefs depends on the observation alone but for the log
          * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), the
          * same sums in the same order (edge_tick_first_step) */
         const int from_table = tabled && it == 0 && m->lnQ1 != NULL;
         if (!from_table) {
-            joint_of(m, cur, sc->joint);
+            if (!joint_of_cur) joint_of(m, cur, sc->joint);
             for (int64_t s = 0; s < S; s++)
                 LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
         }
@@ -337,6 +342,7 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             dF[b] = active[b] ? fabs(prev[b] - vfe[b]) : dF[b];
             prev[b] = active[b] ? vfe[b] : prev[b];
         }
+        joint_of_cur = (int)all;
     }
 }
 
@@ -707,9 +713,13 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
         else
             tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
-        for (int64_t p = 0; p < P; p++)
+        for (int64_t p = 0; p < P; p++) {
+            lane g;  /* in registers: a store to G[p] could be a read of qo (no reload per r) */
+            LANES g[b] = G[p][b];
             for (int64_t r = begin[p]; r < begin[p + 1]; r++)
-                LANES G[p][b] -= qo[r][b] * sc->log_qo[r][b];
+                LANES g[b] -= qo[r][b] * sc->log_qo[r][b];
+            LANES G[p][b] = g[b];
+        }
     }
     for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
     lane *q_pi = sc->q_pi;

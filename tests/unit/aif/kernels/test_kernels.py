@@ -520,8 +520,11 @@ def test_planner_choice_and_scratch_accounting() -> None:
     assert ws is not None
     assert grid.scratch_nbytes(5000) == ws.nbytes
     # with the group's own compiled tick (built to be measured, reserved whichever path it keeps)
+    # and its health part's held samples
+    assert grid.health is not None
+    assert grid.memory.health_nbytes(5000) == grid.health.nbytes
     assert grid.bytes_for(5000, 64) == (5000 * grid.per_agent_nbytes(64) + 8 * 64 + ws.nbytes
-                                        + grid.memory.compiled_nbytes)
+                                        + grid.memory.compiled_nbytes + grid.health.nbytes)
     deep = AifAgentGroup(gridworld_model(4, 4), 10, settings=AifSettings(policy_len=2))
     assert deep.cm.local is None  # one-step planners only
     assert deep.cm.small is None
