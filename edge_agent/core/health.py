@@ -23,9 +23,10 @@ the agents, and at most :data:`HELD_TICKS` ticks are then measured together (:me
 flush`: when full, and before the window closes, a resize and a tap set), each tick's values
 and drift update in tick order, so that a group pays a measured tick's fixed cost of numpy
 calls (the same for one agent as for 64) once per 8: a sample of fewer than
-:data:`MIN_HEALTH_AGENTS` agents always, a larger one as many ticks as fit :data:`HELD_BYTES`
-(:func:`held_ticks`; the T-maze's 64 agents nobody learning: 8; fewer than 2: none, each
-measured when it happens). Its drift alarm is then at most 32 ticks late.
+:data:`MIN_HEALTH_AGENTS` agents always, a larger one, in a group of at most :data:`HELD_SHARE`
+times its sample, as many ticks as fit :data:`HELD_BYTES` (:func:`held_ticks`; the T-maze's 64
+agents nobody learning: 8; fewer than 2: none, each measured when it happens). Its drift alarm
+is then at most 32 ticks late.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ __all__ = [
     "AIF_MEASURES",
     "HEALTH_AGENTS",
     "HELD_BYTES",
+    "HELD_SHARE",
     "HELD_TICKS",
     "LEARNING_HEALTH",
     "AifHealth",
@@ -82,6 +84,11 @@ HELD_TICKS = 8
 #: tick's fixed cost of a few dozen numpy calls, about a quarter of a 100-agent group's
 #: compiled tick, is then paid once per 8.
 HELD_BYTES = 80 * 1024
+#: ... by a group whose sample is at least 1 / HELD_SHARE of its agents (groups of up to about
+#: 256 agents): in a larger group a measured tick's fixed cost is a small share of its tick
+#: (about 1 % at 1,000 grid10 agents), not worth the held buffers' bytes (0.2 MB of the
+#: daemon's RSS at 1,000 grid10 agents, whose row of docs/memory.md has 0.2 MB to spare).
+HELD_SHARE = 4
 
 #: The measures an Active Inference group reports every tick (learning adds its own at the
 #: window's close).
@@ -121,17 +128,20 @@ def health_agents(num_states: Sequence[int], num_obs: Sequence[int]) -> int:
 
 
 def held_ticks(
-    rows: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
-    *, fixed_tables: bool = False,
+    rows: int, n_agents: int, num_states: Sequence[int], num_obs: Sequence[int],
+    num_policies: int, *, fixed_tables: bool = False,
 ) -> int:
-    """How many measured ticks of a sample of ``rows`` agents a group holds before measuring
-    them (0: none, each measured when it happens): :data:`HELD_TICKS` for a sample of fewer
-    than :data:`MIN_HEALTH_AGENTS` agents, else as many as fit :data:`HELD_BYTES` (at most
+    """How many measured ticks of a sample of ``rows`` of ``n_agents`` agents a group holds
+    before measuring them (0: none, each measured when it happens): :data:`HELD_TICKS` for a
+    sample of fewer than :data:`MIN_HEALTH_AGENTS` agents; none for a sample of less than
+    1 / :data:`HELD_SHARE` of its group; else as many as fit :data:`HELD_BYTES` (at most
     :data:`HELD_TICKS`), none when fewer than 2 fit."""
     if rows <= 0:
         return 0
     if rows < MIN_HEALTH_AGENTS:
         return HELD_TICKS
+    if rows * HELD_SHARE < n_agents:
+        return 0
     per_tick = _Held.nbytes_for(rows, num_states, num_obs, num_policies,
                                 fixed_tables=fixed_tables, ticks=1)
     ticks = min(HELD_TICKS, HELD_BYTES // per_tick)
@@ -205,7 +215,7 @@ class AifHealth:
         self._obs = self._prior = None
         r = self._base.shape[0]
         held = self._hold
-        ticks = held_ticks(r, self.num_states, self.num_obs, self.num_policies,
+        ticks = held_ticks(r, n, self.num_states, self.num_obs, self.num_policies,
                            fixed_tables=self.fixed_tables)
         if ticks:
             if held is None or held.rows != r or held.ticks != ticks:
@@ -224,7 +234,8 @@ class AifHealth:
         that does not learn, see :class:`_Held`)."""
         step = max(1, -(-n_agents // health_agents(num_states, num_obs)))
         r = -(-n_agents // step)  # the sampled rows, as resize spreads them
-        ticks = held_ticks(r, num_states, num_obs, num_policies, fixed_tables=fixed_tables)
+        ticks = held_ticks(r, n_agents, num_states, num_obs, num_policies,
+                           fixed_tables=fixed_tables)
         if not ticks:
             return 0
         return _Held.nbytes_for(r, num_states, num_obs, num_policies,

@@ -423,3 +423,21 @@ def test_a_policy_posterior_of_other_policies_than_the_buffers_is_measured_too()
     held, each = summaries
     assert held.measures["policy_entropy"].n == 6 * 2
     _same_summary(held, each)
+
+
+def test_a_group_larger_than_held_share_times_its_sample_holds_none() -> None:
+    """Held buffers where a measured tick's fixed cost counts: a 100-agent T-maze group (a sample
+    of 50) and a 48-agent 10 x 10 grid group (12 of 48) hold; 1,000 grid agents (15 of 1,000: the
+    daemon's row of docs/memory.md) and 1,000 T-maze agents hold none, each measured tick
+    measured when it happens."""
+    tmaze = tmaze_model()
+    grid = make_env("grid10", 1, seed=0).model
+    for model, n, holds in ((tmaze, 100, True), (grid, 48, True), (grid, 1000, False),
+                            (tmaze, 1000, False)):
+        group = AifAgentGroup(model, n, precision="int8")
+        cm = group.cm
+        nbytes = AifHealth.nbytes_for(n, cm.num_states, cm.num_obs, cm.num_policies,
+                                      fixed_tables=True)
+        assert (nbytes > 0) == holds, (n, nbytes)
+        assert group.health is not None
+        assert group.health.nbytes == nbytes
