@@ -138,6 +138,13 @@ def test_a_limit_changed_in_the_header_is_the_library_s(tmp_path: Path) -> None:
     assert native.too_large([4, 4, 4, 2], [2, 2, 2, 2], 1, 16) is None  # the package's: 128
 
 
+def _package_library(monkeypatch: pytest.MonkeyPatch, path: Path | None) -> None:
+    """The package's library is ``path`` (None: installed without one), not loaded yet."""
+    monkeypatch.setattr(native, "library_path", lambda: path)
+    monkeypatch.setattr(binding, "_LIBRARY", None)
+    monkeypatch.setattr(binding, "_REFUSED", None)
+
+
 def test_a_package_library_of_other_limits_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,9 +152,7 @@ def test_a_package_library_of_other_limits_is_refused(
     header) is refused, so that the limits a group is checked against without loading it are
     the library's."""
     built = _changed(tmp_path, "tick.h", "X(MAX_S, 128)", "X(MAX_S, 64)")
-    monkeypatch.setattr(native, "library_path", lambda: built)
-    monkeypatch.setattr(binding, "_LIBRARY", None)
-    monkeypatch.setattr(binding, "_REFUSED", None)
+    _package_library(monkeypatch, built)
     why = binding.unavailable()
     assert why is not None
     assert "'joint': 64" in why
@@ -173,9 +178,7 @@ def _steps_with_numpy_saying(why: str) -> None:
 def test_installed_without_the_library_a_group_steps_with_numpy_saying_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(native, "library_path", lambda: None)
-    monkeypatch.setattr(binding, "_LIBRARY", None)
-    monkeypatch.setattr(binding, "_REFUSED", None)
+    _package_library(monkeypatch, None)
     why = binding.unavailable()
     assert why == ("edge-agent was installed without its compiled tick (no C compiler then): "
                    "reinstall it with gcc present (apt-get install gcc)")
@@ -189,9 +192,7 @@ def package_library_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """The package's library replaced by one whose tick_model has a field of another type
     (as if the package were built from another header): the binding's verdict on it."""
     built = _changed(tmp_path, "tick.h", "X(int64_t, num_iter)", "X(double, num_iter)")
-    monkeypatch.setattr(native, "library_path", lambda: built)
-    monkeypatch.setattr(binding, "_LIBRARY", None)
-    monkeypatch.setattr(binding, "_REFUSED", None)
+    _package_library(monkeypatch, built)
     why = binding.unavailable()
     assert why is not None
     return why
