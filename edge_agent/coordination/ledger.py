@@ -273,7 +273,13 @@ class TaskBoard(BoardState):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
             ok, raised = self._accepts_epoch(task, epoch)
             changed |= raised
-            usable.append(self.bids.setdefault(task, BidTable()) if ok else None)
+            if not ok:
+                usable.append(None)
+                continue
+            per = self.bids.get(task)  # (a table made only when the task has none)
+            if per is None:
+                per = self.bids[task] = BidTable()
+            usable.append(per)
         node_id = self._node(node)
         n = len(task_index)
         if node_id is None or self._node_dead.data[node_id] >= bdseq:
