@@ -348,12 +348,11 @@ class TaskBoard(BoardState):
         found[found] = known[at[found]] == agents[found]
         if not found.all():
             new, first = np.unique(agents[~found], return_index=True)
-            made = self._new_holders(node, group, new[np.argsort(first)].tolist())
-            if made:
-                pairs = np.array(made, dtype=np.int64)
-                merged = np.concatenate([known, pairs[:, 0]])
+            made, made_ids = self._new_holders(node, group, new[np.argsort(first)].tolist())
+            if made.size:
+                merged = np.concatenate([known, made])
                 order = np.argsort(merged, kind="stable")
-                known, ids = merged[order], np.concatenate([ids, pairs[:, 1]])[order]
+                known, ids = merged[order], np.concatenate([ids, made_ids])[order]
                 self._agent_maps[(n, g)] = (known, ids)
             at = np.searchsorted(known, agents)
             found = at < known.size
