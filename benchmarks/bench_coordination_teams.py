@@ -55,6 +55,7 @@ line.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import signal
@@ -536,7 +537,7 @@ def bench_formation_cpu(
         auction=AuctionSettings(window_s=WINDOW_S, done_belief=None), tick_period_s=TICK_S
     )
 
-    def one(kind: str, sub: Path) -> tuple[list[float], int]:
+    def one(kind: str, sub: Path) -> tuple[list[float], int, int]:
         fleet = SimFleet(
             sub, nodes, {"grid": GroupSpec(GRID, agents, capabilities=("grid",))}, settings
         )
@@ -566,15 +567,18 @@ def bench_formation_cpu(
                     cpu[i] += time.process_time() - t0
                 fleet.clock.now += TICK_S
                 if _formed(fleet, kind, len(specs)):
-                    return [
-                        max(0.0, c - tick * d / 10) for c, d in zip(cpu, idle, strict=True)
-                    ], tick
+                    refills = sum(n.engine.board.refills for n in fleet.nodes)
+                    return (
+                        [max(0.0, c - tick * d / 10) for c, d in zip(cpu, idle, strict=True)],
+                        tick,
+                        refills,
+                    )
             raise SystemExit(f"bench: {nodes} nodes did not form {kind} in {most_ticks} ticks")
         finally:
             fleet.close()
 
-    teams_cpu, teams_ticks = one("teams", root / f"cpu-teams-{nodes}x{agents}")
-    single_cpu, single_ticks = one("single", root / f"cpu-single-{nodes}x{agents}")
+    teams_cpu, teams_ticks, refills = one("teams", root / f"cpu-teams-{nodes}x{agents}")
+    single_cpu, single_ticks, _ = one("single", root / f"cpu-single-{nodes}x{agents}")
     return {
         "bench": "team_formation_cpu",
         "nodes": nodes,
@@ -584,6 +588,7 @@ def bench_formation_cpu(
         "cpu_s_per_node_mean": round(statistics.fmean(teams_cpu), 4),
         "cpu_s_per_node_max": round(max(teams_cpu), 4),
         "cpu_s_fleet": round(sum(teams_cpu), 4),
+        "refills": refills,
         "single_tasks": 2 * tasks,
         "single_ticks": single_ticks,
         "single_cpu_s_per_node_mean": round(statistics.fmean(single_cpu), 4),
@@ -593,11 +598,18 @@ def bench_formation_cpu(
 
 def _formed(fleet: Any, kind: str, count: int) -> bool:
     """Every node holds the same award of ``count`` tasks, every team whole and every member
-    holding its slot (teams), or one holder each (one-agent tasks)."""
+    holding its slot (teams), or one holder each (one-agent tasks).
+
+    Read from a copy of each node's board: an award the check computed on the board itself
+    would be cached there, and the node's next (timed) tick would not pay for it (nor could a
+    team award computed early, from some of the peers' bids, be the last fill a refill reuses,
+    so the chain of refills broke where the daemons' does not). The copies cost wall time,
+    not the CPU the nodes are timed for."""
+    boards = [copy.deepcopy(n.engine.board) for n in fleet.nodes]
     if kind == "single":
-        awards = fleet.assignments()
+        awards = [{t: b.holder for t, b in board.award().items()} for board in boards]
         return len(awards[0]) == count and all(a == awards[0] for a in awards[1:])
-    teams = [n.engine.board.teams() for n in fleet.nodes]
+    teams = [board.teams() for board in boards]
     return (
         len(teams[0]) == count
         and all(t == teams[0] for t in teams[1:])

@@ -280,47 +280,44 @@ class Assignment:
         if n == 0:
             return True
         lists, held = self.row_list[:n], self.col4row[:n]
+        # The lists held, compactly numbered 0 ... k - 1, and each one's potential (rows of a
+        # list share it: a matched edge is tight and no edge of the list is below it).
+        gs, row_k = np.unique(lists, return_inverse=True)
+        k = gs.size
+        u_k = np.empty(k, dtype=np.int64)
+        u_k[row_k] = self.u[:n]
         owner = np.full(self.n_cols, -1, dtype=np.int64)
-        owner[held] = lists
-        points: dict[int, set[int]] = {}
-        to_free: set[int] = set()
-        starts: set[int] = set()
-        for g in np.unique(lists).tolist():
-            mine = lists == g
-            lo, hi = int(self.indptr[g]), int(self.indptr[g + 1])
-            js = self.cols[lo:hi]
-            reduced = self.costs[lo:hi] - self.v[js]
-            tight = np.isin(reduced, self.u[:n][mine])  # rows of a list share their potential
-            others = owner[js[tight]]
-            if (others < 0).any():
-                to_free.add(g)
-            points[g] = set(others[(others >= 0) & (others != g)].tolist())
-            if (self.v[held[mine]] == 0).any():
-                starts.add(g)
+        owner[held] = row_k
+        # Every edge of those lists at once: its list, its column, whether it is tight.
+        lo, counts = self.indptr[gs], self.indptr[gs + 1] - self.indptr[gs]
+        edge_k = np.repeat(np.arange(k), counts)
+        at = np.arange(edge_k.size) + np.repeat(lo - (np.cumsum(counts) - counts), counts)
+        js = self.cols[at]
+        tight = self.costs[at] - self.v[js] == u_k[edge_k]
+        src, dst = edge_k[tight], owner[js[tight]]
+        to_free = np.zeros(k, dtype=bool)
+        to_free[src[dst < 0]] = True
+        points = np.zeros((k, k), dtype=bool)  # list -> a list holding a column it is tight to
+        other = (dst >= 0) & (dst != src)
+        points[src[other], dst[other]] = True
         # A list that reaches a free column from a column that may be left free: another one.
-        reach, stack = set(starts), list(starts)
-        while stack:
-            for h in points[stack.pop()]:
-                if h not in reach:
-                    reach.add(h)
-                    stack.append(h)
-        if reach & to_free:
+        reach = np.zeros(k, dtype=bool)
+        reach[row_k[self.v[held] == 0]] = True
+        frontier = reach
+        while frontier.any():
+            frontier = points[frontier].any(axis=0) & ~reach
+            reach |= frontier
+        if (reach & to_free).any():
             return False
-        # A cycle (Kahn's order leaves a list unsorted): another one.
-        indegree = dict.fromkeys(points, 0)
-        for targets in points.values():
-            for h in targets:
-                indegree[h] += 1
-        ready = [g for g, d in indegree.items() if d == 0]
-        sorted_lists = 0
-        while ready:
-            g = ready.pop()
-            sorted_lists += 1
-            for h in points[g]:
-                indegree[h] -= 1
-                if indegree[h] == 0:
-                    ready.append(h)
-        return sorted_lists == len(points)
+        # A cycle (peeling lists nothing points to leaves some): another one.
+        alive = np.ones(k, dtype=bool)
+        indegree = points.sum(axis=0)
+        while True:
+            bare = alive & (indegree == 0)
+            if not bare.any():
+                return not alive.any()
+            alive &= ~bare
+            indegree -= points[bare].sum(axis=0)
 
     def columns(self) -> IntArray:
         """The column of every row added, in the order added."""

@@ -389,29 +389,36 @@ class BoardState:
 
     def _holder(self, node: str, group: str, agent: int) -> int | None:
         """The holder id of ``node/group/agent``, made when it has none (None: no room)."""
-        made = self._new_holders(node, group, [agent])
-        return made[0][1] if made else None
+        _, ids = self._new_holders(node, group, [agent])
+        return int(ids[0]) if ids.size else None
 
-    def _new_holders(self, node: str, group: str, agents: list[int]) -> list[tuple[int, int]]:
+    def _new_holders(
+        self, node: str, group: str, agents: list[int]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Holder ids for ``node/group``'s distinct ``agents``, made for those that have none
         in one step (their ids, hashes and columns at once; a full board counts the rest in
-        ``overflow``): ``(agent, id)`` of each that has one or there was room for."""
+        ``overflow``): ``(agents, ids)`` of each that has one or there was room for (arrays: a
+        formation's peers bring thousands)."""
         n = self._node(node)
         if n is None:
-            return []
+            return _NO_INTS, _NO_INTS
         g = self._groups(group)
         keys = [(n, g, a) for a in agents]
         if not self._holders.keys().isdisjoint(keys):
             # Some made by another path (a consumed fact, one bid): kept as they are.
             have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
             known = {a for a, _ in have}
-            return have + self._new_holders(node, group, [a for a in agents if a not in known])
+            made, made_ids = self._new_holders(node, group, [a for a in agents if a not in known])
+            return (
+                np.concatenate([np.array([a for a, _ in have], dtype=np.int64), made]),
+                np.concatenate([np.array([h for _, h in have], dtype=np.int64), made_ids]),
+            )
         room = max(0, self.max_holders - len(self._holders))
         if len(agents) > room:
             self.overflow += len(agents) - room
             agents, keys = agents[:room], keys[:room]
         if not agents:
-            return []
+            return _NO_INTS, _NO_INTS
         first = len(self._holders)
         ids = range(first, first + len(agents))
         self._holders.update(zip(keys, ids, strict=True))
@@ -429,7 +436,7 @@ class BoardState:
         ):
             arr.ensure(end)
             arr.data[first:end] = values
-        return list(zip(agents, ids, strict=True))
+        return self._holder_agent.data[first:end].copy(), np.arange(first, end, dtype=np.int64)
 
     def _holder_name(self, h: int) -> tuple[str, str, int]:
         return (

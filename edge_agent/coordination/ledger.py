@@ -273,7 +273,13 @@ class TaskBoard(BoardState):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
             ok, raised = self._accepts_epoch(task, epoch)
             changed |= raised
-            usable.append(self.bids.setdefault(task, BidTable()) if ok else None)
+            if not ok:
+                usable.append(None)
+                continue
+            per = self.bids.get(task)  # (a table made only when the task has none)
+            if per is None:
+                per = self.bids[task] = BidTable()
+            usable.append(per)
         node_id = self._node(node)
         n = len(task_index)
         if node_id is None or self._node_dead.data[node_id] >= bdseq:
@@ -342,12 +348,11 @@ class TaskBoard(BoardState):
         found[found] = known[at[found]] == agents[found]
         if not found.all():
             new, first = np.unique(agents[~found], return_index=True)
-            made = self._new_holders(node, group, new[np.argsort(first)].tolist())
-            if made:
-                pairs = np.array(made, dtype=np.int64)
-                merged = np.concatenate([known, pairs[:, 0]])
+            made, made_ids = self._new_holders(node, group, new[np.argsort(first)].tolist())
+            if made.size:
+                merged = np.concatenate([known, made])
                 order = np.argsort(merged, kind="stable")
-                known, ids = merged[order], np.concatenate([ids, pairs[:, 1]])[order]
+                known, ids = merged[order], np.concatenate([ids, made_ids])[order]
                 self._agent_maps[(n, g)] = (known, ids)
             at = np.searchsorted(known, agents)
             found = at < known.size

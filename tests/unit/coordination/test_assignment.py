@@ -254,3 +254,75 @@ def test_unique_sees_a_swap_a_free_column_and_a_role_s_own_slots() -> None:
     solver = Assignment(own, 2, 2)
     assert solver.add_slots(0, 2) == 2
     assert solver.unique()
+
+
+def unique_by_lists(solver: Assignment) -> bool:
+    """:meth:`Assignment.unique`'s rule list by list, with sets and Kahn's order: the
+    reference the vectorised rule is checked against on instances too large to enumerate."""
+    n = solver.rows
+    lists, held = solver.row_list[:n], solver.col4row[:n]
+    owner = np.full(solver.n_cols, -1, dtype=np.int64)
+    owner[held] = lists
+    points: dict[int, set[int]] = {}
+    to_free: set[int] = set()
+    starts: set[int] = set()
+    for g in np.unique(lists).tolist():
+        mine = lists == g
+        lo, hi = int(solver.indptr[g]), int(solver.indptr[g + 1])
+        js = solver.cols[lo:hi]
+        tight = np.isin(solver.costs[lo:hi] - solver.v[js], solver.u[:n][mine])
+        others = owner[js[tight]]
+        if (others < 0).any():
+            to_free.add(g)
+        points[g] = set(others[(others >= 0) & (others != g)].tolist())
+        if (solver.v[held[mine]] == 0).any():
+            starts.add(g)
+    reach, stack = set(starts), list(starts)
+    while stack:
+        for h in points[stack.pop()]:
+            if h not in reach:
+                reach.add(h)
+                stack.append(h)
+    if reach & to_free:
+        return False
+    indegree = dict.fromkeys(points, 0)
+    for targets in points.values():
+        for h in targets:
+            indegree[h] += 1
+    ready = [g for g, d in indegree.items() if d == 0]
+    peeled = 0
+    while ready:
+        g = ready.pop()
+        peeled += 1
+        for h in points[g]:
+            indegree[h] -= 1
+            if indegree[h] == 0:
+                ready.append(h)
+    return peeled == len(points)
+
+
+def larger_instance(seed: int) -> Assignment:
+    """Up to 40 roles of up to 4 slots over 80 columns, added in a random order, few distinct
+    costs in most (many ties)."""
+    rng = np.random.default_rng(seed)
+    n_lists, n_cols = int(rng.integers(1, 41)), int(rng.integers(2, 81))
+    _, _, edges = random_instance(
+        rng, n_lists, n_cols, float(rng.uniform(0.05, 0.6)), spread=int(rng.choice([3, 8, 10**6]))
+    )
+    slots = rng.integers(1, 5, n_lists)
+    solver = Assignment(edges, n_cols, int(slots.sum()))
+    for g in rng.permutation(n_lists).tolist():
+        solver.add_slots(g, int(slots[g]))
+    return solver
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_unique_is_the_list_by_list_rule_on_larger_instances(seed: int) -> None:
+    solver = larger_instance(seed)
+    assert solver.unique() == unique_by_lists(solver)
+
+
+def test_the_larger_instances_give_both_answers() -> None:
+    """The cases above are not all one answer (else the comparison could not fail)."""
+    answers = [larger_instance(seed).unique() for seed in range(200)]
+    assert 20 <= sum(answers) <= 180
