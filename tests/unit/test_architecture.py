@@ -210,15 +210,22 @@ PLAIN_GROUP = (
 )
 
 
+def daemon_config(tmp_path: Path, name: str, groups: str) -> Path:
+    """``tmp_path/name.toml``: a daemon on ``x86-dev`` at 20 Hz, its state in ``tmp_path/name``,
+    with ``groups`` (the TOML after ``[[groups]]``)."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
+        f"[[groups]]\n{groups}"
+    )
+    return config
+
+
 def daemon_imports(tmp_path: Path, name: str, tail: str = "", *, entry: str = "main") -> set[str]:
     """The ``edge_agent`` modules a daemon imports running half a second on the plain group and
     ``tail`` (more TOML), started as ``edge-agentd`` (``entry="daemon_main"``) or
     ``edge-agent run`` (``"main"``)."""
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
-        f"[[groups]]\n{PLAIN_GROUP}{tail}"
-    )
+    config = daemon_config(tmp_path, name, PLAIN_GROUP + tail)
     argv = ["--config", str(config), "--duration", "0.5"]
     out = run_fresh(
         f"""
@@ -238,12 +245,7 @@ def daemon_holds_the_compiled_tick(tmp_path: Path, name: str, count: int) -> tup
     ``edge-agent run``, has the compiled tick's library mapped (``/proc/self/maps``) and its
     binding module (``edge_agent.aif.kernels.native.binding``: the ctypes structs,
     ``NativeTick``) imported."""
-    config = tmp_path / f"{name}.toml"
-    group = PLAIN_GROUP.replace("count = 50", f"count = {count}")
-    config.write_text(
-        f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
-        f"[[groups]]\n{group}"
-    )
+    config = daemon_config(tmp_path, name, PLAIN_GROUP.replace("count = 50", f"count = {count}"))
     out = run_fresh(
         f"""
         import os, sys
@@ -368,10 +370,8 @@ def test_a_daemon_imports_only_the_planners_its_models_use(tmp_path: Path) -> No
     path's alone, and grid10 with two-step policies the deep planner's alone."""
 
     def planners_of(name: str, group: str, tail: str = "") -> list[str]:
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f'[daemon]\nprofile = "x86-dev"\nstate_dir = "{tmp_path / name}"\ntick_hz = 20\n\n'
-            f'[[groups]]\n{group}source = {{ type = "sim" }}\nsink = {{ type = "sim" }}\n{tail}'
+        config = daemon_config(
+            tmp_path, name, f'{group}source = {{ type = "sim" }}\nsink = {{ type = "sim" }}\n{tail}'
         )
         out = run_fresh(
             f"""
