@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tests.integration.daemon.test_daemon import REPO
+from tests.support.broker import free_port
 from tests.unit.daemon.test_footprint import run_fresh
 
 
@@ -342,14 +343,6 @@ def test_a_daemon_with_mqtt_whose_groups_do_not_learn_never_imports_the_learning
     assert not plain & set(LEARNING), sorted(plain & set(LEARNING))
     learns = daemon_imports(tmp_path, "mqtt-learns", "[groups.learning]\nA = [0]\n" + mqtt)
     assert learns >= set(LEARNING)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: The planners' modules a model has no use for: the joint small-block path (several factors)

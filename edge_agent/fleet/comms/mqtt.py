@@ -238,15 +238,15 @@ class MqttTransport(Transport):
             return self._session
 
     def _apply_subscription(self, sub: Subscription) -> None:
-        with self._lock:
-            client = self._client if self._connected else None
+        with self._lock:  # the session's client, set before its subscriptions are sent
+            client = self._client
             state = self._state
         if client is not None and state is not None:
             self._send_subscribe(client, state, sub)
 
     def _apply_unsubscribe(self, pattern: str) -> None:
         with self._lock:
-            client = self._client if self._connected else None
+            client = self._client
         if client is not None:
             rc, _mid = client.unsubscribe(pattern)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -322,10 +322,9 @@ class MqttTransport(Transport):
                 elif state.lost and not self._stop.is_set():  # closed before any CONNACK
                     self._probe_tls()
                 return 0.0
-            with self._lock:
+            with self._lock:  # from here a subscribe() is sent at once (_apply_subscription)
                 self._client = client
                 self._state = state
-                self._connected = True
             self.last_refusal = ""
             for sub in self.subscriptions():
                 self._send_subscribe(client, state, sub)
@@ -338,7 +337,9 @@ class MqttTransport(Transport):
                 number,
                 ", the broker's session resumed" if state.resumed else "",
             )
-            self._emit(TransportEvent(TransportEventKind.CONNECTED, number))
+            with self._lock:  # one step: whoever sees is_connected finds CONNECTED queued
+                self._connected = True
+                self._emit(TransportEvent(TransportEventKind.CONNECTED, number))
             while not (state.lost or self._stop.is_set()):
                 self._wake.wait()
                 self._wake.clear()

@@ -51,7 +51,7 @@ from edge_agent.fleet.protocol import (
     encode,
 )
 from edge_agent.fleet.topics import Topics
-from tests.support.broker import MosquittoBroker
+from tests.support.broker import MosquittoBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -535,12 +535,8 @@ def test_backoff_grows_when_the_broker_drops_the_client_after_connack(
 
 
 def test_transport_without_broker_reports_nothing_and_publishes_nothing() -> None:
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    number = port.getsockname()[1]
-    port.close()  # nothing listens here
-    transport = MqttTransport(
-        MqttSettings(client_id="lonely", port=number, connect_timeout_s=1.0),
+    transport = MqttTransport(  # nothing listens on a free_port, and it is never a source port
+        MqttSettings(client_id="lonely", port=free_port(), connect_timeout_s=1.0),
         backoff=Backoff(initial_s=0.02, max_s=0.05),
     )
     try:
@@ -549,6 +545,34 @@ def test_transport_without_broker_reports_nothing_and_publishes_nothing() -> Non
         assert transport.publish("ea/v1/x/y", b"p") is None
         assert not transport.is_connected
         assert len(transport.events) == 0
+    finally:
+        transport.disconnect()
+
+
+def test_whoever_sees_the_transport_connected_finds_its_connected_event_queued(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """The link reads the transport's events in its pump; a caller that waited for
+    ``is_connected`` must find the CONNECTED event there, not behind it (the uplink's
+    reconnect test waits so). The queue's put is slowed for that event, which opens the window
+    wide: a transport that said connected before queueing it is caught every run."""
+    transport = MqttTransport(
+        MqttSettings(client_id="seen", port=mosquitto.port),
+        backoff=Backoff(initial_s=0.05, max_s=0.2),
+    )
+    put = transport.events.put
+
+    def slow_put(event: TransportEvent) -> bool:
+        if event.kind is TransportEventKind.CONNECTED:
+            time.sleep(0.5)
+        return put(event)
+
+    transport.events.put = slow_put  # type: ignore[method-assign]
+    try:
+        transport.connect()
+        wait_until(lambda: transport.is_connected, "the transport to connect")
+        kinds = [event.kind for event in transport.events.drain()]
+        assert kinds == [TransportEventKind.CONNECTED], kinds
     finally:
         transport.disconnect()
 
