@@ -25,12 +25,12 @@ under ``.cache/peers`` (``--no-install``: never make one).
   set of counts: the peers have no such scope, their counts are per agent), tables refreshed
   every tick (``refresh 1``, the peers' cadence) and every 100 ticks (``refresh 100``); and
   per-agent ``learning=`` (``float64 per-agent``: each agent its own counts and tables, as the
-  peers, the group as a user gets it: on the T-maze (``pA``) it steps in the compiled pass,
-  on grid10 (``pB``) with numpy, its ``stepping`` says which; ``vs_pymdp_104`` is its
-  like-for-like ratio, ``vs_learning_off`` its rate over the same float64 group's without
-  learning, ``float64 learning off``), up to N = 1,000; on the T-maze also ``float64 per-agent
-  numpy``, the same group kept on numpy (``EDGE_AGENT_NATIVE_TICK=0``; the per-agent row's
-  ``vs_numpy``); and (without ``--per-agent-only``) ``float64 shared refresh 1``, the shared
+  peers, the group as a user gets it: on the T-maze (``pA``) and grid10 (``pB``) it steps in
+  the compiled pass, its ``stepping`` says which; ``vs_pymdp_104`` is its like-for-like ratio,
+  ``vs_learning_off`` its rate over the same float64 group's without learning, ``float64
+  learning off``), up to N = 1,000; also ``float64 per-agent numpy``, the same group kept on
+  numpy (``EDGE_AGENT_NATIVE_TICK=0``; the per-agent row's ``vs_numpy``); and (without
+  ``--per-agent-only``) ``float64 shared refresh 1``, the shared
   group in float64 refreshed every tick as a user gets it (on the T-maze it steps in the
   compiled pass, ``stepping`` says which), with ``vs_pymdp_104`` (not like for like: one set of
   counts), ``vs_int8_refresh_1`` (its rate over the int8 shared group's refreshed every tick)
@@ -194,8 +194,8 @@ def case_rows(
         rows.append((LEARNING_OFF, run(python, LEARNING_OFF, n)))
     if n <= PER_AGENT_MAX and not frozen:
         rows.append((PER_AGENT, run(python, PER_AGENT, n)))
-        if kind == "A":  # where the compiled pass steps the group: numpy's rate beside it
-            rows.append((PER_AGENT_NUMPY, run(python, PER_AGENT_NUMPY, n)))
+        # the compiled pass steps the group (the T-maze's pA, grid10's pB): numpy's rate beside
+        rows.append((PER_AGENT_NUMPY, run(python, PER_AGENT_NUMPY, n)))
     if bench_peers.PYMDP_007 in peers:
         probe = min(n, args.max_007)
         rec = run(peers[bench_peers.PYMDP_007], bench_peers.PYMDP_007, probe)

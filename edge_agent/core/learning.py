@@ -181,14 +181,20 @@ class TickPass(Protocol):
     #: there after the tick), or keeps the next one there (shared: the tick's is there before).
     makes_prior: bool
 
+    #: The agents whose transitions the last tick learned (``pB``: those that had acted).
+    acted: int
+
     def step_tick(
-        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
+        qs_prev: Sequence[np.ndarray],
     ) -> Sequence[np.ndarray]:
         """The whole learning tick: the posteriors, the counts' update (``learn``) and the
         tables following them, ``G``, ``q_pi`` and the actions, and the prior ``state`` keeps
         (per agent: the tick's; shared: the next); returns the tick's prior (the surprise's).
         ``model``: the scope's model now (a shared pass takes its tables again when it was
-        replaced since: a refresh, a snapshot, a forget). The caller then keeps the rest
+        replaced since: a refresh, a snapshot, a forget); ``qs_prev``: the last tick's
+        posteriors (:attr:`GroupLearning.qs_prev`: a learned ``B`` learns from them, and the
+        pass writes this tick's). The caller then keeps the rest
         (:meth:`GroupLearning.learned_in_pass`)."""
         ...
 
@@ -426,26 +432,39 @@ class GroupLearning:
         scope's tables as they are)."""
         self.surprise.note(obs, prior, p_obs or self.scope.outcome_probabilities)
 
-    def learned_in_pass(self, n_agents: int, *, compiled_behind: bool) -> None:
+    def learned_in_pass(self, n_agents: int, *, compiled_behind: bool, acted: int = 0) -> None:
         """A scope's one pass (:meth:`TickPass.step_tick`) learned this tick: the ``pA``
-        counts gained every agent's update, with the experience, and the tables the agents
+        counts gained every agent's update, the ``pB`` counts (per agent) the update of each of
+        the ``acted`` agents that had acted, with the experience, and the tables the agents
         infer with follow them. Keep what an update and a refresh keep besides: the versions
         and agent-ticks of the counts, their masks the counts' support from the first refresh
-        on, the refreshes; ``compiled_behind`` (a shared pass): every column of the learned
-        tables counts as touched until :meth:`take_tables` brings them into the compiled
-        tables. Nothing while frozen (the pass did not learn)."""
+        that finds them learned on, the refreshes; ``compiled_behind`` (a shared pass): every
+        column of the learned tables counts as touched until :meth:`take_tables` brings them
+        into the compiled tables. Nothing while frozen (the pass did not learn)."""
         if self.frozen:
             return
-        pA = self._learner.pA
-        assert pA is not None  # the pass learns pA alone (native_pass)
-        pA.added_in_place(n_agents)
-        pA.mark_refreshed()
-        if compiled_behind:
-            for touched in pA.touched:
-                touched.fill(True)
-            self.behind = True
+        pA, pB = self._learner.pA, self._learner.pB
+        assert pA is not None or pB is not None  # the pass learns pA, pB or both (native_pass)
+        if pA is not None:
+            pA.added_in_place(n_agents)
+            pA.mark_refreshed()
+            if compiled_behind:
+                for touched in pA.touched:
+                    touched.fill(True)
+                self.behind = True
+        if pB is not None:  # as learn_B (no agent acted: no update) and the refresh after it
+            if acted:
+                pB.added_in_place(acted)
+            if pB.learned:
+                pB.mark_refreshed()
         self._since_refresh = 0
         self.refreshes += 1
+
+    @property
+    def qs_prev(self) -> list[np.ndarray]:
+        """The last tick's posteriors (``(N, S_f)`` per factor), which ``pB`` learns from: a
+        compiled pass reads them and writes this tick's."""
+        return self._qs_prev
 
     # -- the compiled tables the group steps with --------------------------------------------------
     def take_tables(self) -> NewTables | None:

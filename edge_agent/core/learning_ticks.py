@@ -174,9 +174,11 @@ class PassTick:
         del soft, who_plans, ticks
         assert obs is not None  # a group that learns refuses soft evidence
         tick_pass, learning, state = self._pass, self._learning, self._state
-        prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model)
+        prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model,
+                                    qs_prev=learning.qs_prev)
         learning.observe(obs, prior, tick_pass.outcome_probabilities)
-        learning.learned_in_pass(len(obs), compiled_behind=tick_pass.leaves_compiled_behind)
+        learning.learned_in_pass(len(obs), compiled_behind=tick_pass.leaves_compiled_behind,
+                                 acted=tick_pass.acted)
         if record:
             assert self._recorder is not None
             _stage_and_record(self._recorder, self._stepper, state, obs, now)

@@ -53,7 +53,7 @@ unmeasured (the tests of its results); read when the group is made.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.settings import AifSettings
+    from edge_agent.aif.sparse_transitions import SparseTransitions
 
 __all__ = [
     "LOCAL_MEASURED",
@@ -187,14 +188,15 @@ def frozen_kernel(cm: kernels.CompiledModel, settings: AifSettings) -> NativeTic
 
 
 class _CompiledPass:
-    """What both scopes' passes hold: the ``pA`` counts of ``learner``, the ``kernel`` and
-    this tick's ``p(o_m)`` of ``n_agents`` agents."""
+    """What both scopes' passes hold: the ``kernel`` and this tick's ``p(o_m)`` of
+    ``n_agents`` agents."""
 
-    def __init__(
-        self, learner: Learner, kernel: NativeTick, n_agents: int, num_modalities: int
-    ) -> None:
-        assert learner.pA is not None  # _kernel checked
-        self._counts = learner.pA
+    #: The agents whose transitions the last tick learned (those that had acted; 0 where the
+    #: pass learns no ``pB``): :meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`
+    #: counts them.
+    acted = 0
+
+    def __init__(self, kernel: NativeTick, n_agents: int, num_modalities: int) -> None:
         self._kernel = kernel
         #: This tick's p(o_m) under the prior and the tables before the update (the surprise's).
         self._p_obs = np.zeros((n_agents, num_modalities))
@@ -211,7 +213,9 @@ class _CompiledPass:
 class NativePass(_CompiledPass):
     """The learning tick of a per-agent group as one compiled pass (``kernel``): ``tables_A``,
     each modality's ``(N, O_m, S)`` tables (the learned ones each agent's own, written in place;
-    ``(1, O_m, S)`` for one they share), and ``learner``'s ``pA`` counts."""
+    ``(1, O_m, S)`` for one they share), ``learner``'s ``pA`` and ``pB`` counts (either or
+    both) and ``transitions``, each learned factor's agents' ``B`` on its support (written in
+    place)."""
 
     #: The pass writes each agent's tables themselves: nothing is left behind.
     leaves_compiled_behind = False
@@ -220,25 +224,43 @@ class NativePass(_CompiledPass):
 
     def __init__(
         self, tables_A: list[np.ndarray], learner: Learner, kernel: NativeTick,
-        n_agents: int,
+        n_agents: int, transitions: Mapping[int, SparseTransitions],
     ) -> None:
-        super().__init__(learner, kernel, n_agents, len(tables_A))
+        super().__init__(kernel, n_agents, len(tables_A))
+        self._pA, self._pB = learner.pA, learner.pB
         self._tables_A = tables_A
+        #: Each learned factor's values ``(N, U S k)``: views of the scope's (the pass's
+        #: entries are their order, :func:`_transition_entries`).
+        self._values = [] if self._pB is None else [
+            transitions[f].values.reshape(n_agents, -1) for f in self._pB.tables]
 
     def step_tick(
-        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
+        qs_prev: Sequence[np.ndarray],
     ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the prior
         into ``state.prior`` (returned: the agents' next prior is made at the next
         inference), the posteriors, each agent's counts (``learn``: not frozen) and tables,
-        ``G``, ``q_pi`` and the actions (``model``: the model as loaded, not read)."""
+        ``G``, ``q_pi`` and the actions (``model``: the model as loaded, not read;
+        ``qs_prev``: the last tick's posteriors, which a learned ``B`` learns from, this
+        tick's written)."""
         del model  # each agent's tables are the pass's own
-        counts, own = self._counts, self._tables_A
+        kernel, pA, pB = self._kernel, self._pA, self._pB
         # The masks are replaced at the first refresh and at a reset: bound every tick.
-        self._kernel.bind_learning([own[m] for m in counts.tables], counts.counts, counts.mask,
-                                   counts.experience)
-        self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
-                          q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn)
+        if pA is not None:
+            kernel.bind_learning([self._tables_A[m] for m in pA.tables], pA.counts, pA.mask,
+                                 pA.experience)
+        normalise_all = False
+        if pB is not None:
+            kernel.bind_transitions(self._values, pB.counts, pB.mask, pB.experience)
+            # the agents that acted learn their transition (the numpy stages' learn_B); the
+            # first refresh that finds the counts learned makes every column of every agent
+            # their expectation, the later ones each learning agent's action's columns
+            self.acted = int(np.count_nonzero(state.has_action)) if learn else 0
+            normalise_all = learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+        kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
+                    q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn,
+                    qs_prev=None if pB is None else qs_prev, normalise_all=normalise_all)
         return state.prior
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
@@ -266,7 +288,9 @@ class SharedNativePass(_CompiledPass):
     def __init__(
         self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int
     ) -> None:
-        super().__init__(learner, kernel, n_agents, model.num_modalities)
+        super().__init__(kernel, n_agents, model.num_modalities)
+        assert learner.pA is not None  # _kernel checked
+        self._counts = learner.pA
         #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
         self._own = [
             np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
@@ -278,13 +302,16 @@ class SharedNativePass(_CompiledPass):
         self._prior = [np.zeros((n_agents, s)) for s in model.num_states]
 
     def step_tick(
-        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel
+        self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
+        qs_prev: Sequence[np.ndarray],
     ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
         tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
         every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
         actions and from them the next prior, into ``state.prior`` (the group keeps it, as
-        its numpy stages do). ``model``: the scope's now."""
+        its numpy stages do). ``model``: the scope's now (``qs_prev``: not read, the pass
+        learns no ``B``)."""
+        del qs_prev
         counts = self._counts
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
             for own, m in zip(self._own, counts.tables, strict=True):
@@ -313,16 +340,41 @@ class SharedNativePass(_CompiledPass):
 def per_agent_pass(
     model: GenerativeModel, tables_A: list[np.ndarray], learner: Learner, spec: LearningSpec, *,
     cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
+    transitions: Mapping[int, SparseTransitions],
 ) -> NativePass | str:
     """The compiled pass of a per-agent group on ``model`` (as loaded) whose agents' tables are
-    ``tables_A`` (see :class:`NativePass`), or why it steps with numpy (:func:`_kernel`)."""
-    pA = learner.pA
+    ``tables_A`` and, of a learned ``B``, ``transitions`` (see :class:`NativePass`), or why it
+    steps with numpy (:func:`_kernel`; and a learned ``B`` must be kept on its support, whose
+    entries the pass takes: :func:`_transition_entries`)."""
+    pA, pB = learner.pA, learner.pB
     own = [] if pA is None else [tables_A[m] for m in pA.tables]
+    entries: dict[int, native.TransitionEntries] = {}
+    if pB is not None:
+        for slot, f in enumerate(pB.tables):
+            found_b = transitions.get(f)
+            if found_b is None:
+                return f"B{f} learned on a dense support (the compiled tick takes a sparse one)"
+            if np.any(pB.mask[slot] & (pB.prior[slot] <= 0)):
+                return f"B{f}'s support outside its counts' prior"
+            entries[f] = _transition_entries(found_b)
+            own.append(found_b.values)
     found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
-                    shared=False, bound=own)
+                    shared=False, bound=own, entries=entries)
     if isinstance(found, str):
         return found
-    return NativePass(tables_A, learner, found, n_agents)
+    return NativePass(tables_A, learner, found, n_agents, transitions)
+
+
+def _transition_entries(st: SparseTransitions) -> native.TransitionEntries:
+    """The entries of the agents' ``B`` kept on its support (``st``), in the order of its
+    values ``(N, U, S, k)``: action by action, row by row, each row's ``k`` sources (a pad:
+    index -1, its value 0), so that the pass reads and writes the values where they are."""
+    U, S, k = st.sources.shape
+    start = np.arange(U + 1, dtype=np.int64) * (S * k)
+    row = np.broadcast_to(np.arange(S, dtype=np.int64)[None, :, None], (U, S, k)).reshape(-1)
+    flat = np.where(st.weights > 0, st.rows, -1).astype(np.int64).reshape(-1)
+    return native.TransitionEntries(start, np.ascontiguousarray(row),
+                                    st.sources.astype(np.int64).reshape(-1), flat)
 
 
 def shared_pass(
@@ -335,7 +387,7 @@ def shared_pass(
     if int8 or cm.dtype != np.float64:
         return "int8 tables (the compiled tick computes in float64)"
     found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
-                    shared=True, bound=[])
+                    shared=True, bound=[], entries={})
     if isinstance(found, str):
         return found
     return SharedNativePass(model, learner, found, n_agents)
@@ -344,19 +396,24 @@ def shared_pass(
 def _kernel(
     model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
+    entries: Mapping[int, native.TransitionEntries],
 ) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
-    with numpy: the pass learns ``pA`` alone, without forgetting or novelty, in float64 counts
-    refreshed every tick, for one-step policies, deterministic marginal action selection and a
-    model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in C-contiguous float64
-    arrays (the counts, their experience and ``bound``: the tables it writes)."""
+    with numpy: the pass learns ``pA`` (each agent its own counts or shared) and ``pB`` (each
+    agent its own: ``entries``, each learned factor's), without forgetting or novelty, in
+    float64 counts refreshed every tick, for one-step policies, deterministic marginal action
+    selection and a model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in
+    C-contiguous float64 arrays (the counts, their experience and ``bound``: the tables it
+    writes)."""
     s = spec.settings
     policies = cm.tree.policies
+    pA, pB = learner.pA, learner.pB
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
-        (learner.pB is not None or learner.pD is not None,
-         "pB or pD learned (the compiled tick learns pA)"),
-        (learner.pA is None, "pA is not learned"),
+        (learner.pD is not None, "pD learned (the compiled tick learns pA and pB)"),
+        (pB is not None and shared,
+         "pB learned with shared counts (the compiled tick learns pB per agent)"),
+        (pA is None and pB is None, "neither pA nor pB is learned"),
         (spec.param_info_gain, "param_info_gain"),
         (spec.refresh_every != 1, f"refresh_every {spec.refresh_every}"),
         (s.forgetting != 0.0, "forgetting"),
@@ -376,20 +433,20 @@ def _kernel(
                                  len(policies))
     if too_large is not None:
         return too_large
-    pA = learner.pA
-    assert pA is not None
-    if not all(a.dtype == np.float64 and a.flags.c_contiguous
-               for a in (*bound, *pA.counts, *pA.experience)):
+    counted = [a for c in (pA, pB) if c is not None for a in (*c.counts, *c.experience)]
+    if not all(a.dtype == np.float64 and a.flags.c_contiguous for a in (*bound, *counted)):
         return "tables or counts not C-contiguous float64"
     S = int(np.prod(model.num_states))
     supports = [(a > 0).reshape(a.shape[0], S) for a in model.A]
-    for slot, m in enumerate(pA.tables):
+    for slot, m in enumerate(() if pA is None else pA.tables):
+        assert pA is not None
         supports[m] = supports[m] | (pA.prior[slot].reshape(supports[m].shape) > 0)
     return binding.NativeTick(
         model.A, model.B, model.D, lnC=binding.log_preferences(model.C),
-        lnE=np.asarray(cm.lnE, dtype=np.float64), policies=policies, learned=pA.tables,
-        supports=supports, n=n_agents,
+        lnE=np.asarray(cm.lnE, dtype=np.float64), policies=policies,
+        learned=() if pA is None else pA.tables, supports=supports, n=n_agents,
         gamma=float(settings.gamma), num_iter=settings.num_iter, dF_tol=settings.dF_tol,
         lr=s.lr_pA, use_utility=settings.use_utility,
         use_info_gain=settings.use_states_info_gain, shared_counts=shared,
+        learned_B=entries, lr_B=s.lr_pB,
     )

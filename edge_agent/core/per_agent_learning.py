@@ -119,7 +119,8 @@ class AgentTables:
         from edge_agent.core.native_pass import per_agent_pass  # noqa: PLC0415 - it learns
 
         found = per_agent_pass(self._loaded, self.tables["A"], learner, spec, cm=cm,
-                               settings=settings, n_agents=n_agents)
+                               settings=settings, n_agents=n_agents,
+                               transitions=self.transitions)
         if isinstance(found, str):
             self.native_reason = found
         else:

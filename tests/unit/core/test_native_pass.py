@@ -25,6 +25,7 @@ from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
 TOL = {"rtol": 0.0, "atol": 1e-9}
@@ -276,4 +277,150 @@ def test_a_shared_int8_group_steps_with_numpy_and_says_why(
     group = _group(3, native_tick=True, monkeypatch=monkeypatch, scope="shared",
                    precision="int8")
     assert _stepping(group) == "numpy: int8 tables (the compiled tick computes in float64)"
+    group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))
+
+
+# -- per-agent pB: grid10's moves, each agent its own transition counts ------------------------
+
+
+def _grid_group(n: int, *, native_tick: bool, monkeypatch: pytest.MonkeyPatch, prior: str,
+                learn_A: bool = False, **kwargs: Any) -> AifAgentGroup:
+    """grid10 learning ``pB`` of its one factor per agent: ``prior`` ``"support"`` (counts on
+    ``B``'s support, bench_learning_peers' row: every column a deterministic move) or
+    ``"reach"`` (0.25 more on every cell some move reaches from the column's: the learned
+    columns move every tick, the update's mask ``B``'s support until the first refresh, the
+    counts' from then on); ``learn_A``: ``pA`` too (0.5 more on every entry)."""
+    model = make_env("grid10", 1, seed=0).model
+    B = model.B[0]
+    reach = np.broadcast_to((B.sum(axis=2) > 0)[:, :, None], B.shape)
+    counts = B * 2.0 + (0.5 * (B > 0) if prior == "support" else 0.25 * reach)
+    monkeypatch.setenv(NATIVE_ENV, "1" if native_tick else "0")
+    spec = LearningSpec(pB={0: counts}, pA={0: model.A[0] * 2.0 + 0.5} if learn_A else None,
+                        refresh_every=1,
+                        settings=LearningSettings(scope="per_agent", lr_pB=0.8, lr_pA=0.6))
+    group = AifAgentGroup(model, n, learning=spec, precision="float64", **kwargs)
+    monkeypatch.delenv(NATIVE_ENV)
+    return group
+
+
+def _assert_same_learning(mine: AifAgentGroup, theirs: AifAgentGroup) -> None:
+    """The state, every agent's ``B`` and every kind's counts, masks, experience, versions and
+    agent-ticks, the refreshes and the learning's numbers, equal up to rounding."""
+    for name in ("qs", "prior"):
+        for a, b in zip(getattr(mine.state, name), getattr(theirs.state, name), strict=True):
+            np.testing.assert_allclose(a, b, **TOL)
+    np.testing.assert_allclose(mine.state.G, theirs.state.G, **TOL)
+    np.testing.assert_allclose(mine.state.q_pi, theirs.state.q_pi, **TOL)
+    ours_l, theirs_l = mine.learning, theirs.learning
+    assert ours_l is not None
+    assert theirs_l is not None
+    np.testing.assert_allclose(ours_l.scope.transition_table(0),  # type: ignore[attr-defined]
+                               theirs_l.scope.transition_table(0), **TOL)  # type: ignore[attr-defined]
+    rows = np.arange(mine.n_agents)
+    for a, b in zip(mine.path.likelihood(rows), theirs.path.likelihood(rows), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    for a, b in zip(ours_l.learner.counts, theirs_l.learner.counts, strict=True):
+        assert a.kind == b.kind
+        for slot in range(len(a.tables)):
+            np.testing.assert_allclose(a.counts[slot], b.counts[slot], **TOL)
+            np.testing.assert_array_equal(a.mask[slot], b.mask[slot])
+            np.testing.assert_allclose(a.experience[slot], b.experience[slot], rtol=0,
+                                       atol=1e-9 * len(rows))
+        assert (a.version, a.reset_at, a.refreshed, list(a.agent_ticks)) == (
+            b.version, b.reset_at, b.refreshed, list(b.agent_ticks))
+    assert ours_l.refreshes == theirs_l.refreshes
+    assert ours_l.summary() == theirs_l.summary()
+    ours, others = ours_l.numbers(), theirs_l.numbers()
+    assert ours.keys() == others.keys()
+    for key, value in ours.items():
+        assert value == pytest.approx(others[key], rel=1e-9, abs=1e-9), key
+
+
+# 1 agent; 13: a partial block of the pass's 8; 40: five whole ones.
+@pytest.mark.parametrize(("prior", "learn_A"), [("support", False), ("reach", False),
+                                                ("reach", True)])
+@pytest.mark.parametrize("n", [1, 13, 40])
+def test_the_pass_learning_each_agents_transitions_is_the_numpy_stages_up_to_rounding(
+    n: int, prior: str, learn_A: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if learn_A and n == 40:
+        pytest.skip("the pA and pB case runs at 1 and 13 agents (grid10's dense pA is slow)")
+    mine = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior=prior,
+                       learn_A=learn_A)
+    theirs = _grid_group(n, native_tick=False, monkeypatch=monkeypatch, prior=prior,
+                         learn_A=learn_A)
+    assert _stepping(mine) == "native"
+    assert _stepping(theirs) == f"numpy: {NATIVE_ENV}=0"
+    rng = np.random.default_rng(n)
+    # outcomes near each agent's last cell (a step or two away), so that its transitions
+    # learn something: the cell seen, a neighbour of it at times
+    cells = rng.integers(0, 100, size=n)
+    for t in range(40):
+        moved = cells + rng.choice([0, 1, -1, 10, -10], size=n)
+        cells = np.clip(moved, 0, 99)
+        obs = cells[:, None].astype(np.int64)
+        actions = mine.step(obs).copy()
+        theirs.step(obs)
+        _optimal(actions, theirs)
+        if t % 3:  # a tie may be broken either way: go on together
+            mine.set_action(theirs.action)
+        elif not np.array_equal(mine.action, theirs.action):
+            theirs.set_action(mine.action)
+        _assert_same_learning(mine, theirs)
+        if t % 7 == 3:  # some agents' episodes start again: no transition to learn from
+            who = rng.random(n) < 0.4
+            mine.reset(who)
+            theirs.reset(who)
+        if t == 17:  # frozen: the pass infers and plans with the tables, learns nothing
+            assert mine.learning.freeze()
+            assert theirs.learning.freeze()
+        if t == 22:
+            assert mine.learning.resume()
+            assert theirs.learning.resume()
+        if t == 29:  # forgotten: the counts their prior, the tables the model's again
+            mine.learning.forget()
+            theirs.learning.forget()
+        ours, others = mine.health_summary(), theirs.health_summary()
+        assert ours is not None
+        assert others is not None
+        assert ours.agent_steps == others.agent_steps
+        for name, stats in ours.measures.items():
+            assert stats.n == others.measures[name].n
+            assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
+
+
+def test_a_restored_snapshot_of_a_pb_group_steps_on_as_the_group_it_was_taken_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    n = 9
+    first = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior="reach")
+    rng = np.random.default_rng(3)
+    sequence = [rng.integers(0, 100, size=(n, 1)) for _ in range(20)]
+    for obs in sequence[:10]:
+        first.step(obs)
+    second = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior="reach")
+    second.load_state_dict(first.state_dict())
+    for obs in sequence[10:]:
+        first.step(obs)
+        second.step(obs)
+        second.set_action(first.action)
+        for a, b in zip(second.state.qs, first.state.qs, strict=True):
+            np.testing.assert_allclose(a, b, **TOL)
+        np.testing.assert_allclose(second.state.q_pi, first.state.q_pi, **TOL)
+        np.testing.assert_allclose(
+            second.learning.scope.transition_table(0),  # type: ignore[attr-defined]
+            first.learning.scope.transition_table(0), **TOL)  # type: ignore[attr-defined]
+
+
+def test_a_pb_group_on_a_dense_support_steps_with_numpy_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The T-maze's small ``B`` is kept whole per agent (not on its support): numpy."""
+    model = tmaze_reversal_model()
+    monkeypatch.setenv(NATIVE_ENV, "1")
+    spec = LearningSpec(pB={0: model.B[0] * 2.0 + 0.5}, refresh_every=1,
+                        settings=LearningSettings(scope="per_agent"))
+    group = AifAgentGroup(model, 3, learning=spec, precision="float64")
+    assert _stepping(group) == ("numpy: B0 learned on a dense support (the compiled tick "
+                                "takes a sparse one)")
     group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))

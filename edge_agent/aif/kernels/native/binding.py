@@ -318,6 +318,25 @@ def _addr(a: np.ndarray, dtype: Any = np.float64, size: int | None = None) -> in
     return int(a.ctypes.data)
 
 
+def _without_pads(
+    b_arrays: Sequence[tuple[np.ndarray, ...]], flats: Sequence[np.ndarray | None]
+) -> list[tuple[np.ndarray, ...]]:
+    """Each factor's ``sparse_b`` arrays without a learned factor's pads (``flats[f]``: its
+    entries' indices into the counts, -1 a pad; None: no pads), whose rows no action reaches
+    (what :func:`~edge_agent.aif.kernels.native.policy_reach` reads: the support's image)."""
+    out: list[tuple[np.ndarray, ...]] = []
+    for arrays, flat in zip(b_arrays, flats, strict=True):
+        if flat is None or bool(np.all(flat >= 0)):
+            out.append(arrays)
+            continue
+        start, row, col, value = arrays
+        keep = flat >= 0
+        action = np.repeat(np.arange(len(start) - 1), np.diff(start))[keep]
+        out.append((np.searchsorted(action, np.arange(len(start))).astype(np.int64),
+                    row[keep], col[keep], value[keep]))
+    return out
+
+
 def _factor_entries(
     B: Sequence[np.ndarray], learned_B: Mapping[int, TransitionEntries]
 ) -> list[tuple[np.ndarray, ...]]:
@@ -411,7 +430,8 @@ class NativeTick:
         self.state_start = np.searchsorted(self.entry_state[self.state_entry],
                                            np.arange(S + 1)).astype(np.int64)
         self.entry_shared = np.ascontiguousarray(layout.shared, dtype=np.float64)
-        self.reach_start, self.reach = policy_reach(self._b_arrays, self.policies_first,
+        self.reach_start, self.reach = policy_reach(_without_pads(self._b_arrays, self._flats()),
+                                              self.policies_first,
                                               self.state_index, self.entry_state,
                                               self.entry_outcome)
         learned_index = dict(layout.learned)
@@ -476,6 +496,11 @@ class NativeTick:
                              f"{self.state_dtype}")
         self._start(lib)
         self.lnQ1 = self._first_steps()
+
+    def _flats(self) -> list[np.ndarray | None]:
+        """Each factor's learned entries' indices into its counts (None: not learned)."""
+        return [self.learned_B[f].flat if f in self.learned_B else None
+                for f in range(len(self._b_arrays))]
 
     def _first_steps(self) -> np.ndarray | None:
         """With ``lnL`` and more than one factor, the mean-field iteration's first step of every
