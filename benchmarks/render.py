@@ -702,8 +702,9 @@ TABLES: tuple[Table, ...] = (
             "(a measured tick every 4th; the tick without them is 51 and 121 us, 7.5x and 5.8x "
             "pymdp 1.0.4's rate in the run of `9bb695e`); T-maze N = 1,000, the compiled pass "
             "itself (0.43 us an agent since t64's outcome lists, most of the 5x budget before "
-            "the world's step); grid10 N = "
-            "1, per-agent `pB` on numpy (the compiled pass learns `pA`)."
+            "the world's step). grid10's per-agent `pB` steps in the compiled pass since "
+            "`2ff3a85` (N = 1: 7.84x at load 32, its numpy twin 2.7x; the pass alone about 25 "
+            "us of CPU a tick, the group's Python around it about 20)."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
