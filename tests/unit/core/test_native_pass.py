@@ -21,6 +21,7 @@ import pytest
 
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
+from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
@@ -283,14 +284,34 @@ def test_a_shared_int8_group_steps_with_numpy_and_says_why(
 # -- per-agent pB: grid10's moves, each agent its own transition counts ------------------------
 
 
+def _corridor() -> GenerativeModel:
+    """Two factors: a corridor of 12 cells (left, stay, right; its walls keep) and a context
+    of 2 (no control); the cell seen with noise, the context cued on the last cell only, the
+    right end preferred."""
+    cells, ctx = 12, 2
+    B0 = np.zeros((cells, cells, 3))
+    for s in range(cells):
+        for u, step in enumerate((-1, 0, 1)):
+            B0[min(max(s + step, 0), cells - 1), s, u] = 1.0
+    seen = 0.8 * np.eye(cells) + 0.2 / cells
+    A0 = np.repeat(seen[:, :, None], ctx, axis=2)
+    A1 = np.full((ctx, cells, ctx), 0.5)
+    A1[:, -1, :] = np.array([[0.9, 0.1], [0.1, 0.9]])
+    C0 = np.zeros(cells)
+    C0[-1] = 2.0
+    return GenerativeModel.from_arrays([A0, A1], [B0, np.eye(ctx)[:, :, None]],
+                                       [C0, np.zeros(ctx)])
+
+
 def _grid_group(n: int, *, native_tick: bool, monkeypatch: pytest.MonkeyPatch, prior: str,
-                learn_A: bool = False, **kwargs: Any) -> AifAgentGroup:
+                learn_A: bool = False, world: str = "grid10", **kwargs: Any) -> AifAgentGroup:
     """grid10 learning ``pB`` of its one factor per agent: ``prior`` ``"support"`` (counts on
     ``B``'s support, bench_learning_peers' row: every column a deterministic move) or
     ``"reach"`` (0.25 more on every cell some move reaches from the column's: the learned
     columns move every tick, the update's mask ``B``'s support until the first refresh, the
-    counts' from then on); ``learn_A``: ``pA`` too (0.5 more on every entry)."""
-    model = make_env("grid10", 1, seed=0).model
+    counts' from then on); ``learn_A``: ``pA`` too (0.5 more on every entry); ``world``
+    ``"corridor"``: the same on :func:`_corridor`'s first factor (of two)."""
+    model = make_env("grid10", 1, seed=0).model if world == "grid10" else _corridor()
     B = model.B[0]
     reach = np.broadcast_to((B.sum(axis=2) > 0)[:, :, None], B.shape)
     counts = B * 2.0 + (0.5 * (B > 0) if prior == "support" else 0.25 * reach)
@@ -337,28 +358,33 @@ def _assert_same_learning(mine: AifAgentGroup, theirs: AifAgentGroup) -> None:
 
 
 # 1 agent; 13: a partial block of the pass's 8; 40: five whole ones.
-@pytest.mark.parametrize(("prior", "learn_A"), [("support", False), ("reach", False),
-                                                ("reach", True)])
+@pytest.mark.parametrize(("prior", "learn_A", "world"), [
+    ("support", False, "grid10"), ("reach", False, "grid10"), ("reach", True, "grid10"),
+    ("reach", False, "corridor"), ("reach", True, "corridor"),
+])
 @pytest.mark.parametrize("n", [1, 13, 40])
 def test_the_pass_learning_each_agents_transitions_is_the_numpy_stages_up_to_rounding(
-    n: int, prior: str, learn_A: bool, monkeypatch: pytest.MonkeyPatch
+    n: int, prior: str, learn_A: bool, world: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if learn_A and n == 40:
+    if learn_A and world == "grid10" and n == 40:
         pytest.skip("the pA and pB case runs at 1 and 13 agents (grid10's dense pA is slow)")
     mine = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior=prior,
-                       learn_A=learn_A)
+                       learn_A=learn_A, world=world)
     theirs = _grid_group(n, native_tick=False, monkeypatch=monkeypatch, prior=prior,
-                         learn_A=learn_A)
+                         learn_A=learn_A, world=world)
     assert _stepping(mine) == "native"
     assert _stepping(theirs) == f"numpy: {NATIVE_ENV}=0"
     rng = np.random.default_rng(n)
     # outcomes near each agent's last cell (a step or two away), so that its transitions
     # learn something: the cell seen, a neighbour of it at times
-    cells = rng.integers(0, 100, size=n)
+    size, row = (100, 10) if world == "grid10" else (12, 1)
+    cells = rng.integers(0, size, size=n)
     for t in range(40):
-        moved = cells + rng.choice([0, 1, -1, 10, -10], size=n)
-        cells = np.clip(moved, 0, 99)
+        moved = cells + rng.choice([0, 1, -1, row, -row], size=n)
+        cells = np.clip(moved, 0, size - 1)
         obs = cells[:, None].astype(np.int64)
+        if world == "corridor":  # and a context cue, at random
+            obs = np.concatenate([obs, rng.integers(0, 2, size=(n, 1))], axis=1)
         actions = mine.step(obs).copy()
         theirs.step(obs)
         _optimal(actions, theirs)
