@@ -980,6 +980,42 @@ def test_the_team_award_waits_past_the_window_for_a_late_peer_s_bids_then_comes_
     assert_teams_agree(fleet, specs)
 
 
+def test_the_last_node_s_bids_leave_before_it_computes_its_award(
+    grid_fleet: SimFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 55, ninth pass: every peer waits for the last node's bids, and that node, which
+    holds every other node's bids by then, computed its team award in the same tick before
+    its bids went out with the tick's end. node4 stalls past the others' bids; in its next
+    tick its bids are on the wire before its award is computed (and the award is the same
+    everywhere once they are in)."""
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=7)
+    fleet.nodes[0].engine.announce(specs)
+    fleet.stall("node4", 3)  # node0-3 bid; node4 has not seen the announcement yet
+    node4 = fleet.node("node4")
+    order: list[str] = []
+    publish, teams = node4.transport.publish, node4.engine.board.teams
+
+    def published(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+        if topic == node4.link.topics.tasks("node4"):
+            order.append("tasks message")
+        return publish(topic, payload, qos, retain)
+
+    def award() -> dict[str, Team]:
+        order.append("award")
+        return teams()
+
+    monkeypatch.setattr(node4.transport, "publish", published)
+    monkeypatch.setattr(node4.engine.board, "teams", award)
+    fleet.tick(1)  # node4 merges the announcement and everyone's bids, bids, awards
+    assert team_awards(node4) == 1
+    assert "award" in order
+    assert "tasks message" in order[: order.index("award")]
+    monkeypatch.undo()
+    tick_until_held(fleet)
+    assert_teams_agree(fleet, specs)
+
+
 def test_a_claim_on_a_team_this_node_has_not_awarded_yet_is_no_conflict(
     grid_fleet: SimFleet,
 ) -> None:
