@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import signal
@@ -290,22 +291,44 @@ MILESTONES = (
 """A daemon's way to agreement (its status file's ``formation``), in order."""
 
 
+PHASES = ("opened", "bids_sent", "all_bids", "team_award_first")
+"""The milestones whose phases the timeline splits into wall clock and CPU."""
+
+
 def _timeline(views: list[dict[str, Any]], announced: float) -> dict[str, Any]:
     """The daemons' formation milestones after the announcement (the earliest and the latest
     daemon's, seconds), the team awards each computed (fewest, most), the live peers each
     counted, how many awarded before every peer's bids came (the holds' wait ran out) and the
-    most a peer's bid message waited from being sent to being merged."""
+    most a peer's bid message waited from being sent to being merged; ``phases_s``: each
+    phase between two :data:`PHASES` milestones, its wall clock, the coordinating thread's CPU
+    in it and the whole process's (the MQTT client's thread decoding the peers' messages too),
+    the fewest and the most of the daemons."""
     marks = [v.get("formation", {}) for v in views]
     out: dict[str, Any] = {}
     for key in MILESTONES:
         times = [m[key] - announced for m in marks if m.get(key) is not None]
         if times:
             out[key.removesuffix("_at")] = [round(min(times), 3), round(max(times), 3)]
+    # Each phase's wall clock against the coordinating thread's CPU in it, per daemon (the
+    # fewest and the most seconds): what of a phase is work and what is waiting.
+    phases: dict[str, dict[str, list[float]]] = {}
+    for a, b in itertools.pairwise(PHASES):
+        both = [m for m in marks if f"{a}_cpu" in m and f"{b}_cpu" in m]
+        walls = [m[f"{b}_at"] - m[f"{a}_at"] for m in both]
+        cpus = [m[f"{b}_cpu"] - m[f"{a}_cpu"] for m in both]
+        procs = [m.get(f"{b}_pcpu", 0.0) - m.get(f"{a}_pcpu", 0.0) for m in both]
+        if walls:
+            phases[f"{a}-{b}"] = {
+                "wall": [round(min(walls), 3), round(max(walls), 3)],
+                "cpu": [round(min(cpus), 4), round(max(cpus), 4)],
+                "process_cpu": [round(min(procs), 4), round(max(procs), 4)],
+            }
     awards = [int(m.get("team_awards", 0)) for m in marks]
     lags = [m.get("bid_lag_s_max", 0.0) for m in marks]
     peers = [int(m.get("live_peers", 0)) for m in marks]
     return {
         "timeline_s": out,
+        "phases_s": phases,
         "team_awards_per_daemon": [min(awards), max(awards)],
         "live_peers_per_daemon": [min(peers), max(peers)],
         "daemons_that_waited_out_bids": sum(1 for m in marks if m.get("rounds_waited_out")),

@@ -191,8 +191,11 @@ class EngineIO:
         wait ran out first, ``rounds_waited_out``, ``bid_lag_s_max`` (the most
         a peer's bid message took from being sent to being merged here, when both clocks are
         synchronised), ``team_award_first_at``/``team_award_last_at`` and ``team_awards`` (team
-        awards computed since), ``holds_sent_at`` (this node's first hold). Empty until rounds
-        open; started afresh by every new round."""
+        awards computed since), ``holds_sent_at`` (this node's first hold); beside each
+        ``<milestone>_at`` a ``<milestone>_cpu``, the coordinating thread's CPU time then
+        (``time.thread_time``), and ``<milestone>_pcpu``, the process's (``process_time``):
+        the CPU a phase took against its wall clock. Empty until rounds open; started afresh by
+        every new round."""
         self._formation_rounds: set[tuple[str, int]] = set()
         """The team rounds of :attr:`formation`."""
         self.counters: dict[str, int] = dict.fromkeys(
@@ -372,6 +375,13 @@ class EngineIO:
             self.counters["task_msgs_sent"] += 1
         return sent
 
+    def _mark(self, milestone: str, wall: float | None = None) -> None:
+        """A formation milestone: its wall-clock time, this thread's and the process's CPU time
+        then."""
+        self.formation[f"{milestone}_at"] = self._wall() if wall is None else wall
+        self.formation[f"{milestone}_cpu"] = time.thread_time()
+        self.formation[f"{milestone}_pcpu"] = time.process_time()
+
     def _next_bseq(self) -> int:
         self._bseq = (self._bseq + 1) % UINT32
         return self._bseq
@@ -482,7 +492,7 @@ class EngineIO:
             return
         if self.formation:
             wall = self._wall()
-            self.formation["peer_bids_last_at"] = wall
+            self._mark("peer_bids_last", wall)
             if env.clock_synced and self._clock_synced is not None and self._clock_synced():
                 lag = max(0.0, wall - env.ts)
                 self.formation["bid_lag_s_max"] = max(self.formation["bid_lag_s_max"], lag)

@@ -36,6 +36,7 @@ from typing import Final, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import distinct
 from edge_agent.coordination.assignment import MAX_ROWS, Assignment, edges_of
 
 IntArray = NDArray[np.int64]
@@ -160,7 +161,7 @@ def refill(
     ):
         return None
     now = _keys(bids, members, n_cols)
-    if now.size < record.members.size or busy.sum() != np.unique(bids.col[members]).size:
+    if now.size < record.members.size or busy.sum() != distinct(bids.col[members]).size:
         return None
     taken = np.setdiff1d(now, record.members, assume_unique=True)
     if (
@@ -245,7 +246,7 @@ def fill_recorded(
     order = np.argsort(keys, kind="stable")
     want = row_role * n_cols + col4row
     out[usable[order[np.searchsorted(keys[order], want)]]] = True
-    only_members = int(busy.sum()) == np.unique(bids.col[members]).size
+    only_members = int(busy.sum()) == distinct(bids.col[members]).size
     if len(rows) != int(vacant.sum()) or not only_members:
         return out, None  # a team left out, or agents busy that are no members
     usable_rows = (bids.role[usable], bids.col[usable], bids.cost[usable], bids.salt[usable])

@@ -305,6 +305,15 @@ class FleetLink:
             self.request_rebirth(node, "sequence gap")
         return self.outbox.pump(self._send_stored)
 
+    def send_now(self) -> int:
+        """Send what is stored now (a durable message committed first, as :meth:`pump` does),
+        without the transport's events or rebirths, which stay :meth:`pump`'s: a part of the
+        tick that just published what peers wait for sends it before the rest of the tick.
+        Returns how many messages went on the wire."""
+        if not self.online:
+            return 0
+        return self.outbox.pump(self._send_stored)
+
     def flush(self) -> None:
         """Make the durable messages published so far durable (the outbox commits when one is
         waiting, or when its relaxed interval has passed: ``edge_agent/fleet/outbox.py``)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -977,6 +980,42 @@ def test_the_team_award_waits_past_the_window_for_a_late_peer_s_bids_then_comes_
     assert_teams_agree(fleet, specs)
 
 
+def test_the_last_node_s_bids_leave_before_it_computes_its_award(
+    grid_fleet: SimFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 55, ninth pass: every peer waits for the last node's bids, and that node, which
+    holds every other node's bids by then, computed its team award in the same tick before
+    its bids went out with the tick's end. node4 stalls past the others' bids; in its next
+    tick its bids are on the wire before its award is computed (and the award is the same
+    everywhere once they are in)."""
+    fleet = grid_fleet
+    specs = team_tasks(20, seed=7)
+    fleet.nodes[0].engine.announce(specs)
+    fleet.stall("node4", 3)  # node0-3 bid; node4 has not seen the announcement yet
+    node4 = fleet.node("node4")
+    order: list[str] = []
+    publish, teams = node4.transport.publish, node4.engine.board.teams
+
+    def published(topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+        if topic == node4.link.topics.tasks("node4"):
+            order.append("tasks message")
+        return publish(topic, payload, qos, retain)
+
+    def award() -> dict[str, Team]:
+        order.append("award")
+        return teams()
+
+    monkeypatch.setattr(node4.transport, "publish", published)
+    monkeypatch.setattr(node4.engine.board, "teams", award)
+    fleet.tick(1)  # node4 merges the announcement and everyone's bids, bids, awards
+    assert team_awards(node4) == 1
+    assert "award" in order
+    assert "tasks message" in order[: order.index("award")]
+    monkeypatch.undo()
+    tick_until_held(fleet)
+    assert_teams_agree(fleet, specs)
+
+
 def test_a_claim_on_a_team_this_node_has_not_awarded_yet_is_no_conflict(
     grid_fleet: SimFleet,
 ) -> None:
@@ -1161,3 +1200,56 @@ def assert_one_holder_per_task_of(
     assert all(a == awards[0] for a in awards[1:])
     assert set(awards[0]) == tasks
     return awards[0]
+
+
+def test_a_team_formation_leaves_numpy_ma_unimported(tmp_path: Path) -> None:
+    """Issue 55, ninth pass: ``np.unique``/``np.union1d`` of plain values ask ``numpy.ma`` and
+    imported it (8 ms of CPU a daemon, in the middle of its first bids: on the critical path of
+    every node at once). A formation of team tasks on five nodes, in a fresh interpreter, from
+    the announcement until every member holds: ``numpy.ma`` is never imported, and each node's
+    formation marks its milestones with the thread's CPU time beside the wall clock."""
+    code = f"""
+        import sys
+        from pathlib import Path
+        from edge_agent.coordination import AuctionSettings, CoordinationSettings
+        from edge_agent.sim.gridworld import gridworld_model
+        from edge_agent_host.fleetctl.tasks import random_team_specs
+        from tests.support.coordination_harness import TICK_S, GroupSpec, SimFleet
+        grid = gridworld_model(10, 10, noise=0.1, preference_scale=0.0)
+        fleet = SimFleet(
+            Path({str(tmp_path)!r}), 5, {{"grid": GroupSpec(grid, 100, capabilities=("grid",))}},
+            CoordinationSettings(
+                auction=AuctionSettings(window_s={WINDOW_S}, done_belief=None),
+                tick_period_s=TICK_S,
+            ),
+        )
+        fleet.tick(3)
+        assert "numpy.ma" not in sys.modules  # (the test means something)
+        specs = random_team_specs(
+            10, 100, sizes=(2, 5), max_roles=3, seed=3, capability="grid", announced_by="node0"
+        )
+        fleet.nodes[0].engine.announce(specs)
+        for _ in range(60):
+            fleet.tick()
+            teams = [n.engine.board.teams() for n in fleet.nodes]
+            if len(teams[0]) == len(specs) and all(t == teams[0] for t in teams) and all(
+                t.vacant == 0 and all(m.held for m in t.members) for t in teams[0].values()
+            ):
+                break
+        else:
+            raise AssertionError("no formation")
+        f = fleet.nodes[1].engine.formation
+        assert f["opened_cpu"] <= f["bids_sent_cpu"] <= f["all_bids_cpu"]
+        assert f["opened_at"] <= f["bids_sent_at"] <= f["all_bids_at"]
+        fleet.close()
+        print("numpy.ma" in sys.modules)
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

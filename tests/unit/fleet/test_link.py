@@ -219,6 +219,32 @@ def test_events_published_offline_arrive_in_order_after_birth(
     assert seqs == sorted(seqs)
 
 
+def test_send_now_sends_what_is_stored_and_leaves_the_events_to_pump(
+    broker: MemoryBroker, node: Node
+) -> None:
+    """``send_now``: the stored messages go on the wire (committed first: a durable class),
+    and the transport's events wait for :meth:`FleetLink.pump`; offline it sends nothing."""
+    listener = Listener(broker, TOPICS.all_nodes("event"))
+    node.link.start()
+    assert node.link.send_now() == 0  # connected, but its CONNECTED event is pump's to take
+    node.link.pump()
+    for i in range(3):
+        node.link.publish_event("other", data={"n": i})
+    assert events_of(listener.messages()) == []
+    connects = node.link.stats()["connects"]
+    assert node.link.send_now() == 3
+    assert events_of(listener.messages()) == [0, 1, 2]
+    assert node.outbox.inflight == 3  # acknowledged, but the acks are pump's
+    assert node.link.stats()["connects"] == connects
+    node.link.pump()
+    assert node.outbox.depth_rows == 0
+    broker.stop()
+    node.link.pump()
+    node.link.publish_event("other", data={"n": 3})
+    assert node.link.send_now() == 0
+    assert node.outbox.depth_rows == 1
+
+
 def test_lost_acks_mean_resend_not_loss(broker: MemoryBroker, node: Node) -> None:
     listener = Listener(broker, TOPICS.all_nodes("event"))
     node.link.start()
