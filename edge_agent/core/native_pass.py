@@ -3,12 +3,13 @@
 
 A group that learns its likelihood counts (``pA``) or transition counts (``pB``) every tick
 steps its learning tick (:class:`~edge_agent.core.tick_paths.PassTick`) in
-:mod:`edge_agent.aif.kernels.native`'s pass when the model and settings are what the pass does (:func:`_kernel` says which are not): every
-agent infers, learns, the tables follow the counts, it plans and acts, agent block by agent
-block, in the arrays the group already holds (the agents' state; the counts, their masks and
-experience in the :class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each
-agent's tables), with the numbers of the numpy stages up to rounding. What the counts keep
-besides (versions, agent-ticks, the refresh) is kept by
+:mod:`edge_agent.aif.kernels.native`'s pass when the model and settings are what the pass does
+(:func:`_kernel` says which are not): every agent infers, learns, the tables follow the counts,
+it plans and acts, agent block by agent block, in the arrays the group already holds (the
+agents' state; the counts, their masks and experience in the
+:class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each agent's tables), with
+the numbers of the numpy stages up to rounding. What the counts keep besides (versions,
+agent-ticks, the refresh) is kept by
 :meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`.
 
 A scope builds its own pass from its own arrays (:meth:`AgentTables.build_pass
