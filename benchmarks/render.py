@@ -856,11 +856,12 @@ TABLES: tuple[Table, ...] = (
             "**shared** counts (every agent teaches one set of counts: a scope the peers do not "
             "have, so these ratios are not like for like), int8, its tables refreshed every tick "
             "(the peers' cadence) and every 100 ticks; and float64 refreshed every tick, the "
-            "group as a user gets it: on the T-maze (`pA`) its learning ticks step in the "
-            "**compiled pass** (docs/learning.md, \"The compiled pass\"; equal to the numpy "
-            "stages up to rounding, `tests/unit/core/test_native_pass.py`), on grid10 (`pB`) "
-            "with numpy. The peers as above (per-agent counts, every tick). Open loop, and "
-            "closed where a closed-loop run stored these rows."
+            "group as a user gets it: its learning ticks step in the **compiled pass** "
+            "(docs/learning.md, \"The compiled pass\"; equal to the numpy stages up to "
+            "rounding, `tests/unit/core/test_native_pass.py`), the T-maze's (`pA`) and, since "
+            "issue 58's shared `pB`, grid10's (its rows' stepping says which path ran them); "
+            "the int8 groups with numpy. The peers as above (per-agent counts, every tick). "
+            "Open loop, and closed where a closed-loop run stored these rows."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,

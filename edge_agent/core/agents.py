@@ -686,7 +686,8 @@ class AifAgentGroup:
             state.has_action.fill(True)
             return
         state.has_action[...] = True
-        self._stepper.drive(state, a)  # the transitions: no pass learns them
+        # the transitions (a shared pass's learned ones brought in first: the stepper's)
+        self.stepper.drive(state, a)
 
     def drive_prior(self, actions: np.ndarray) -> None:
         """The next prior from ``actions (N, F)`` without committing them: each agent keeps
@@ -699,7 +700,7 @@ class AifAgentGroup:
                 f"group {self.name!r} keeps no prior between ticks (keep_prior=False): its "
                 "prior follows from its own actions, drive_prior needs a group that keeps it"
             )
-        self._stepper.drive(state, self.inputs.actions(actions, state.n_agents))
+        self.stepper.drive(state, self.inputs.actions(actions, state.n_agents))
 
     # -- several cores -----------------------------------------------------------------------------
     @property

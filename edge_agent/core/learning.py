@@ -434,13 +434,14 @@ class GroupLearning:
 
     def learned_in_pass(self, n_agents: int, *, compiled_behind: bool, acted: int = 0) -> None:
         """A scope's one pass (:meth:`TickPass.step_tick`) learned this tick: the ``pA``
-        counts gained every agent's update, the ``pB`` counts (per agent) the update of each of
-        the ``acted`` agents that had acted, with the experience, and the tables the agents
-        infer with follow them. Keep what an update and a refresh keep besides: the versions
-        and agent-ticks of the counts, their masks the counts' support from the first refresh
-        that finds them learned on, the refreshes; ``compiled_behind`` (a shared pass): every
-        column of the learned tables counts as touched until :meth:`take_tables` brings them
-        into the compiled tables. Nothing while frozen (the pass did not learn)."""
+        counts gained every agent's update, the ``pB`` counts (each agent's own, or the one
+        set) the update of each of the ``acted`` agents that had acted, with the experience,
+        and the tables the agents infer with follow them. Keep what an update and a refresh
+        keep besides: the versions and agent-ticks of the counts, their masks the counts'
+        support from the first refresh that finds them learned on, the refreshes;
+        ``compiled_behind`` (a shared pass): every column of the learned tables counts as
+        touched until :meth:`take_tables` brings them into the compiled tables. Nothing while
+        frozen (the pass did not learn)."""
         if self.frozen:
             return
         pA, pB = self._learner.pA, self._learner.pB
@@ -457,6 +458,10 @@ class GroupLearning:
                 pB.added_in_place(acted)
             if pB.learned:
                 pB.mark_refreshed()
+                if compiled_behind:  # (shared counts) as pA's: brought in when read
+                    for touched in pB.touched:
+                        touched.fill(True)
+                    self.behind = True
         self._since_refresh = 0
         self.refreshes += 1
 

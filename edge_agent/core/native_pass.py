@@ -1,14 +1,15 @@
 """Learning in one compiled pass per tick: :class:`NativePass` (each agent its own counts) and
 :class:`SharedNativePass` (one set of counts every agent teaches).
 
-A group that learns its likelihood counts (``pA``) every tick steps its learning tick
-(:class:`~edge_agent.core.tick_paths.PassTick`) in :mod:`edge_agent.aif.kernels.native`'s pass
-when the model and settings are what the pass does (:func:`_kernel` says which are not): every
-agent infers, learns, the tables follow the counts, it plans and acts, agent block by agent
-block, in the arrays the group already holds (the agents' state; the counts, their masks and
-experience in the :class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each
-agent's tables), with the numbers of the numpy stages up to rounding. What the counts keep
-besides (versions, agent-ticks, the refresh) is kept by
+A group that learns its likelihood counts (``pA``) or transition counts (``pB``) every tick
+steps its learning tick (:class:`~edge_agent.core.tick_paths.PassTick`) in
+:mod:`edge_agent.aif.kernels.native`'s pass when the model and settings are what the pass does
+(:func:`_kernel` says which are not): every agent infers, learns, the tables follow the counts,
+it plans and acts, agent block by agent block, in the arrays the group already holds (the
+agents' state; the counts, their masks and experience in the
+:class:`~edge_agent.aif.learning_counts.DirichletCounts`; per agent, each agent's tables), with
+the numbers of the numpy stages up to rounding. What the counts keep besides (versions,
+agent-ticks, the refresh) is kept by
 :meth:`~edge_agent.core.learning.GroupLearning.learned_in_pass`.
 
 A scope builds its own pass from its own arrays (:meth:`AgentTables.build_pass
@@ -17,7 +18,8 @@ A scope builds its own pass from its own arrays (:meth:`AgentTables.build_pass
 :func:`shared_pass`); this module knows neither scope. Per agent, the pass writes each agent's
 tables in place (the stage verbs read them through the scope). Shared, the pass keeps the
 learned tables the agents infer with (one ``(O_m, S)`` table per learned modality, following the
-counts every tick) and leaves the group's compiled tables
+counts every tick; a learned factor's ``B`` on its counts' support, the columns of the actions
+taken following them every tick) and leaves the group's compiled tables
 (:class:`~edge_agent.aif.kernels.CompiledModel`: the numpy stages', the planners', what other
 parts read) behind them: the group brings those in when something reads them
 (:meth:`~edge_agent.core.learning.GroupLearning.take_tables`, one incremental refresh of the
@@ -275,9 +277,12 @@ class NativePass(_CompiledPass):
 
 class SharedNativePass(_CompiledPass):
     """The learning tick of a shared group on ``model`` (float64, as the scope has it now;
-    ``learner``: one set of ``pA`` counts every agent teaches, the tables following them every
-    tick) as one compiled pass (``kernel``); it holds the learned tables the agents infer with
-    between a refresh and the next (see the module doc)."""
+    ``learner``: one set of ``pA`` and/or ``pB`` counts every agent teaches, the tables
+    following them every tick: every column of a learned ``A``, the columns of the actions
+    taken of a learned ``B``) as one compiled pass (``kernel``); it holds the learned tables the
+    agents infer with between a refresh and the next (see the module doc). With ``pB`` the
+    tick's prior is the one the state keeps (made at the last tick with its ``B``: the numpy
+    stages' after a forget or a snapshot replaced the tables)."""
 
     #: The group's compiled tables lag the learned tables after a pass (the group brings them
     #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.take_tables`).
@@ -289,13 +294,23 @@ class SharedNativePass(_CompiledPass):
         self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int
     ) -> None:
         super().__init__(kernel, n_agents, model.num_modalities)
-        assert learner.pA is not None  # _kernel checked
-        self._counts = learner.pA
+        self._pA, self._pB = learner.pA, learner.pB
         #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
         self._own = [
             np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
-            for m in self._counts.tables
+            for m in (() if self._pA is None else self._pA.tables)
         ]
+        #: Each learned factor's entries (the support of its counts' prior, the kernel's) as
+        #: ``(action, row, col)`` into ``B``, and its values ``(1, nnz)``, the pass's own (the
+        #: columns of the actions taken written every tick).
+        self._at: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._values: list[np.ndarray] = []
+        for f in () if self._pB is None else self._pB.tables:
+            entries = kernel.learned_B[f]
+            action = np.repeat(np.arange(len(entries.start) - 1), np.diff(entries.start))
+            self._at.append((action, entries.row, entries.col))
+            self._values.append(np.zeros((1, entries.size)))
+        self._take_transitions(model)
         #: The scope's model the tables were last taken from (or brought into).
         self._synced: GenerativeModel = model
         #: The tick's prior (the group keeps the next one in its state).
@@ -309,30 +324,51 @@ class SharedNativePass(_CompiledPass):
         tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
         every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
         actions and from them the next prior, into ``state.prior`` (the group keeps it, as
-        its numpy stages do). ``model``: the scope's now (``qs_prev``: not read, the pass
-        learns no ``B``)."""
-        del qs_prev
-        counts = self._counts
+        its numpy stages do). ``model``: the scope's now; ``qs_prev``: the last tick's
+        posteriors, which a learned ``B`` learns from (this tick's written)."""
+        kernel, pA, pB = self._kernel, self._pA, self._pB
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
-            for own, m in zip(self._own, counts.tables, strict=True):
+            for own, m in zip(self._own, () if pA is None else pA.tables, strict=True):
                 np.copyto(own, model.A[m].reshape(own.shape))
+            self._take_transitions(model)
             self._synced = model
         n = len(obs)
         if len(self._p_obs) != n:  # the group was resized
             self._p_obs = np.zeros((n, self._p_obs.shape[1]))
             self._prior = [np.zeros((n, p.shape[1])) for p in self._prior]
-        self._kernel.bind_learning(self._own, counts.counts, counts.mask, counts.experience)
-        self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
-                          q_pi=state.q_pi, prior=self._prior, p_obs=self._p_obs, learn=learn,
-                          next_prior=state.prior)
+        # The masks are replaced at the first refresh and at a reset: bound every tick.
+        if pA is not None:
+            kernel.bind_learning(self._own, pA.counts, pA.mask, pA.experience)
+        normalise_all = False
+        if pB is not None:
+            kernel.bind_transitions(self._values, pB.counts, pB.mask, pB.experience)
+            # as per agent (NativePass): the agents that acted learn their transition, the
+            # columns of the actions they took follow the one set of counts after every agent
+            # learned (every column at the first refresh that finds the counts learned)
+            self.acted = int(np.count_nonzero(state.has_action[:n])) if learn else 0
+            normalise_all = learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+        if pB is not None:  # the tick's prior the one kept (made with the B of its tick)
+            for tick_prior, kept in zip(self._prior, state.prior, strict=True):
+                np.copyto(tick_prior, kept[:n])
+        kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
+                    q_pi=state.q_pi, prior=self._prior, p_obs=self._p_obs, learn=learn,
+                    next_prior=state.prior, qs_prev=None if pB is None else qs_prev,
+                    normalise_all=normalise_all, prior_given=pB is not None)
         return self._prior
+
+    def _take_transitions(self, model: GenerativeModel) -> None:
+        """Each learned factor's values from ``model``'s ``B`` (at its entries)."""
+        for values, (action, row, col), f in zip(
+            self._values, self._at, () if self._pB is None else self._pB.tables, strict=True
+        ):
+            values[0] = model.B[f][row, col, action]
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` ``(O_m, S)`` the agents infer with now: the learned ones the
         pass's, the others the model's."""
         del rows  # one table for every agent
         A = [a.reshape(a.shape[0], -1) for a in self._synced.A]
-        for own, m in zip(self._own, self._counts.tables, strict=True):
+        for own, m in zip(self._own, () if self._pA is None else self._pA.tables, strict=True):
             A[m] = own
         return A
 
@@ -383,11 +419,20 @@ def shared_pass(
 ) -> SharedNativePass | str:
     """The compiled pass of a shared group on ``model`` (``int8``: it steps with int8 codes),
     or why it steps with numpy (:func:`_kernel`; and its tables must be float64: the pass does
-    not compute in int8 codes)."""
+    not compute in int8 codes; a learned ``B``'s support within its counts' prior, whose
+    support is the pass's entries)."""
     if int8 or cm.dtype != np.float64:
         return "int8 tables (the compiled tick computes in float64)"
+    pB = learner.pB
+    entries: dict[int, native.TransitionEntries] = {}
+    for slot, f in enumerate(() if pB is None else pB.tables):
+        assert pB is not None
+        if np.any(pB.mask[slot] & (pB.prior[slot] <= 0)):
+            return f"B{f}'s support outside its counts' prior"
+        # the entries: every cell the counts can hold (their prior's support), action by action
+        entries[f] = native.support_entries(pB.prior[slot] > 0)
     found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
-                    shared=True, bound=[], entries={})
+                    shared=True, bound=[], entries=entries)
     if isinstance(found, str):
         return found
     return SharedNativePass(model, learner, found, n_agents)
@@ -399,8 +444,8 @@ def _kernel(
     entries: Mapping[int, native.TransitionEntries],
 ) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
-    with numpy: the pass learns ``pA`` (each agent its own counts or shared) and ``pB`` (each
-    agent its own: ``entries``, each learned factor's), without forgetting or novelty, in
+    with numpy: the pass learns ``pA`` and ``pB`` (each agent its own counts or shared;
+    ``entries``: each learned factor's), without forgetting or novelty, in
     float64 counts refreshed every tick, for one-step policies, deterministic marginal action
     selection and a model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in
     C-contiguous float64 arrays (the counts, their experience and ``bound``: the tables it
@@ -411,8 +456,6 @@ def _kernel(
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
         (learner.pD is not None, "pD learned (the compiled tick learns pA and pB)"),
-        (pB is not None and shared,
-         "pB learned with shared counts (the compiled tick learns pB per agent)"),
         (pA is None and pB is None, "neither pA nor pB is learned"),
         (spec.param_info_gain, "param_info_gain"),
         (spec.refresh_every != 1, f"refresh_every {spec.refresh_every}"),

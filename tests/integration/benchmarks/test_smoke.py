@@ -199,8 +199,7 @@ EXPECTED: dict[str, list[Record]] = {
           for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
           for i in ("edge-agent float64 per-agent", "edge-agent float64 learning off")],
         # The T-maze's pA and grid10's pB: the per-agent group in the compiled pass, beside it
-        # kept on numpy; the float64 shared group in the compiled pass too (grid10's shared pB:
-        # numpy, saying why).
+        # kept on numpy; the float64 shared group in the compiled pass too (pA and pB).
         *[({"bench": "learning-peers", "world": w, "n": 20, "loop": "open",
             "impl": "edge-agent float64 per-agent", "stepping": "native"},
            ("steps_per_s", "state_bytes_per_agent", "vs_numpy")) for w in ("tmaze", "grid10")],
@@ -212,9 +211,7 @@ EXPECTED: dict[str, list[Record]] = {
           "impl": "edge-agent float64 shared refresh 1", "stepping": "native"},
          ("steps_per_s", "vs_int8_refresh_1", "vs_learning_off")),
         ({"bench": "learning-peers", "world": "grid10", "n": 20, "loop": "open",
-          "impl": "edge-agent float64 shared refresh 1",
-          "stepping": ("numpy: pB learned with shared counts (the compiled tick learns pB "
-                       "per agent)")},
+          "impl": "edge-agent float64 shared refresh 1", "stepping": "native"},
          ("steps_per_s", "vs_int8_refresh_1", "vs_learning_off")),
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
           "impl": "edge-agent float64 per-agent numpy"},

@@ -22,6 +22,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.quant import encode_transition, reencode_columns
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import builtin_model, make_env
 from tests.unit.aif.kernels.test_compiled import (
     assert_same_tables,
@@ -61,13 +62,17 @@ CASES = [
 @pytest.mark.parametrize(("world", "support", "with_a", "has"), CASES,
                          ids=[f"{c[0]}-{c[1]}{'-A' if c[2] else ''}" for c in CASES])
 def test_a_learned_transition_refreshes_without_a_compile(
-    world: str, support: str, with_a: bool, has: dict[str, Any], precision: str
+    world: str, support: str, with_a: bool, has: dict[str, Any], *, precision: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A shared group learning ``B0`` (and ``A`` in some cases) refreshed every tick, pymdp's
-    cadence: every refresh after the first learned one is incremental, and after each the
-    group's compiled model equals ``compile_model`` of the model it now infers with (int8: its
-    codes), table by table; the tables a plain group on the same model steps with (those the
-    learning group was loaded with) are untouched."""
+    cadence, on the numpy stages (a float64 one steps the compiled pass otherwise, which
+    brings its tables in only when read: test_native_pass): every refresh after the first
+    learned one is incremental, and after each the group's compiled model equals
+    ``compile_model`` of the model it now infers with (int8: its codes), table by table; the
+    tables a plain group on the same model steps with (those the learning group was loaded
+    with) are untouched."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     n = 8
     model = builtin_model(world)
     plain = AifAgentGroup(model, n, precision=precision)
