@@ -144,27 +144,7 @@ def test_the_pass_is_the_numpy_stages_up_to_rounding(
             _optimal(mine.sample_action().copy(), theirs)
             mine.set_action(theirs.sample_action())
             _assert_same(mine, theirs)
-        if t % 7 == 3:  # some agents' episodes start again: their prior is D
-            who = rng.random(n) < 0.4
-            mine.reset(who)
-            theirs.reset(who)
-        if t == 20:  # frozen: the pass infers and plans with the tables, learns nothing
-            assert mine.learning.freeze()
-            assert theirs.learning.freeze()
-        if t == 26:
-            assert mine.learning.resume()
-            assert theirs.learning.resume()
-        if t == 32:  # forgotten: the counts their prior, the tables the model's again
-            mine.learning.forget()
-            theirs.learning.forget()
-        ours, others = mine.health_summary(), theirs.health_summary()
-        assert ours is not None
-        assert others is not None
-        assert ours.agent_steps == others.agent_steps
-        assert ours.measures.keys() == others.measures.keys()
-        for name, stats in ours.measures.items():
-            assert stats.n == others.measures[name].n
-            assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
+        _live_alike(mine, theirs, t, rng, freeze_at=20, resume_at=26, forget_at=32)
 
 
 @pytest.mark.parametrize("scope", ["per_agent", "shared"])
@@ -327,6 +307,36 @@ def _grid_group(n: int, *, native_tick: bool, monkeypatch: pytest.MonkeyPatch, p
     return group
 
 
+def _live_alike(mine: AifAgentGroup, theirs: AifAgentGroup, t: int,
+                rng: np.random.Generator, *, freeze_at: int, resume_at: int,
+                forget_at: int) -> None:
+    """What happens to both groups after tick ``t``: some agents' episodes start again (their
+    prior is D, no transition to learn from), learning frozen (the pass infers and plans with
+    the tables, learns nothing), resumed, forgotten (the counts their prior, the tables the
+    model's again); then their health summaries are the same."""
+    if t % 7 == 3:
+        who = rng.random(mine.n_agents) < 0.4
+        mine.reset(who)
+        theirs.reset(who)
+    if t == freeze_at:
+        assert mine.learning.freeze()
+        assert theirs.learning.freeze()
+    if t == resume_at:
+        assert mine.learning.resume()
+        assert theirs.learning.resume()
+    if t == forget_at:
+        mine.learning.forget()
+        theirs.learning.forget()
+    ours, others = mine.health_summary(), theirs.health_summary()
+    assert ours is not None
+    assert others is not None
+    assert ours.agent_steps == others.agent_steps
+    assert ours.measures.keys() == others.measures.keys()
+    for name, stats in ours.measures.items():
+        assert stats.n == others.measures[name].n
+        assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
+
+
 def _assert_same_learning(mine: AifAgentGroup, theirs: AifAgentGroup) -> None:
     """The state, every agent's ``B`` and every kind's counts, masks, experience, versions and
     agent-ticks, the refreshes and the learning's numbers, equal up to rounding."""
@@ -419,26 +429,7 @@ def test_the_pass_learning_transitions_is_the_numpy_stages_up_to_rounding(
         elif not np.array_equal(mine.action, theirs.action):
             theirs.set_action(mine.action)
         _assert_same_learning(mine, theirs)
-        if t % 7 == 3:  # some agents' episodes start again: no transition to learn from
-            who = rng.random(n) < 0.4
-            mine.reset(who)
-            theirs.reset(who)
-        if t == 17:  # frozen: the pass infers and plans with the tables, learns nothing
-            assert mine.learning.freeze()
-            assert theirs.learning.freeze()
-        if t == 22:
-            assert mine.learning.resume()
-            assert theirs.learning.resume()
-        if t == 29:  # forgotten: the counts their prior, the tables the model's again
-            mine.learning.forget()
-            theirs.learning.forget()
-        ours, others = mine.health_summary(), theirs.health_summary()
-        assert ours is not None
-        assert others is not None
-        assert ours.agent_steps == others.agent_steps
-        for name, stats in ours.measures.items():
-            assert stats.n == others.measures[name].n
-            assert stats.mean == pytest.approx(others.measures[name].mean, rel=1e-9, abs=1e-9)
+        _live_alike(mine, theirs, t, rng, freeze_at=17, resume_at=22, forget_at=29)
 
 
 @pytest.mark.parametrize("scope", ["per_agent", "shared"])
