@@ -68,6 +68,7 @@ from edge_agent.core.group_blocks import IntArray
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.aif.learning import Learner, LearningSpec
+    from edge_agent.aif.learning_counts import DirichletCounts
     from edge_agent.aif.model import GenerativeModel
     from edge_agent.aif.settings import AifSettings
     from edge_agent.aif.sparse_transitions import SparseTransitions
@@ -203,6 +204,17 @@ class _CompiledPass:
         #: This tick's p(o_m) under the prior and the tables before the update (the surprise's).
         self._p_obs = np.zeros((n_agents, num_modalities))
 
+    def _bind_transitions(self, values: list[np.ndarray], pB: DirichletCounts,
+                          has_action: np.ndarray, *, learn: bool) -> bool:
+        """Bind each learned factor's ``values`` and ``pB``'s counts (the masks are replaced
+        at the first refresh and at a reset: bound every tick). The agents that acted learn
+        their transition (the numpy stages' ``learn_B``): True when this tick's refresh makes
+        every column of ``B`` its expectation (the first that finds the counts learned); the
+        later ones renormalise the columns of the actions taken."""
+        self._kernel.bind_transitions(values, pB.counts, pB.mask, pB.experience)
+        self.acted = int(np.count_nonzero(has_action)) if learn else 0
+        return learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+
     def outcome_probabilities(
         self, obs: IntArray, rows: IntArray, joint: np.ndarray
     ) -> np.ndarray:
@@ -252,14 +264,8 @@ class NativePass(_CompiledPass):
         if pA is not None:
             kernel.bind_learning([self._tables_A[m] for m in pA.tables], pA.counts, pA.mask,
                                  pA.experience)
-        normalise_all = False
-        if pB is not None:
-            kernel.bind_transitions(self._values, pB.counts, pB.mask, pB.experience)
-            # the agents that acted learn their transition (the numpy stages' learn_B); the
-            # first refresh that finds the counts learned makes every column of every agent
-            # their expectation, the later ones each learning agent's action's columns
-            self.acted = int(np.count_nonzero(state.has_action)) if learn else 0
-            normalise_all = learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+        normalise_all = pB is not None and self._bind_transitions(
+            self._values, pB, state.has_action, learn=learn)
         kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                     q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn,
                     qs_prev=None if pB is None else qs_prev, normalise_all=normalise_all)
@@ -339,14 +345,10 @@ class SharedNativePass(_CompiledPass):
         # The masks are replaced at the first refresh and at a reset: bound every tick.
         if pA is not None:
             kernel.bind_learning(self._own, pA.counts, pA.mask, pA.experience)
-        normalise_all = False
-        if pB is not None:
-            kernel.bind_transitions(self._values, pB.counts, pB.mask, pB.experience)
-            # as per agent (NativePass): the agents that acted learn their transition, the
-            # columns of the actions they took follow the one set of counts after every agent
-            # learned (every column at the first refresh that finds the counts learned)
-            self.acted = int(np.count_nonzero(state.has_action[:n])) if learn else 0
-            normalise_all = learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+        # The columns of the actions taken follow the one set of counts after every agent
+        # learned.
+        normalise_all = pB is not None and self._bind_transitions(
+            self._values, pB, state.has_action[:n], learn=learn)
         if pB is not None:  # the tick's prior the one kept (made with the B of its tick)
             for tick_prior, kept in zip(self._prior, state.prior, strict=True):
                 np.copyto(tick_prior, kept[:n])
