@@ -97,6 +97,10 @@ class LinkLike(Protocol):
 
     def subscribe(self, pattern: str, qos: int = 1) -> None: ...
 
+    def send_now(self) -> int:
+        """Send what is published so far now, not at the tick's end (returns how many)."""
+        ...
+
 
 class MessageLike(Protocol):
     """What the engine needs of :class:`~edge_agent.fleet.link.Received`."""

@@ -161,6 +161,9 @@ class FakeLink:
     def subscribe(self, pattern: str, qos: int = 1) -> None:
         del pattern, qos
 
+    def send_now(self) -> int:
+        return 0
+
 
 # ------------------------------------------------------------------------------------- nodes
 class Node:

@@ -138,6 +138,9 @@ class RecordingLink:
         del qos
         self.patterns.append(pattern)
 
+    def send_now(self) -> int:
+        return 0
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
