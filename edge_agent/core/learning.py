@@ -448,22 +448,23 @@ class GroupLearning:
         assert pA is not None or pB is not None  # the pass learns pA, pB or both (native_pass)
         if pA is not None:
             pA.added_in_place(n_agents)
-            pA.mark_refreshed()
-            if compiled_behind:
-                for touched in pA.touched:
-                    touched.fill(True)
-                self.behind = True
+            self._refreshed_in_pass(pA, compiled_behind=compiled_behind)
         if pB is not None:  # as learn_B (no agent acted: no update) and the refresh after it
             if acted:
                 pB.added_in_place(acted)
             if pB.learned:
-                pB.mark_refreshed()
-                if compiled_behind:  # (shared counts) as pA's: brought in when read
-                    for touched in pB.touched:
-                        touched.fill(True)
-                    self.behind = True
+                self._refreshed_in_pass(pB, compiled_behind=compiled_behind)
         self._since_refresh = 0
         self.refreshes += 1
+
+    def _refreshed_in_pass(self, counts: DirichletCounts, *, compiled_behind: bool) -> None:
+        """The pass refreshed the tables of ``counts``; ``compiled_behind`` (shared counts):
+        every column counts as touched until :meth:`take_tables` brings them in."""
+        counts.mark_refreshed()
+        if compiled_behind:
+            for touched in counts.touched:
+                touched.fill(True)
+            self.behind = True
 
     @property
     def qs_prev(self) -> list[np.ndarray]:

@@ -313,7 +313,7 @@ class SharedNativePass(_CompiledPass):
         self._values: list[np.ndarray] = []
         for f in () if self._pB is None else self._pB.tables:
             entries = kernel.learned_B[f]
-            action = np.repeat(np.arange(len(entries.start) - 1), np.diff(entries.start))
+            action = native.entry_actions(entries.start)
             self._at.append((action, entries.row, entries.col))
             self._values.append(np.zeros((1, entries.size)))
         self._take_transitions(model)
@@ -392,7 +392,7 @@ def per_agent_pass(
             found_b = transitions.get(f)
             if found_b is None:
                 return f"B{f} learned on a dense support (the compiled tick takes a sparse one)"
-            if np.any(pB.mask[slot] & (pB.prior[slot] <= 0)):
+            if _outside_prior(pB, slot):
                 return f"B{f}'s support outside its counts' prior"
             entries[f] = _transition_entries(found_b)
             own.append(found_b.values)
@@ -401,6 +401,12 @@ def per_agent_pass(
     if isinstance(found, str):
         return found
     return NativePass(tables_A, learner, found, n_agents, transitions)
+
+
+def _outside_prior(pB: DirichletCounts, slot: int) -> bool:
+    """Whether the ``slot``'s counts' support (their mask) has a cell their prior has not:
+    the pass's entries are the prior's support."""
+    return bool(np.any(pB.mask[slot] & (pB.prior[slot] <= 0)))
 
 
 def _transition_entries(st: SparseTransitions) -> native.TransitionEntries:
@@ -429,7 +435,7 @@ def shared_pass(
     entries: dict[int, native.TransitionEntries] = {}
     for slot, f in enumerate(() if pB is None else pB.tables):
         assert pB is not None
-        if np.any(pB.mask[slot] & (pB.prior[slot] <= 0)):
+        if _outside_prior(pB, slot):
             return f"B{f}'s support outside its counts' prior"
         # the entries: every cell the counts can hold (their prior's support), action by action
         entries[f] = native.support_entries(pB.prior[slot] > 0)

@@ -29,8 +29,8 @@ from edge_agent.aif import joint_outcomes
 from edge_agent.arrays import distinct
 
 __all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries",
-           "frozen_nbytes", "library_path", "not_installed", "policy_reach", "scratch_doubles",
-           "support_entries", "too_large"]
+           "entry_actions", "frozen_nbytes", "library_path", "not_installed", "policy_reach",
+           "scratch_doubles", "support_entries", "too_large"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
 #: the library's (``binding.limits``). A limit added to tick.h is named here too, or the library
@@ -95,6 +95,12 @@ class TransitionEntries(NamedTuple):
     def size(self) -> int:
         """The entries (the values one agent's table holds)."""
         return len(self.row)
+
+
+def entry_actions(start: np.ndarray) -> np.ndarray:
+    """Each entry's action, from the entries' ``start`` (action ``u``'s are ``[start[u],
+    start[u + 1])``)."""
+    return np.repeat(np.arange(len(start) - 1), np.diff(start))
 
 
 def support_entries(support: np.ndarray) -> TransitionEntries:

@@ -331,7 +331,7 @@ def _without_pads(
             continue
         start, row, col, value = arrays
         keep = flat >= 0
-        action = np.repeat(np.arange(len(start) - 1), np.diff(start))[keep]
+        action = native.entry_actions(start)[keep]
         out.append((np.searchsorted(action, np.arange(len(start))).astype(np.int64),
                     row[keep], col[keep], value[keep]))
     return out
