@@ -28,6 +28,19 @@ Allocate = Callable[[int | tuple[int, ...], npt.DTypeLike], np.ndarray]
 Take = Callable[[str, np.ndarray], None]
 
 
+def fill_rows(a: np.ndarray, sel: slice | np.ndarray, row: np.ndarray) -> None:
+    """``a[sel] = row`` for ``a (N, K)`` and ``row (K,)`` (cast to ``a``'s dtype as that
+    assignment casts it): where ``a``'s rows are contiguous, each row written as one value of
+    its bytes (a row broadcast over ``N`` rows loops over them: at 1,000 T-maze agents' ``(N,
+    4)`` float32 beliefs ~9 us, this ~1.5 us); the same bytes."""
+    r = np.ascontiguousarray(row, dtype=a.dtype)
+    if a.ndim != 2 or r.ndim != 1 or a.strides[1] != a.itemsize or r.shape[0] != a.shape[1]:
+        a[sel] = row
+        return
+    whole = np.dtype(f"V{r.nbytes}")
+    a.view(whole)[sel, 0] = r.view(whole)[0]
+
+
 def snapshot_taker(state: Mapping[str, np.ndarray], group: str) -> Take:
     """The :data:`Take` of group ``group``'s snapshot ``state``: a
     :class:`~edge_agent.core.contract.StateReader` (a snapshot's arrays) has each array copied
@@ -189,8 +202,8 @@ class AgentState:
         """Agents ``sel`` start a trial: beliefs and prior ``D``, no action, uniform ``q_pi``."""
         for f, d in enumerate(D):
             if self.keeps_prior:
-                self.prior[f][sel] = d
-            self.qs[f][sel] = d
+                fill_rows(self.prior[f], sel, d)
+            fill_rows(self.qs[f], sel, d)
         if not self.keeps_prior:
             self.prior_reset[sel] = True
         self.has_action[sel] = False

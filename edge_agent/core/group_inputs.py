@@ -18,6 +18,9 @@ from edge_agent.errors import InputError
 
 __all__ = ["GroupInputs"]
 
+#: A batch's outcomes are checked this many agents' rows at a time (:meth:`GroupInputs._within`).
+_CHECK_ROWS = 64
+
 
 class GroupInputs:
     """The checks of a group whose model has ``num_obs`` outcomes per modality and
@@ -31,6 +34,10 @@ class GroupInputs:
         self.num_controls = tuple(int(u) for u in num_controls)
         self.dtype = dtype
         self._limit = np.array(self.num_obs, dtype=np.uint64)
+        #: The limits of :data:`_CHECK_ROWS` agents side by side: a batch's rows compared that
+        #: many at a time (a compare of ``(N, M)`` against ``(M,)`` loops over its ``N`` rows
+        #: of ``M`` values, a call of numpy's inner loop each).
+        self._limits = np.tile(self._limit, _CHECK_ROWS)
 
     def obs(self, obs: np.ndarray, n_agents: int) -> IntArray:
         """``obs (N, M)`` integer outcomes, each within its modality's range, as int64."""
@@ -48,10 +55,23 @@ class GroupInputs:
             values = o[0].tolist()
             ok = min(values) >= 0 and all(map(operator.lt, values, self.num_obs))
         else:  # one pass over the batch: negative outcomes wrap to huge unsigned values
-            ok = bool(np.logical_and.reduce(np.less(o.view(np.uint64), self._limit), axis=None))
+            ok = self._within(o.view(np.uint64))
         if not ok:
             self._raise_out_of_range(o)
         return o
+
+    def _within(self, o: np.ndarray) -> bool:
+        """Whether every outcome of ``o (N, M)`` (uint64) is below its modality's limit: the
+        rows :data:`_CHECK_ROWS` at a time against :attr:`_limits`, the rest against the
+        limits."""
+        whole = o.shape[0] // _CHECK_ROWS * _CHECK_ROWS
+        below = 0
+        if whole:
+            below = int(np.count_nonzero(np.less(o[:whole].reshape(-1, self._limits.shape[0]),
+                                                 self._limits)))
+        if whole < o.shape[0]:
+            below += int(np.count_nonzero(np.less(o[whole:], self._limit)))
+        return below == o.size
 
     def evidence(
         self, obs: np.ndarray | Sequence[np.ndarray], n_agents: int

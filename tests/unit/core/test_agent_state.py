@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.core.agent_state import AgentState
+from edge_agent.core.agent_state import AgentState, fill_rows
 from edge_agent.errors import InputError
 
 S, P, F = (3, 2), 4, 2
@@ -87,6 +87,25 @@ def test_a_reset_starts_a_trial_from_d() -> None:
     kept_none.commit(slice(0, 4), small=True, index=0)
     assert not kept_none.prior_reset.any()
     assert kept_none.prior_small[0] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8, 100])
+def test_rows_filled_are_the_bytes_of_the_row_assigned(dtype: type, k: int) -> None:
+    """fill_rows writes what ``a[sel] = row`` writes (the row cast to the array's dtype),
+    whether the rows are contiguous (one value of a row's bytes each) or not (strided columns,
+    a block of a wider array's columns), for a slice and for indices."""
+    rng = np.random.default_rng(k)
+    row = rng.random(k)
+    for n in (1, 7, 1000):
+        for sel in (slice(None), slice(2, 5), np.flatnonzero(rng.random(n) < 0.3)):
+            for a in (rng.random((n, k)).astype(dtype),
+                      rng.random((n, 2 * k)).astype(dtype)[:, ::2],
+                      rng.random((n, 2 * k)).astype(dtype)[:, :k]):
+                expected = a.copy()
+                expected[sel] = row
+                fill_rows(a, sel, row)
+                assert a.tobytes() == expected.tobytes()
 
 
 @pytest.mark.parametrize("keeps_prior", [True, False])

@@ -57,3 +57,20 @@ def test_actions_within_each_factors_controls() -> None:
         INPUTS.actions(np.array([[1.0], [2.0]]), 2)
     with pytest.raises(InputError, match=r"actions on factor 0 must be in \[0, 4\), got 4"):
         INPUTS.actions(np.array([[4], [0]]), 2)
+
+
+@pytest.mark.parametrize("n", [2, 63, 64, 65, 130, 1000])
+def test_a_batch_s_outcomes_are_checked_every_agent_every_modality(n: int) -> None:
+    """The rows checked 64 at a time and the rest after them: one outcome out of range
+    anywhere (either end of its modality's range, at any agent) is refused, none taken."""
+    inputs = GroupInputs((4, 3, 3), (2,), np.dtype(np.float32))
+    rng = np.random.default_rng(n)
+    obs = np.stack([rng.integers(0, o, n) for o in (4, 3, 3)], axis=1)
+    np.testing.assert_array_equal(inputs.obs(obs, n), obs)
+    for agent in sorted({0, 63 % n, 64 % n, n - 1}):
+        for m, o in enumerate((4, 3, 3)):
+            for bad in (-1, o, 2**40):
+                wrong = obs.copy()
+                wrong[agent, m] = bad
+                with pytest.raises(InputError, match=rf"obs\[{agent}, {m}\] = {bad} is out"):
+                    inputs.obs(wrong, n)
