@@ -11,6 +11,7 @@ replaces them only through :meth:`AgentState.allocate` (a resize) and :meth:`Age
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -28,17 +29,32 @@ Allocate = Callable[[int | tuple[int, ...], npt.DTypeLike], np.ndarray]
 Take = Callable[[str, np.ndarray], None]
 
 
+#: Below this many rows a reset assigns its row the plain way (:func:`fill_rows`' views cost
+#: more than the loop they save).
+FILL_ROWS_MIN = 256
+
+
 def fill_rows(a: np.ndarray, sel: slice | np.ndarray, row: np.ndarray) -> None:
     """``a[sel] = row`` for ``a (N, K)`` and ``row (K,)`` (cast to ``a``'s dtype as that
-    assignment casts it): where ``a``'s rows are contiguous, each row written as one value of
-    its bytes (a row broadcast over ``N`` rows loops over them: at 1,000 T-maze agents' ``(N,
-    4)`` float32 beliefs ~9 us, this ~1.5 us); the same bytes."""
-    r = np.ascontiguousarray(row, dtype=a.dtype)
-    if a.ndim != 2 or r.ndim != 1 or a.strides[1] != a.itemsize or r.shape[0] != a.shape[1]:
+    assignment casts it): where ``a``'s rows are contiguous and at least
+    :data:`FILL_ROWS_MIN`, each row written as one value of its bytes (a row broadcast over
+    ``N`` rows loops over them: at 1,000 T-maze agents' ``(N, 4)`` float32 beliefs about 6x the
+    instructions); the same bytes."""
+    if a.ndim != 2 or a.shape[0] < FILL_ROWS_MIN or a.strides[1] != a.itemsize:
         a[sel] = row
         return
-    whole = np.dtype(f"V{r.nbytes}")
+    r = np.ascontiguousarray(row, dtype=a.dtype)
+    if r.shape != a.shape[1:]:
+        a[sel] = row
+        return
+    whole = _row_bytes(r.nbytes)
     a.view(whole)[sel, 0] = r.view(whole)[0]
+
+
+@lru_cache(maxsize=16)
+def _row_bytes(size: int) -> np.dtype:
+    """The dtype of ``size`` bytes that :func:`fill_rows` writes a row as."""
+    return np.dtype((np.void, size))
 
 
 def snapshot_taker(state: Mapping[str, np.ndarray], group: str) -> Take:

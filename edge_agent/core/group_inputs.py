@@ -54,7 +54,9 @@ class GroupInputs:
         if n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
             values = o[0].tolist()
             ok = min(values) >= 0 and all(map(operator.lt, values, self.num_obs))
-        else:  # one pass over the batch: negative outcomes wrap to huge unsigned values
+        elif n_agents < 4 * _CHECK_ROWS:  # one pass: negative outcomes wrap to huge values
+            ok = bool(np.logical_and.reduce(np.less(o.view(np.uint64), self._limit), axis=None))
+        else:  # a large batch's rows 64 at a time
             ok = self._within(o.view(np.uint64))
         if not ok:
             self._raise_out_of_range(o)

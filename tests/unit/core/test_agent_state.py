@@ -97,7 +97,7 @@ def test_rows_filled_are_the_bytes_of_the_row_assigned(dtype: type, k: int) -> N
     a block of a wider array's columns), for a slice and for indices."""
     rng = np.random.default_rng(k)
     row = rng.random(k)
-    for n in (1, 7, 1000):
+    for n in (1, 7, 300, 1000):
         for sel in (slice(None), slice(2, 5), np.flatnonzero(rng.random(n) < 0.3)):
             for a in (rng.random((n, k)).astype(dtype),
                       rng.random((n, 2 * k)).astype(dtype)[:, ::2],

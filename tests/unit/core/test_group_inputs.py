@@ -59,7 +59,7 @@ def test_actions_within_each_factors_controls() -> None:
         INPUTS.actions(np.array([[4], [0]]), 2)
 
 
-@pytest.mark.parametrize("n", [2, 63, 64, 65, 130, 1000])
+@pytest.mark.parametrize("n", [2, 63, 64, 65, 130, 256, 257, 1000])
 def test_a_batch_s_outcomes_are_checked_every_agent_every_modality(n: int) -> None:
     """The rows checked 64 at a time and the rest after them: one outcome out of range
     anywhere (either end of its modality's range, at any agent) is refused, none taken."""
