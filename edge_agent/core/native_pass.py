@@ -464,6 +464,8 @@ def shared_pass(
     if quantized is not None and learner.pA is not None:
         return "pA of an int8 group (the compiled pass rounds only pB's columns through codes)"
     pB = learner.pB
+    if quantized is not None and (why := _fixed_local(cm, pB, n_agents)) is not None:
+        return why
     entries: dict[int, native.TransitionEntries] = {}
     for slot, f in enumerate(() if pB is None else pB.tables):
         assert pB is not None
@@ -482,6 +484,24 @@ def shared_pass(
         return SharedNativePass(model, learner, found, n_agents)
     return SharedNativePass(model, learner, found, n_agents, tables=tables, codes=codes,
                             surprise=surprise)
+
+
+def _fixed_local(
+    cm: kernels.CompiledModel, pB: DirichletCounts | None, n_agents: int
+) -> str | None:
+    """Why an int8 shared group of ``n_agents`` learning ``pB`` steps numpy's local one-step
+    planner (None: the pass takes it): above :data:`LOCAL_MEASURED` agents, a model numpy
+    plans with its local planner (grid10's) whose learned columns stay fixed (the counts' prior
+    one target in every column: a deterministic move learned on its support never moves, so the
+    numpy tick refreshes nothing and plans locally, the group's frozen tick in all but name).
+    Measured (benchmarks/notes/learning.md, issue 58, int8 shared ``pB`` on grid10's support):
+    numpy's tick 0.88x the pass's at 100 agents, 0.57x at 1,000; 1.28x at 1."""
+    if pB is None or cm.local is None or n_agents <= LOCAL_MEASURED:
+        return None
+    if not all(bool(np.all(np.count_nonzero(prior > 0, axis=0) == 1)) for prior in pB.prior):
+        return None
+    return (f"B's learned columns stay fixed and numpy's local one-step planner outruns the "
+            f"compiled pass's dense plan above {LOCAL_MEASURED} agents")
 
 
 def _kernel(

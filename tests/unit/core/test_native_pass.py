@@ -26,7 +26,7 @@ from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.native_pass import LOCAL_MEASURED, NATIVE_ENV
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 
@@ -467,7 +467,9 @@ def test_the_pass_learning_transitions_is_the_numpy_stages_up_to_rounding(
     the actions taken follow it every tick, the learned table the pass's until read; int8:
     each such column rounded through its codes, as the numpy twin keeps it)."""
     if precision == "int8" and learn_A:
-        pytest.skip("an int8 group learning pA steps with numpy (the test below)")
+        pytest.skip("an int8 group learning pA steps with numpy (the test above)")
+    if precision == "int8" and prior == "support" and n > LOCAL_MEASURED:
+        pytest.skip("numpy's local planner steps this one (the test below)")
     mine = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior=prior,
                        learn_A=learn_A, world=world, scope=scope, precision=precision)
     theirs = _grid_group(n, native_tick=False, monkeypatch=monkeypatch, prior=prior,
@@ -520,6 +522,23 @@ def test_a_restored_snapshot_of_a_pb_group_steps_on_as_the_group_it_was_taken_fr
             np.testing.assert_allclose(a, b, **close)
         np.testing.assert_allclose(second.state.q_pi, first.state.q_pi, **close)
         np.testing.assert_allclose(_transitions(second), _transitions(first), **close)
+
+
+@pytest.mark.parametrize(("n", "prior", "stepping"), [
+    (LOCAL_MEASURED, "support", "native"),
+    (LOCAL_MEASURED + 1, "reach", "native"),
+    (LOCAL_MEASURED + 1, "support", "numpy: B's learned columns stay fixed and numpy's local "
+     f"one-step planner outruns the compiled pass's dense plan above {LOCAL_MEASURED} agents"),
+])
+def test_a_large_int8_shared_group_whose_columns_stay_fixed_steps_numpy_s_local_planner(
+    n: int, prior: str, stepping: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """grid10's moves learned on their support never move: above LOCAL_MEASURED agents its
+    numpy tick (the local planner, nothing to refresh) is the cheaper."""
+    group = _grid_group(n, native_tick=True, monkeypatch=monkeypatch, prior=prior,
+                        scope="shared", precision="int8")
+    assert _stepping(group) == stepping
+    group.step(np.zeros((n, 1), dtype=np.int64))
 
 
 def test_a_pb_group_on_a_dense_support_steps_with_numpy_and_says_why(
