@@ -464,8 +464,6 @@ def shared_pass(
     if quantized is not None and learner.pA is not None:
         return "pA of an int8 group (the compiled pass rounds only pB's columns through codes)"
     pB = learner.pB
-    if quantized is not None and (why := _fixed_local(cm, pB, n_agents)) is not None:
-        return why
     entries: dict[int, native.TransitionEntries] = {}
     for slot, f in enumerate(() if pB is None else pB.tables):
         assert pB is not None
@@ -482,6 +480,9 @@ def shared_pass(
         return found
     if tables is None:
         return SharedNativePass(model, learner, found, n_agents)
+    # (after the kernel's own reasons: a group the pass would not take says those)
+    if (why := _fixed_local(cm, pB, n_agents)) is not None:
+        return why
     return SharedNativePass(model, learner, found, n_agents, tables=tables, codes=codes,
                             surprise=surprise)
 
