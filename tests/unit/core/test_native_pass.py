@@ -541,6 +541,29 @@ def test_a_large_int8_shared_group_whose_columns_stay_fixed_steps_numpy_s_local_
     group.step(np.zeros((n, 1), dtype=np.int64))
 
 
+def test_a_resized_int8_shared_pb_group_steps_on_as_the_numpy_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resized (the new agents from D, the counts and codes kept), an int8 shared group's pass
+    steps on with its float32 state as its numpy twin does."""
+    mine = _grid_group(6, native_tick=True, monkeypatch=monkeypatch, prior="reach",
+                       scope="shared", precision="int8")
+    theirs = _grid_group(6, native_tick=False, monkeypatch=monkeypatch, prior="reach",
+                         scope="shared", precision="int8")
+    assert _stepping(mine) == "native"
+    rng = np.random.default_rng(8)
+    for n in (6, 6, 6, 17, 17, 17, 17, 3, 3, 3):
+        if n != mine.n_agents:
+            mine.resize(n)
+            theirs.resize(n)
+        obs = rng.integers(0, 100, size=(n, 1))
+        actions = mine.step(obs).copy()
+        theirs.step(obs)
+        _optimal(actions, theirs, 1e-3)
+        mine.set_action(theirs.action)
+        _assert_same_learning(mine, theirs, 1e-3)
+
+
 def test_a_pb_group_on_a_dense_support_steps_with_numpy_and_says_why(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
