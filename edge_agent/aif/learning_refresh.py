@@ -109,12 +109,15 @@ def refresh_model(
     *,
     policies: np.ndarray,
     dtype: type[np.floating],
+    whole: bool = False,
 ) -> Refreshed:
     """The whole model again: every learned table whose counts were updated since they were
     last their prior is their expectation (until then the table the model was given: pymdp's
     ``update_A`` sets ``A``, not ``B``); for an int8 group (``quantized`` and ``codes``, the
     group's own from :func:`learned_codes`) a table is encoded whole at its first refresh and
-    only its touched columns after (in place, into ``codes``); compiled with ``policies`` in
+    only its touched columns after (in place, into ``codes``); ``whole``: every learned table
+    encoded whole (``codes`` are still the ones the group was loaded with, while the counts
+    were refreshed elsewhere: a shared group's compiled pass); compiled with ``policies`` in
     ``dtype``."""
     A, B, D = list(model.A), list(model.B), list(model.D)
     tables = {"A": A, "B": B, "D": D}
@@ -125,7 +128,8 @@ def refresh_model(
         for slot, index in enumerate(table.tables):
             tables[table.kind][index] = table.normalised(slot)
             if codes is not None:
-                encoded += _encode(codes, table, slot, index, tables[table.kind][index])
+                encoded += _encode(codes, table, slot, index, tables[table.kind][index],
+                                   whole=whole)
     floats = GenerativeModel.from_arrays(A, B, model.C, D, model.E)
     source: GenerativeModel | QuantizedModel = floats
     if quantized is not None and codes is not None:
@@ -298,13 +302,14 @@ def normalise_agent_tables(counts: np.ndarray, out: np.ndarray) -> None:
 
 
 def _encode(
-    codes: Codes, counts: DirichletCounts, slot: int, index: int, table: np.ndarray
+    codes: Codes, counts: DirichletCounts, slot: int, index: int, table: np.ndarray, *,
+    whole: bool = False,
 ) -> int:
     """The int8 form of one learned table into ``codes``: whole at its first refresh (its
-    support becomes the counts' and stays so), then only the columns touched since the last
-    refresh. Returns the columns encoded."""
+    support becomes the counts' and stays so) or when asked (``whole``), then only the columns
+    touched since the last refresh. Returns the columns encoded."""
     kind = counts.kind
-    if kind == "D" or not counts.refreshed:
+    if kind == "D" or not counts.refreshed or whole:
         codes[kind][index] = encode_transition(table) if kind == "B" else encode_log_u8(table)
         return int(np.prod(table.shape[1:]))
     return reencode_columns(codes[kind][index], table, counts.touched[slot])

@@ -55,12 +55,12 @@ unmeasured (the tests of its results); read when the group is made.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_agent.aif import kernels
+from edge_agent.aif import kernels, quant
 from edge_agent.aif.kernels import native
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import IntArray
@@ -70,8 +70,10 @@ if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.learning_counts import DirichletCounts
     from edge_agent.aif.model import GenerativeModel
+    from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
     from edge_agent.aif.sparse_transitions import SparseTransitions
+    from edge_agent.core.surprise import OutcomeProbabilities
 
 __all__ = [
     "LOCAL_MEASURED",
@@ -282,13 +284,20 @@ class NativePass(_CompiledPass):
 
 
 class SharedNativePass(_CompiledPass):
-    """The learning tick of a shared group on ``model`` (float64, as the scope has it now;
-    ``learner``: one set of ``pA`` and/or ``pB`` counts every agent teaches, the tables
-    following them every tick: every column of a learned ``A``, the columns of the actions
-    taken of a learned ``B``) as one compiled pass (``kernel``); it holds the learned tables the
-    agents infer with between a refresh and the next (see the module doc). With ``pB`` the
-    tick's prior is the one the state keeps (made at the last tick with its ``B``: the numpy
-    stages' after a forget or a snapshot replaced the tables)."""
+    """The learning tick of a shared group on ``model`` (as the scope has it now; ``learner``:
+    one set of ``pA`` and/or ``pB`` counts every agent teaches, the tables following them every
+    tick: every column of a learned ``A``, the columns of the actions taken of a learned ``B``)
+    as one compiled pass (``kernel``); it holds the learned tables the agents infer with between
+    a refresh and the next (see the module doc). With ``pB`` the tick's prior is the one the
+    state keeps (made at the last tick with its ``B``: the numpy stages' after a forget or a
+    snapshot replaced the tables).
+
+    An int8 group (``codes``: the scope's int8 codes now, read whenever its model was replaced;
+    ``pB`` only) infers and plans with the tables its codes decode to, as its numpy twin does:
+    ``tables`` (those codes decoded when the pass was made: the likelihood, which nothing learns
+    here), the learned ``B`` taken from the codes decoded, and the pass rounds each column it
+    makes its counts' expectation through the codes (``quantise_B``, tick.h). Its surprise is
+    its twin's (``surprise``: the scope's, under the float tables the counts normalise to)."""
 
     #: The group's compiled tables lag the learned tables after a pass (the group brings them
     #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.take_tables`).
@@ -297,10 +306,16 @@ class SharedNativePass(_CompiledPass):
     makes_prior = False
 
     def __init__(
-        self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int
+        self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int, *,
+        tables: GenerativeModel | None = None,
+        codes: Callable[[], QuantizedModel | None] | None = None,
+        surprise: OutcomeProbabilities | None = None,
     ) -> None:
         super().__init__(kernel, n_agents, model.num_modalities)
         self._pA, self._pB = learner.pA, learner.pB
+        #: int8: the tables the codes decode to (the likelihood the agents infer with), the
+        #: scope's codes and its surprise (see the class doc); None for float64.
+        self._tables, self._codes, self._surprise = tables, codes, surprise
         #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
         self._own = [
             np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
@@ -320,7 +335,8 @@ class SharedNativePass(_CompiledPass):
         #: The scope's model the tables were last taken from (or brought into).
         self._synced: GenerativeModel = model
         #: The tick's prior (the group keeps the next one in its state).
-        self._prior = [np.zeros((n_agents, s)) for s in model.num_states]
+        self._prior = [np.zeros((n_agents, s), dtype=kernel.state_dtype)
+                       for s in model.num_states]
 
     def step_tick(
         self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
@@ -341,7 +357,7 @@ class SharedNativePass(_CompiledPass):
         n = len(obs)
         if len(self._p_obs) != n:  # the group was resized
             self._p_obs = np.zeros((n, self._p_obs.shape[1]))
-            self._prior = [np.zeros((n, p.shape[1])) for p in self._prior]
+            self._prior = [np.zeros((n, p.shape[1]), dtype=p.dtype) for p in self._prior]
         # The masks are replaced at the first refresh and at a reset: bound every tick.
         if pA is not None:
             kernel.bind_learning(self._own, pA.counts, pA.mask, pA.experience)
@@ -359,17 +375,29 @@ class SharedNativePass(_CompiledPass):
         return self._prior
 
     def _take_transitions(self, model: GenerativeModel) -> None:
-        """Each learned factor's values from ``model``'s ``B`` (at its entries)."""
+        """Each learned factor's values from ``model``'s ``B`` (at its entries); an int8
+        group's from its codes now, decoded."""
+        quantized = None if self._codes is None else self._codes()
         for values, (action, row, col), f in zip(
             self._values, self._at, () if self._pB is None else self._pB.tables, strict=True
         ):
-            values[0] = model.B[f][row, col, action]
+            B = model.B[f] if quantized is None else quant.decode_transition(quantized.B[f])
+            values[0] = B[row, col, action]
+
+    def outcome_probabilities(
+        self, obs: IntArray, rows: IntArray, joint: np.ndarray
+    ) -> np.ndarray:
+        """See :meth:`_CompiledPass.outcome_probabilities`; an int8 group's, its numpy twin's
+        (the scope's ``surprise``)."""
+        if self._surprise is not None:
+            return self._surprise(obs, rows, joint)
+        return super().outcome_probabilities(obs, rows, joint)
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` ``(O_m, S)`` the agents infer with now: the learned ones the
         pass's, the others the model's."""
         del rows  # one table for every agent
-        A = [a.reshape(a.shape[0], -1) for a in self._synced.A]
+        A = [a.reshape(a.shape[0], -1) for a in (self._tables or self._synced).A]
         for own, m in zip(self._own, () if self._pA is None else self._pA.tables, strict=True):
             A[m] = own
         return A
@@ -422,15 +450,19 @@ def _transition_entries(st: SparseTransitions) -> native.TransitionEntries:
 
 
 def shared_pass(
-    model: GenerativeModel, *, int8: bool, learner: Learner, spec: LearningSpec,
-    cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
+    model: GenerativeModel, *, quantized: QuantizedModel | None, learner: Learner,
+    spec: LearningSpec, cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
+    codes: Callable[[], QuantizedModel | None] | None = None,
+    surprise: OutcomeProbabilities | None = None,
 ) -> SharedNativePass | str:
-    """The compiled pass of a shared group on ``model`` (``int8``: it steps with int8 codes),
-    or why it steps with numpy (:func:`_kernel`; and its tables must be float64: the pass does
-    not compute in int8 codes; a learned ``B``'s support within its counts' prior, whose
-    support is the pass's entries)."""
-    if int8 or cm.dtype != np.float64:
-        return "int8 tables (the compiled tick computes in float64)"
+    """The compiled pass of a shared group on ``model`` (``quantized``: the int8 codes it steps
+    with, None for float64), or why it steps with numpy (:func:`_kernel`; a learned ``B``'s
+    support within its counts' prior, whose support is the pass's entries). An int8 group
+    learning ``pB`` only (``codes``: the scope's codes now; ``surprise``: the scope's) infers and
+    plans with its codes decoded, each learned column rounded through its codes as its numpy
+    twin's (see :class:`SharedNativePass`); one that learns ``pA`` steps with numpy."""
+    if quantized is not None and learner.pA is not None:
+        return "pA of an int8 group (the compiled pass rounds only pB's columns through codes)"
     pB = learner.pB
     entries: dict[int, native.TransitionEntries] = {}
     for slot, f in enumerate(() if pB is None else pB.tables):
@@ -439,17 +471,44 @@ def shared_pass(
             return f"B{f}'s support outside its counts' prior"
         # the entries: every cell the counts can hold (their prior's support), action by action
         entries[f] = native.support_entries(pB.prior[slot] > 0)
-    found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
-                    shared=True, bound=[], entries=entries)
+    # an int8 group's tables: its codes decoded (those its numpy kernels compile)
+    tables = None if quantized is None else quantized.dequantize()
+    found = _kernel(tables or model, learner, spec, cm=cm, settings=settings,
+                    n_agents=n_agents, shared=True, bound=[], entries=entries,
+                    quantise_B=quantized is not None)
     if isinstance(found, str):
         return found
-    return SharedNativePass(model, learner, found, n_agents)
+    if tables is None:
+        return SharedNativePass(model, learner, found, n_agents)
+    # (after the kernel's own reasons: a group the pass would not take says those)
+    if (why := _fixed_local(cm, pB, n_agents)) is not None:
+        return why
+    return SharedNativePass(model, learner, found, n_agents, tables=tables, codes=codes,
+                            surprise=surprise)
+
+
+def _fixed_local(
+    cm: kernels.CompiledModel, pB: DirichletCounts | None, n_agents: int
+) -> str | None:
+    """Why an int8 shared group of ``n_agents`` learning ``pB`` steps numpy's local one-step
+    planner (None: the pass takes it): above :data:`LOCAL_MEASURED` agents, a model numpy
+    plans with its local planner (grid10's) whose learned columns stay fixed (the counts' prior
+    one target in every column: a deterministic move learned on its support never moves, so the
+    numpy tick refreshes nothing and plans locally, the group's frozen tick in all but name).
+    Measured (benchmarks/notes/learning.md, issue 58, int8 shared ``pB`` on grid10's support):
+    numpy's tick 0.88x the pass's at 100 agents, 0.57x at 1,000; 1.28x at 1."""
+    if pB is None or cm.local is None or n_agents <= LOCAL_MEASURED:
+        return None
+    if not all(bool(np.all(np.count_nonzero(prior > 0, axis=0) == 1)) for prior in pB.prior):
+        return None
+    return (f"B's learned columns stay fixed and numpy's local one-step planner outruns the "
+            f"compiled pass's dense plan above {LOCAL_MEASURED} agents")
 
 
 def _kernel(
     model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
-    entries: Mapping[int, native.TransitionEntries],
+    entries: Mapping[int, native.TransitionEntries], quantise_B: bool = False,
 ) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` and ``pB`` (each agent its own counts or shared;
@@ -457,7 +516,8 @@ def _kernel(
     float64 counts refreshed every tick, for one-step policies, deterministic marginal action
     selection and a model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in
     C-contiguous float64 arrays (the counts, their experience and ``bound``: the tables it
-    writes)."""
+    writes). The agents' state is in ``cm``'s dtype (an int8 group's float32); ``quantise_B``:
+    the learned columns rounded through int8 codes (an int8 group's)."""
     s = spec.settings
     policies = cm.tree.policies
     pA, pB = learner.pA, learner.pB
@@ -499,5 +559,5 @@ def _kernel(
         gamma=float(settings.gamma), num_iter=settings.num_iter, dF_tol=settings.dF_tol,
         lr=s.lr_pA, use_utility=settings.use_utility,
         use_info_gain=settings.use_states_info_gain, shared_counts=shared,
-        learned_B=entries, lr_B=s.lr_pB,
+        learned_B=entries, lr_B=s.lr_pB, state_dtype=cm.dtype.type, quantise_B=quantise_B,
     )

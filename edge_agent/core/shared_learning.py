@@ -62,6 +62,10 @@ class SharedTables:
         #: What the group was loaded with: :meth:`restore_loaded` goes back to it.
         self._loaded = (model, quantized, cm)
         self._codes: Codes | None = None
+        #: Whether the learned tables' codes were encoded from their counts (whole) since they
+        #: were copied from the loaded ones: a compiled pass marks the counts refreshed without
+        #: encoding, so the first refresh after a copy encodes them whole.
+        self._codes_encoded = False
         #: The counts' versions at the last refresh (None: the next refresh is a full one).
         self._versions: dict[str, int] | None = None
         #: Every modality's codes decoded (int8, past the first incremental refresh: only the
@@ -86,8 +90,10 @@ class SharedTables:
         numpy (:attr:`native_reason`: :func:`~edge_agent.core.native_pass.shared_pass`)."""
         from edge_agent.core.native_pass import shared_pass  # noqa: PLC0415 - it learns
 
-        found = shared_pass(self._model, int8=self._quantized is not None, learner=learner,
-                            spec=spec, cm=cm, settings=settings, n_agents=n_agents)
+        found = shared_pass(self._model, quantized=self._quantized, learner=learner,
+                            spec=spec, cm=cm, settings=settings, n_agents=n_agents,
+                            codes=lambda: self._quantized,
+                            surprise=self.outcome_probabilities)
         if isinstance(found, str):
             self.native_reason = found
         else:
@@ -133,6 +139,7 @@ class SharedTables:
             return None
         if self._codes is None:
             self._codes = learned_codes(self._quantized, learner.counts)
+            self._codes_encoded = False
         return self._codes
 
     def refresh(
@@ -153,8 +160,9 @@ class SharedTables:
         self._forget_derived()
         refreshed = refresh_model(
             self._model, self._quantized, codes, learner.counts,
-            policies=cm.tree.policies, dtype=self._dtype,
+            policies=cm.tree.policies, dtype=self._dtype, whole=not self._codes_encoded,
         )
+        self._codes_encoded = any(counts.learned for counts in learner.counts)
         for counts in learner.counts:
             if counts.learned:
                 counts.mark_refreshed()
@@ -213,9 +221,10 @@ class SharedTables:
 
     def _tables_follow(self, learner: Learner) -> bool:
         """Whether the incremental refresh may apply: every table learned so far follows its
-        counts (past its first refresh) and ``D`` did not move since the last refresh."""
+        counts (past its first refresh; int8: its codes encoded from them since they were
+        copied) and ``D`` did not move since the last refresh."""
         versions = self._versions
-        if versions is None:
+        if versions is None or (self._quantized is not None and not self._codes_encoded):
             return False
         if any(counts.learned and not counts.refreshed for counts in learner.counts):
             return False
@@ -238,6 +247,7 @@ class SharedTables:
         codes are copied again at the next refresh)."""
         self._model, self._quantized, cm = self._loaded
         self._codes = None
+        self._codes_encoded = False
         self._forget_derived()
         return cm
 

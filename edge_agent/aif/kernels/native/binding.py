@@ -125,6 +125,7 @@ class _Model(ctypes.Structure):
         ("normalise_all", _i64),  # int64_t
         ("lnL", _p),  # const double *: (prod_m O_m, S)
         ("lnQ1", _p),  # const double *: (prod_m O_m, sum S_f)
+        ("quantise_B", _i64),  # int64_t
     ]
 
 
@@ -370,7 +371,9 @@ class NativeTick:
     one set every agent teaches; ``supports[m]`` ``(O_m, S)``: where modality ``m``'s table can
     be non-zero (its counts' support, a learned one's). Nothing learned: the agents infer, plan
     and act (a frozen group). ``state_dtype``: the agents' beliefs, priors, ``G`` and ``q_pi``
-    (float64, or an int8 group's float32: read and written as they are). Sizes within the
+    (float64, or an int8 group's float32: read and written as they are). ``quantise_B`` (shared
+    counts, an int8 group): each learned column of ``B`` that follows its counts is then its
+    log-u8 codes decoded, as the group's numpy twin keeps it (tick.h). Sizes within the
     library's limits (:func:`limits`, ``too_large``); ``library``: :func:`load`'s (default: the
     package's)."""
 
@@ -381,7 +384,7 @@ class NativeTick:
         num_iter: int, dF_tol: float, lr: float, use_utility: bool, use_info_gain: bool,
         shared_counts: bool, library: ctypes.CDLL | None = None,
         learned_B: Mapping[int, TransitionEntries] | None = None, lr_B: float = 0.0,
-        state_dtype: type[np.floating] = np.float64,
+        state_dtype: type[np.floating] = np.float64, quantise_B: bool = False,
     ) -> None:
         num_states = [b.shape[0] for b in B]
         num_controls = [b.shape[2] for b in B]
@@ -490,7 +493,7 @@ class NativeTick:
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
-            None if self.lnL is None else _addr(self.lnL), None)
+            None if self.lnL is None else _addr(self.lnL), None, int(quantise_B))
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")

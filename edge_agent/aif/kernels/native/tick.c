@@ -253,6 +253,69 @@ static void normalise_b(const sparse_b *bm, const int64_t *flat, const double *c
         values[e] = flat[e] >= 0 ? counts[flat[e]] / total[bm->col[e]] : 0.0;
 }
 
+/* An int8 group's twin (tick_model.quantise_B): the columns of action u of a learned factor's
+ * transitions (values, in its sparse_b's order, each its counts' expectation) become what its
+ * numpy twin keeps: each column's log-u8 codes (edge_agent/aif/quant.py's encode_log_u8: top
+ * the log of its largest value, the floor the log of its smallest non-zero one but at most
+ * Q_RANGE below, 254 steps between, codes rounded half to even; top and step kept as float)
+ * decoded and renormalised (decode_log_u8). A zero value (a pad) has the zero code and stays 0.
+ * The logs and exps are tick_vmath's (libmvec, within 4 ulp), Q_CHUNK entries at a time: the
+ * same codes as numpy's but where a value lies within a few ulp of the edge between two codes
+ * (then one step apart: inside the int8 path's bound). */
+#define Q_RANGE 24.0
+#define Q_MAX_CODE 254.0
+#define Q_CHUNK 256
+static void quantise_b(const sparse_b *bm, double *values, int64_t u, int64_t s_f) {
+    double largest[MAX_S], smallest[MAX_S], top[MAX_S], low[MAX_S], step[MAX_S];
+    double top32[MAX_S], step32[MAX_S], total[MAX_S], logs[Q_CHUNK];
+    for (int64_t i = 0; i < s_f; i++) {
+        largest[i] = 0.0;
+        smallest[i] = 0.0;
+        total[i] = 0.0;
+    }
+    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
+        const double v = values[e];
+        const int64_t c = bm->col[e];
+        if (v > 0.0) {
+            if (v > largest[c]) largest[c] = v;
+            if (smallest[c] == 0.0 || v < smallest[c]) smallest[c] = v;
+        }
+    }
+    for (int64_t i = 0; i < s_f; i++)  /* a column without entries: logs of 1, unused */
+        if (largest[i] <= 0.0) largest[i] = smallest[i] = 1.0;
+    tick_log(largest, top, s_f, 0.0);
+    tick_log(smallest, low, s_f, 0.0);
+    for (int64_t i = 0; i < s_f; i++) {
+        if (low[i] < top[i] - Q_RANGE) low[i] = top[i] - Q_RANGE;
+        step[i] = (top[i] - low[i]) / Q_MAX_CODE;
+        top32[i] = (double)(float)top[i];
+        step32[i] = (double)(float)step[i];
+    }
+    for (int64_t first = bm->start[u]; first < bm->start[u + 1]; first += Q_CHUNK) {
+        const int64_t count = bm->start[u + 1] - first < Q_CHUNK ? bm->start[u + 1] - first
+                                                                 : Q_CHUNK;
+        double *v = values + first;
+        const int64_t *col = bm->col + first;
+        /* a pad (0) is logged as 1 and written back 0 */
+        for (int64_t j = 0; j < count; j++) logs[j] = v[j] > 0.0 ? v[j] : 1.0;
+        tick_log_inplace(logs, count, 0.0);
+        for (int64_t j = 0; j < count; j++) {
+            const int64_t c = col[j];
+            const double logp = logs[j] < low[c] ? low[c] : logs[j];
+            double code = rint((top[c] - logp) / (step[c] > 0.0 ? step[c] : 1.0));
+            if (code > Q_MAX_CODE) code = Q_MAX_CODE;
+            logs[j] = top32[c] - code * step32[c];
+        }
+        tick_exp_inplace(logs, count);
+        for (int64_t j = 0; j < count; j++) {
+            v[j] = v[j] > 0.0 ? logs[j] : 0.0;
+            total[col[j]] += v[j];
+        }
+    }
+    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
+        if (values[e] > 0.0) values[e] /= total[bm->col[e]];
+}
+
 /* pymdp's calc_free_energy of the factors' q (log_q: their logs), without the likelihood term
  * when log_lik is NULL; joint: scratch. */
 INLINE void free_energy(const tick_model *m, lane *const *q, lane *const *log_q,
@@ -865,9 +928,12 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
         for (int64_t f = 0; f < m->factors; f++) {
             if (m->pB[f] == NULL) continue;
             for (int64_t u = 0; u < m->num_controls[f]; u++)
-                if (m->normalise_all || taken[f][u])
+                if (m->normalise_all || taken[f][u]) {
                     normalise_b(&m->B[f], m->B_flat[f], m->pB[f], m->B_values[f], u,
                                 m->num_states[f]);
+                    if (m->quantise_B)
+                        quantise_b(&m->B[f], m->B_values[f], u, m->num_states[f]);
+                }
         }
     }
     for (int64_t first = 0; first < m->n; first += BLK) {

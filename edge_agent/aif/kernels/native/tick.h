@@ -67,7 +67,11 @@ typedef struct {
  * joint, products and sums not made per tick). state_f32 1: the state's beliefs,
  * priors, G and q_pi (tick_state's void pointers) are float (an int8 group's), else double: the
  * pass computes in double either way. prior_given 1: the tick's prior is st->prior as the caller
- * keeps it (read; the next prior written there when next_prior is the same), else made. */
+ * keeps it (read; the next prior written there when next_prior is the same), else made.
+ * quantise_B 1 (shared counts, an int8 group): each learned column of B made its counts'
+ * expectation is then what its numpy twin keeps, its log-u8 codes (edge_agent/aif/quant.py's
+ * encode_log_u8, per column) decoded and renormalised (decode_log_u8); the codes are not kept
+ * (the twin encodes them from the counts when its tables are read). */
 #define TICK_MODEL_FIELDS(X)                                                              \
     X(int64_t, n)                         /* agents of this call */                       \
     X(int64_t, factors)                   /* F */                                         \
@@ -127,7 +131,10 @@ typedef struct {
     X(const double *, lnQ1)               /* (prod_m O_m, sum S_f): the mean-field iteration's \
                                            * first step of every joint outcome, less the    \
                                            * log prior (edge_tick_first_step of lnL); NULL: \
-                                           * made */
+                                           * made */                                       \
+    X(int64_t, quantise_B)                /* 1 (shared counts): each learned column that   \
+                                           * follows its counts is then its log-u8 codes   \
+                                           * decoded (an int8 group's numpy twin's) */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
