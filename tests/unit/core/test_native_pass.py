@@ -14,6 +14,8 @@ C compiler present): its absence fails here, saying how to get it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,17 @@ from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.native_pass import LOCAL_MEASURED, NATIVE_ENV
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
+from tests.support.native_tick import SANITIZED_ENV
+
+
+@pytest.fixture(autouse=True)
+def _the_sanitized_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In test_recipe.py's sanitized subprocess (:data:`SANITIZED_ENV` set: the build's path),
+    every group's compiled pass runs on the AddressSanitizer + UBSan build."""
+    where = os.environ.get(SANITIZED_ENV)
+    if where is not None:
+        monkeypatch.setattr(binding, "_LIBRARY", binding.load(Path(where)))
+
 
 TOL = {"rtol": 0.0, "atol": 1e-9}
 MODALITY = 1

@@ -40,10 +40,11 @@ def test_the_sources_build_with_warnings_as_errors() -> None:
         assert binding.mismatch(binding.layout(binding.load(built))) is None
 
 
-def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The equality suite's cases of the sanitized build (``args``: pytest's selection), run
-    against ``library`` in a process that loads the ASan runtime first (not captured: a
-    report comes as the process ends)."""
+def _under_sanitizers(library: Path, *args: str,
+                      suite: Path = SUITE) -> subprocess.CompletedProcess[str]:
+    """The equality cases of ``suite`` (default: the compiled tick's equality suite; ``args``:
+    pytest's selection), run against ``library`` in a process that loads the ASan runtime
+    first (not captured: a report comes as the process ends)."""
     env = {**os.environ, SANITIZED_ENV: str(library),
            "LD_PRELOAD": str(recipe.asan_runtime()),
            # CPython frees nothing at exit: leaks are not the tick's
@@ -51,7 +52,7 @@ def _under_sanitizers(library: Path, *args: str) -> subprocess.CompletedProcess[
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=98"}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-o", "addopts=", str(SUITE.relative_to(REPO)), *args],
+         "-o", "addopts=", str(suite.relative_to(REPO)), *args],
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
 
 
@@ -74,6 +75,25 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
              + 3 + len(SIZES))
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
+    assert "Sanitizer" not in done.stderr, report
+
+
+#: The groups' compiled passes learning ``B`` (tests/unit/core/test_native_pass.py), 13 agents
+#: (a whole block of 8 and a part), each scope and precision: per agent and shared float64, and
+#: shared int8 (each column rounded through its codes, ``quantise_b``), on grid10's ``reach``
+#: prior (every move's columns learned each tick).
+PASS_SUITE = REPO / "tests" / "unit" / "core" / "test_native_pass.py"
+PASS_CASES = "transitions_is_the_numpy_stages and 13-reach-False-grid10"
+
+
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
+def test_the_groups_passes_learning_transitions_run_clean_under_the_sanitizers() -> None:
+    done = _under_sanitizers(native_builds.build("sanitized"), "-k", PASS_CASES,
+                             suite=PASS_SUITE)
+    report = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, report
+    assert re.search(r"\b3 passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
 
 
