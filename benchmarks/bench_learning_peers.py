@@ -73,7 +73,7 @@ whose ``ticks_to_relearn`` are printed as they are.
 
     python benchmarks/bench_learning_peers.py [--agents 1,1000,10000] [--seconds 1]
         [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--closed-loop]
-        [--frozen] [--policy-len 1,2] [--smoke]
+        [--frozen] [--policy-len 1,2] [--worlds tmaze,grid10,grid2f] [--smoke]
 
 ``--per-agent-only``: the per-agent rows, learning off and the peers (no shared int8 rows);
 ``--no-reversal``: without the reversal runs.
@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="each implementation acts in its own world (its step timed)")
     parser.add_argument("--frozen", action="store_true",
                         help="nobody learns: the frozen rows (int8 and float64 against the peers)")
+    parser.add_argument("--worlds", default=None,
+                        help="comma-separated worlds to run (tmaze,grid10; frozen: and grid2f)")
     parser.add_argument("--policy-len", default="1",
                         help="comma-separated policy lengths of the frozen rows (1,2)")
     parser.add_argument("--smoke", action="store_true", help="edge-agent only, tiny, for CI")
@@ -353,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke and not args.frozen:
         passes.append((True, agents[-1:], True, True, [1, 2]))
     worlds = FROZEN_WORLDS if args.frozen and not args.smoke else WORLDS
+    if args.worlds:
+        named = args.worlds.split(",")
+        unknown = set(named) - {w for w, _, _ in worlds}
+        if unknown:
+            known = [w for w, _, _ in worlds]
+            parser.error(f"--worlds: no world {sorted(unknown)} here (of {known})")
+        worlds = tuple(w for w in worlds if w[0] in named)
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         for world, kind, index in worlds:
             workload = Path(tmp) / f"{world}.npz"
