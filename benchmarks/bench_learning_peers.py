@@ -55,18 +55,20 @@ with its own learned table, and its float64 counts).
 off``, the daemon's everyday group, in the compiled tick or on numpy as it measured faster when
 it was made: ``stepping`` says which) and the float64 one (``edge-agent float64 learning off``)
 against pymdp 0.0.7.1 and 1.0.4 without counts; ``vs_pymdp_104`` and ``vs_best_peer`` on the
-edge rows. The frozen rows take a third world, grid2f (``edge_agent.sim.grid2f``: two factors,
-a cue cell and two goal cells, trials of 5 steps; ``mean_reward`` as on the T-maze), and
-``--policy-len 1,2`` measures them at each policy length (every row says its ``policy_len``):
-every side plans every pair of actions (pymdp's ``construct_policies``), the expected free
-energy summed over both steps. Every frozen row says how its agents plan as read from them
-(``planning``: the policy set's size and digest, ``gamma``, the information gains) and
-``same_planning``, whether that is the same on every row of its case; and, per pymdp row of the
-case, the share of its agents whose first action (every side sees the same first observations)
-is optimal within 1e-3 under that peer's posterior over policies
+edge rows, and ``vs_pymdp_104_cpu``, the same over each process's CPU time (``cpu_steps_per_s``:
+less sensitive to the load of a shared machine than wall time, which the rows of one case, measured
+one after the other, do not share). The frozen rows take a third world, grid2f
+(``edge_agent.sim.grid2f``: two factors, a cue cell and two goal cells, trials of 5 steps;
+``mean_reward`` as on the T-maze), and ``--policy-len 1,2`` measures them at each policy length
+(every row says its ``policy_len``): every side plans every pair of actions (pymdp's
+``construct_policies``), the expected free energy summed over both steps. Every frozen row says how
+its agents plan as read from them (``planning``: the policy set's size and digest, ``gamma``, the
+information gains) and ``same_planning``, whether that is the same on every row of its case; and,
+per pymdp row of the case, the share of its agents whose first action (every side sees the same
+first observations) is optimal within 1e-3 under that peer's posterior over policies
 (``first_action_optimal_under_1.0.4``, ``..._0.0.7.1``; :func:`bench_peers.
-first_action_agreement`). What the agents achieved is counted over the ticks that the int8
-group and pymdp 1.0.4 both ran.
+first_action_agreement`). What the agents achieved is counted over the ticks that the int8 group
+and pymdp 1.0.4 both ran.
 
 The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with forgetting),
 whose ``ticks_to_relearn`` are printed as they are.
@@ -305,6 +307,9 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             rate = by_name.get(other, {}).get("steps_per_s")
             if rate:
                 out[field] = round(rec["steps_per_s"] / rate, 2)
+            cpu = by_name.get(other, {}).get("cpu_steps_per_s")
+            if frozen and cpu and rec.get("cpu_steps_per_s"):  # the same over CPU time
+                out[field + "_cpu"] = round(rec["cpu_steps_per_s"] / cpu, 2)
         print(json.dumps(out), flush=True)
 
 

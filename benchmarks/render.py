@@ -733,7 +733,11 @@ TABLES: tuple[Table, ...] = (
             "against numpy when it is made and keeps the cheaper, `stepping` says which and why) "
             "and float64, against pymdp 1.0.4 (one batched `Agent`, the tick jitted) and pymdp "
             "0.0.7.1 (`*`: measured on at most 100 agents, its rate does not depend on `N`) "
-            "without counts. Agent-steps/s; ratios over pymdp 1.0.4 and over the better peer. "
+            "without counts. Agent-steps/s of wall time; ratios over pymdp 1.0.4 and over the "
+            "better peer, and over pymdp 1.0.4 in each process's CPU time (`same, CPU time`: the "
+            "rows of a case run one after the other, each under the shared machine's load of "
+            "its moment, which CPU time feels less than wall time; where that column is empty "
+            "the run predates it). "
             "Planned alike: the policies, their number, gamma and the information gains as each "
             "side's agents hold them, the same on every row of the case (`same`); first action "
             "optimal: the share of the int8 group's agents whose first action (every side sees "
@@ -777,6 +781,7 @@ TABLES: tuple[Table, ...] = (
             Column("policy length", "policy_len"),
             Column("agents", "n", ",d"),
             Column("int8 / pymdp 1.0.4", "vs_pymdp_104", ".2f", suffix="x", of=INT8_OFF),
+            Column("same, CPU time", "vs_pymdp_104_cpu", ".2f", suffix="x", of=INT8_OFF),
             Column("int8 / best peer", "vs_best_peer", ".2f", suffix="x", of=INT8_OFF),
             Column("edge-agent int8", "steps_per_s", ",.0f", of=INT8_OFF),
             Column("edge-agent float64", "steps_per_s", ",.0f",

@@ -51,23 +51,23 @@ summed over both steps, the action the first step's marginal:
   group (in the compiled tick or on numpy, whichever it measured faster when it was made:
   ``stepping`` says which).
 
-After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
-runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
-agent-steps per second of wall time), ``first_tick_s``, ``loop`` (``open`` or ``closed``), in the
-closed loop what the agents achieved (``score``, ``mean_reward`` on the T-maze, ``reach_rate`` on
-grid10, and ``scores``, its sum at every tick: :class:`peers.world.ClosedLoopWorld`),
-``planning``, how the agents plan as read from the agents themselves (``policy_len``, the
-number of policies and a digest of the policy set, order aside, ``gamma``, ``use_utility``,
-``use_states_info_gain``, ``use_param_info_gain``: equal on every side of a row), and
-``state_bytes_per_agent``, the bytes
-of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
-pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
-scope: what a group learning per agent reserves per agent, its state with its own learned table
-(and joint-outcome table) plus its counts, as the memory budget counts them; ``--frozen``: the
-group's own state per agent). ``--checks OUT.npz``: the first tick's actions and policy
-posterior (every implementation sees the same first observations) and the policies in the
-implementation's order, written there for the parent's check (actions optimal under the other
-side's posterior, :func:`bench_peers.first_action_agreement`).
+After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed runs
+of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
+agent-steps per second of wall time), ``cpu_steps_per_s`` (the same over the process's CPU time,
+all its threads: less sensitive to a shared machine's load than wall time), ``first_tick_s``,
+``loop`` (``open`` or ``closed``), in the closed loop what the agents achieved (``score``,
+``mean_reward`` on the T-maze, ``reach_rate`` on grid10, and ``scores``, its sum at every tick:
+:class:`peers.world.ClosedLoopWorld`), ``planning``, how the agents plan as read from the agents
+themselves (``policy_len``, the number of policies and a digest of the policy set, order aside,
+``gamma``, ``use_utility``, ``use_states_info_gain``, ``use_param_info_gain``: equal on every side
+of a row), and ``state_bytes_per_agent``, the bytes of the arrays each agent's learning state holds
+(pymdp 0.0.7.1: every array of one ``Agent``; pymdp 1.0.4: every array leaf of the batched agent
+over ``N``; edge-agent, whatever the row's scope: what a group learning per agent reserves per
+agent, its state with its own learned table (and joint-outcome table) plus its counts, as the
+memory budget counts them; ``--frozen``: the group's own state per agent). ``--checks OUT.npz``:
+the first tick's actions and policy posterior (every implementation sees the same first
+observations) and the policies in the implementation's order, written there for the parent's check
+(actions optimal under the other side's posterior, :func:`bench_peers.first_action_agreement`).
 """
 
 from __future__ import annotations
@@ -437,10 +437,10 @@ def main() -> int:
     obs, start = world.step(actions)
     obs, start = world.step(impl.act(obs, start))  # warm-up
     tick = 2
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(args.repeats):
         steps = 0
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         while True:  # a tick: the agents act, the world (or the replay) steps
             obs, start = world.step(impl.act(obs, start))
             tick += 1
@@ -449,12 +449,16 @@ def main() -> int:
             if elapsed >= args.seconds or steps >= args.max_ticks:
                 break
         rates.append(steps * args.n / elapsed)
+        cpu = time.process_time() - c0
+        cpu_rates.append(steps * args.n / cpu if cpu > 0 else None)
     achieved = ({"score": world.score, "scores": world.scores}
                 if isinstance(world, ClosedLoopWorld) else {})
     out.write(json.dumps({
         "impl": args.impl, "n": args.n, "loop": "closed" if args.closed_loop else "open",
         "build_s": round(build_s, 3), "first_tick_s": round(first, 3),
         "steps_per_s": round(statistics.median(rates)), "ticks": tick,
+        "cpu_steps_per_s": (round(statistics.median(cpu_rates)) if None not in cpu_rates
+                            else None),
         **achieved,
         "state_bytes_per_agent": impl.bytes_per_agent(), "planning": impl.planning(),
         **({"stepping": impl.stepping()} if isinstance(impl, EdgeAgent) else {}),

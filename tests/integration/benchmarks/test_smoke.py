@@ -227,7 +227,7 @@ EXPECTED: dict[str, list[Record]] = {
         # alike on every row of its case; two-step policies step numpy
         *[({"bench": "learning-peers", "world": w, "n": 20, "loop": "closed", "learned": "none",
             "policy_len": p, "impl": i, "same_planning": True},
-           ("steps_per_s", "planning", "stepping", score))
+           ("steps_per_s", "cpu_steps_per_s", "planning", "stepping", score))
           for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
           for p in (1, 2)
           for i in ("edge-agent int8 learning off", "edge-agent float64 learning off")],
