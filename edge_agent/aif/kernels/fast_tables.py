@@ -167,7 +167,7 @@ def apply_row_map(rm: RowMap, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -
 
     ``tmp`` is a flat buffer of at least ``2 * rm.max_extra * W`` elements.
     """
-    np.take(x, rm.first_src, axis=0, out=out, mode="clip")
+    x.take(rm.first_src, axis=0, out=out, mode="clip")  # the method: no np.take wrapper
     if rm.first_w is not None:
         np.multiply(out, rm.first_w, out=out)
     width = x.shape[1]
@@ -175,10 +175,10 @@ def apply_row_map(rm: RowMap, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -
         k = len(tgt)
         contrib = tmp[: k * width].reshape(k, width)
         rows = tmp[k * width : 2 * k * width].reshape(k, width)
-        np.take(x, src, axis=0, out=contrib, mode="clip")
+        x.take(src, axis=0, out=contrib, mode="clip")
         if w is not None:
             np.multiply(contrib, w, out=contrib)
-        np.take(out, tgt, axis=0, out=rows, mode="clip")
+        out.take(tgt, axis=0, out=rows, mode="clip")
         np.add(rows, contrib, out=rows)
         out[tgt] = rows
 
@@ -417,7 +417,7 @@ def apply_dense_propagation(
     for u, nodes, par in dp.by_action:
         k = len(nodes)
         src = buf_in[: S * k * nb].reshape(S, k, nb)
-        np.take(parents, par, axis=1, out=src, mode="clip")
+        parents.take(par, axis=1, out=src, mode="clip")
         res = buf_out[: S * k * nb].reshape(S, k * nb)
         np.matmul(dp.BT[u].T, src.reshape(S, k * nb), out=res)
         children[:, nodes, :] = res.reshape(S, k, nb)
