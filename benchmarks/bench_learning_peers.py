@@ -55,20 +55,34 @@ with its own learned table, and its float64 counts).
 off``, the daemon's everyday group, in the compiled tick or on numpy as it measured faster when
 it was made: ``stepping`` says which) and the float64 one (``edge-agent float64 learning off``)
 against pymdp 0.0.7.1 and 1.0.4 without counts; ``vs_pymdp_104`` and ``vs_best_peer`` on the
-edge rows.
+edge rows, and ``vs_pymdp_104_cpu``, the same over each process's CPU time (``cpu_steps_per_s``:
+less sensitive to the load of a shared machine than wall time, which the rows of one case, measured
+one after the other, do not share). The frozen rows take a third world, grid2f
+(``edge_agent.sim.grid2f``: two factors, a cue cell and two goal cells, trials of 5 steps;
+``mean_reward`` as on the T-maze), and ``--policy-len 1,2`` measures them at each policy length
+(every row says its ``policy_len``): every side plans every pair of actions (pymdp's
+``construct_policies``), the expected free energy summed over both steps. Every frozen row says how
+its agents plan as read from them (``planning``: the policy set's size and digest, ``gamma``, the
+information gains) and ``same_planning``, whether that is the same on every row of its case; and,
+per pymdp row of the case, the share of its agents whose first action (every side sees the same
+first observations) is optimal within 1e-3 under that peer's posterior over policies
+(``first_action_optimal_under_1.0.4``, ``..._0.0.7.1``; :func:`bench_peers.
+first_action_agreement`). What the agents achieved is counted over the ticks that the int8 group
+and pymdp 1.0.4 both ran.
 
 The reversal: ``examples/learning_reversal.py`` (frozen, learning, learning with forgetting),
 whose ``ticks_to_relearn`` are printed as they are.
 
     python benchmarks/bench_learning_peers.py [--agents 1,1000,10000] [--seconds 1]
         [--repeats 3] [--no-install] [--per-agent-only] [--no-reversal] [--closed-loop]
-        [--frozen] [--smoke]
+        [--frozen] [--policy-len 1,2] [--worlds tmaze,grid10,grid2f] [--smoke]
 
 ``--per-agent-only``: the per-agent rows, learning off and the peers (no shared int8 rows);
 ``--no-reversal``: without the reversal runs.
 
 ``--smoke``: edge-agent only, N = 1 and 20, short runs, then the per-agent rows and the frozen
-rows in the closed loop at N = 20, and the reversal at its smoke size: the code paths, for CI
+rows (policy length 1 and 2) in the closed loop at N = 20, and the reversal at its smoke size:
+the code paths, for CI
 (tests/integration/benchmarks/test_smoke.py); its numbers mean nothing.
 """
 
@@ -100,6 +114,9 @@ REVERSAL = REPO / "examples" / "learning_reversal.py"
 #: (world, learned table: ``A`` or ``B``, its modality or factor) and the ticks of observations
 #: every implementation cycles through.
 WORLDS = (("tmaze", "A", 1), ("grid10", "B", 0))
+#: The frozen rows' worlds: the learning worlds and grid2f (two factors, a cue and two goals;
+#: nobody learns there, its ``pB0`` only completes the workload file).
+FROZEN_WORLDS = (*WORLDS, ("grid2f", "B", 0))
 TICKS = 20
 EDGE = (("edge-agent int8 refresh 1", 1), ("edge-agent int8 refresh 100", 100))
 PER_AGENT = "edge-agent float64 per-agent"
@@ -129,6 +146,7 @@ PER_AGENT_MAX = 1000
 def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> None:
     """The world's model and episode rule (:func:`bench_peers.workload_arrays`; the T-maze's
     reversal), the learned table's prior counts and ``TICKS`` of open-loop observations."""
+    from edge_agent.sim import grid2f
     from edge_agent.sim.registry import make_env
     from edge_agent.sim.tmaze import LOSS, REWARD, REWARD_MODALITY
     from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv
@@ -145,6 +163,9 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
         arrays.update(reverse_every=np.array(env.reverse_every),
                       reward_modality=np.array(REWARD_MODALITY), reward_outcome=np.array(REWARD),
                       loss_outcome=np.array(LOSS))
+    elif world == "grid2f":  # what the agents achieve: rewards less losses, never reversed
+        arrays.update(reverse_every=np.array(0), reward_modality=np.array(1),
+                      reward_outcome=np.array(grid2f.REWARD), loss_outcome=np.array(grid2f.LOSS))
     table = (model.A if kind == "A" else model.B)[index]
     arrays[f"p{kind}{index}"] = table * 2.0 + 0.5 * (table > 0)
     arrays["obs"] = np.stack(obs).astype(np.int16)
@@ -154,34 +175,72 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
 def run_worker(
     python: Path, impl: str, workload: Path, n: int, args: argparse.Namespace, *,
     refresh_every: int = 1, closed_loop: bool = False, frozen: bool = False,
+    policy_len: int = 1,
 ) -> dict[str, Any]:
+    """One worker's record; frozen, with ``checks`` (its first tick's actions, ``q_pi`` and
+    policies, :func:`check_rows`' input)."""
+    checks = workload.with_name(f"checks-{impl.replace(' ', '_')}-{n}.npz")
     cmd = [str(python), str(WORKER), impl, str(workload), str(n), "--seconds",
            str(args.seconds), "--repeats", str(args.repeats), "--refresh-every",
-           str(refresh_every), *(["--closed-loop"] if closed_loop else []),
-           *(["--frozen"] if frozen else [])]
+           str(refresh_every), "--policy-len", str(policy_len),
+           *(["--closed-loop"] if closed_loop else []),
+           *(["--frozen", "--checks", str(checks)] if frozen else [])]
     env = bench_peers.worker_env("1")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                          timeout=3600)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
     record: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    if checks.exists():
+        with np.load(checks) as data:
+            record["checks"] = {key: data[key] for key in data.files}
+        checks.unlink()
     return record
+
+
+def check_rows(rows: list[tuple[str, dict[str, Any]]], num_controls: list[int],
+               tol: float = 1e-3) -> dict[str, dict[str, Any]]:
+    """Per row: whether its agents plan as every other row's of the case do (``same_planning``:
+    the same policy set, policy length, gamma and information gains, as each side's agents hold
+    them), and, against each pymdp row, the share of its agents whose first action is optimal
+    within ``tol`` under that peer's posterior at the first tick (the same observations for
+    all; ``first_action_optimal_under_1.0.4`` and ``_0.0.7.1``, over ``..._agents``)."""
+    plans = [json.dumps(r["planning"], sort_keys=True) for _, r in rows if "planning" in r]
+    peers = {name: r["checks"] for name, r in rows
+             if name.startswith("pymdp") and "checks" in r}
+    out: dict[str, dict[str, Any]] = {}
+    for name, rec in rows:
+        found: dict[str, Any] = {}
+        if "planning" in rec:
+            found["same_planning"] = len(set(plans)) == 1
+        mine = rec.get("checks")
+        for peer, theirs in peers.items() if mine is not None else ():
+            if peer == name:
+                continue
+            key = "first_action_optimal_under_" + peer.split()[1]
+            found[key] = round(bench_peers.first_action_agreement(
+                mine["first_actions"], theirs["first_q_pi"], theirs["policies"],
+                num_controls, tol), 4)
+            found[key + "_agents"] = int(min(theirs["first_q_pi"].shape[0],
+                                             mine["first_actions"].shape[0]))
+        out[name] = found
+    return out
 
 
 def case_rows(
     workload: Path, n: int, peers: dict[str, Path], args: argparse.Namespace, *,
     closed_loop: bool, per_agent_only: bool, bytes_104: int | None, kind: str,
-    frozen: bool = False,
+    frozen: bool = False, policy_len: int = 1,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every implementation's record of one world at ``n`` agents, in one loop (open or closed;
     ``bytes_104``: pymdp 1.0.4's state bytes per agent at a smaller ``n``, to skip it above
-    ``--max-104-bytes``; ``frozen``: nobody learns)."""
+    ``--max-104-bytes``; ``frozen``: nobody learns; ``policy_len``: frozen only)."""
     python = Path(sys.executable)
     rows: list[tuple[str, dict[str, Any]]] = []
 
     def run(py: Path, impl: str, agents: int, **kw: Any) -> dict[str, Any]:
         return run_worker(py, impl, workload, agents, args, closed_loop=closed_loop,
-                          frozen=frozen, **kw)
+                          frozen=frozen, policy_len=policy_len, **kw)
 
     if frozen:  # nobody learns: edge-agent's int8 and float64 groups, the peers
         rows.append((INT8_OFF, run(python, INT8_OFF, n)))
@@ -212,12 +271,16 @@ def case_rows(
 
 
 def print_rows(world: str, learned: str, n: int, closed_loop: bool,
-               rows: list[tuple[str, dict[str, Any]]], *, frozen: bool = False) -> None:
-    """One JSON line per record, with the ratios against the peers of the same loop and, in
-    the closed loop, what its agents achieved over the ticks that edge-agent's per-agent group
-    and pymdp 1.0.4 both ran (``achieved_ticks``; fewer where the row ran fewer)."""
+               rows: list[tuple[str, dict[str, Any]]], *, frozen: bool = False,
+               policy_len: int = 1, num_controls: list[int] | None = None) -> None:
+    """One JSON line per record, with the ratios against the peers of the same loop, the
+    planning checks (:func:`check_rows`, given ``num_controls``) and, in the closed loop, what
+    its agents achieved over the ticks that edge-agent's per-agent group (frozen: its int8
+    group) and pymdp 1.0.4 both ran (``achieved_ticks``; fewer where the row ran fewer)."""
+    edge = INT8_OFF if frozen else PER_AGENT
     scored = [len(r["scores"]) for name, r in rows
-              if name in (PER_AGENT, bench_peers.PYMDP_104) and "scores" in r]
+              if name in (edge, bench_peers.PYMDP_104) and "scores" in r]
+    checks = check_rows(rows, num_controls) if num_controls is not None else {}
     common = min(scored) if scored else None
     rates = [r["steps_per_s"] for name, r in rows
              if name.startswith("pymdp") and "steps_per_s" in r]
@@ -227,8 +290,9 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
         # n: the row's agents; measured_n: the agents the worker ran (fewer where pymdp
         # 0.0.7.1's rate is extrapolated).
         out = {"bench": "learning-peers", "world": world, "learned": learned, **rec, "n": n,
-               "measured_n": rec.get("n", n), "impl": name,
-               "loop": "closed" if closed_loop else "open"}
+               "measured_n": rec.get("n", n), "impl": name, "policy_len": policy_len,
+               "loop": "closed" if closed_loop else "open", **checks.get(name, {})}
+        out.pop("checks", None)
         scores = out.pop("scores", None)
         if closed_loop:
             out["world_step_timed"] = True
@@ -243,6 +307,9 @@ def print_rows(world: str, learned: str, n: int, closed_loop: bool,
             rate = by_name.get(other, {}).get("steps_per_s")
             if rate:
                 out[field] = round(rec["steps_per_s"] / rate, 2)
+            cpu = by_name.get(other, {}).get("cpu_steps_per_s")
+            if frozen and cpu and rec.get("cpu_steps_per_s"):  # the same over CPU time
+                out[field + "_cpu"] = round(rec["cpu_steps_per_s"] / cpu, 2)
         print(json.dumps(out), flush=True)
 
 
@@ -263,8 +330,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="each implementation acts in its own world (its step timed)")
     parser.add_argument("--frozen", action="store_true",
                         help="nobody learns: the frozen rows (int8 and float64 against the peers)")
+    parser.add_argument("--worlds", default=None,
+                        help="comma-separated worlds to run (tmaze,grid10; frozen: and grid2f)")
+    parser.add_argument("--policy-len", default="1",
+                        help="comma-separated policy lengths of the frozen rows (1,2)")
     parser.add_argument("--smoke", action="store_true", help="edge-agent only, tiny, for CI")
     args = parser.parse_args(argv)
+    policy_lens = [int(p) for p in args.policy_len.split(",")]
+    if policy_lens != [1] and not args.frozen:
+        parser.error("--policy-len other than 1 is measured frozen only (--frozen)")
     agents = [int(a) for a in (args.agents or ("1,20" if args.smoke else "1,1000,10000"))
               .split(",")]
     args.seconds = args.seconds or (0.05 if args.smoke else 1.0)
@@ -277,27 +351,41 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.CalledProcessError) as err:
                 print(json.dumps({"bench": "learning-peers", "impl": impl,
                                   "error": f"cannot install or start: {err}"}), flush=True)
-    # (closed loop, Ns, per-agent rows only, frozen): the smoke run adds the closed loop's
-    # per-agent rows and its frozen rows at its largest N, for the code paths.
-    passes = [(args.closed_loop, agents, args.per_agent_only, args.frozen)]
+    # (closed loop, Ns, per-agent rows only, frozen, policy lengths): the smoke run adds the
+    # closed loop's per-agent rows and its frozen rows (policy length 1 and 2) at its largest N,
+    # for the code paths.
+    passes = [(args.closed_loop, agents, args.per_agent_only, args.frozen, policy_lens)]
     if args.smoke and not args.closed_loop:
-        passes.append((True, agents[-1:], True, False))
+        passes.append((True, agents[-1:], True, False, [1]))
     if args.smoke and not args.frozen:
-        passes.append((True, agents[-1:], True, True))
+        passes.append((True, agents[-1:], True, True, [1, 2]))
+    worlds = FROZEN_WORLDS if args.frozen and not args.smoke else WORLDS
+    if args.worlds:
+        named = args.worlds.split(",")
+        unknown = set(named) - {w for w, _, _ in worlds}
+        if unknown:
+            known = [w for w, _, _ in worlds]
+            parser.error(f"--worlds: no world {sorted(unknown)} here (of {known})")
+        worlds = tuple(w for w in worlds if w[0] in named)
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
-        for world, kind, index in WORLDS:
+        for world, kind, index in worlds:
             workload = Path(tmp) / f"{world}.npz"
             write_workload(world, kind, index, max(agents), workload)
-            for closed_loop, ns, per_agent_only, frozen in passes:
-                bytes_104: int | None = None
-                for n in ns:
-                    rows = case_rows(workload, n, peers, args, closed_loop=closed_loop,
-                                     per_agent_only=per_agent_only, bytes_104=bytes_104,
-                                     kind=kind, frozen=frozen)
-                    bytes_104 = dict(rows).get(bench_peers.PYMDP_104, {}).get(
-                        "state_bytes_per_agent", bytes_104)
-                    print_rows(world, "none" if frozen else f"{kind}{index}", n,
-                               closed_loop, rows, frozen=frozen)
+            with np.load(workload) as w:
+                num_controls = [int(w[f"B{f}"].shape[2]) for f in range(
+                    sum(1 for k in w.files if k[0] == "B" and k[1:].isdigit()))]
+            for closed_loop, ns, per_agent_only, frozen, lens in passes:
+                for policy_len in lens:
+                    bytes_104: int | None = None
+                    for n in ns:
+                        rows = case_rows(workload, n, peers, args, closed_loop=closed_loop,
+                                         per_agent_only=per_agent_only, bytes_104=bytes_104,
+                                         kind=kind, frozen=frozen, policy_len=policy_len)
+                        bytes_104 = dict(rows).get(bench_peers.PYMDP_104, {}).get(
+                            "state_bytes_per_agent", bytes_104)
+                        print_rows(world, "none" if frozen else f"{kind}{index}", n,
+                                   closed_loop, rows, frozen=frozen, policy_len=policy_len,
+                                   num_controls=num_controls)
     if args.no_reversal:
         return 0
     reversal = [sys.executable, str(REVERSAL), "--out", os.devnull]

@@ -341,6 +341,24 @@ PER_AGENT_NUMPY = "edge-agent float64 per-agent numpy"
 SHARED_FLOAT64 = "edge-agent float64 shared refresh 1"
 
 
+#: The frozen float64 group's rate over pymdp 1.0.4's (bench_learning_peers.py --frozen).
+FLOAT64_OFF_VS_PYMDP_104 = ratio(("edge-agent float64 learning off", "steps_per_s"),
+                                 ("pymdp 1.0.4", "steps_per_s"))
+
+
+def planned_alike(of: Any) -> Getter:
+    """Pivot ``of``'s policies planned (their number) and whether every row of its case plans
+    alike (``same_planning``: the policy set, gamma, the information gains)."""
+
+    def get(row: Row) -> str | None:
+        count, same = row.get("planning.policies", of), row.get("same_planning", of)
+        if count is None or same is None:
+            return None
+        return f"{count} policies, {'same' if same else 'NOT the same'}"
+
+    return get
+
+
 #: The like-for-like ratio of the learning tables: edge-agent's per-agent group over pymdp 1.0.4.
 PER_AGENT_VS_PYMDP_104 = ratio(("edge-agent float64 per-agent", "steps_per_s"),
                                ("pymdp 1.0.4", "steps_per_s"))
@@ -577,54 +595,6 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
-        id="against-pymdp",
-        title="Against pymdp: a frozen model",
-        scope=(
-            "Like for like: the same model (`A`, `B`, `C`, `D` as float64), the same seeded "
-            "closed-loop world, the same settings (pymdp's defaults: gamma 16, utility and state "
-            "information gain, fixed-point inference of at most 10 iterations), every agent "
-            "inferring and planning every tick, one thread per process. pymdp 0.0.7.1 steps "
-            "`N` `Agent` objects in a loop, pymdp 1.0.4 one batched jitted `Agent` (measured "
-            "after its compilation). Agent-steps/s of wall time, the median of interleaved runs; "
-            "`*`: pymdp 0.0.7.1 extrapolated from a smaller `N` (its cost is linear in `N`). "
-            "float64 against the best peer is the like-for-like ratio; int8 is edge-agent's "
-            "default precision on the same work."
-        ),
-        benchmark="bench_peers.py",
-        where={"bench": "peers", "workload": lambda w: w not in ("machine", "done"),
-               "steps_per_s": lambda v: v is not None},
-        key=("workload", "policy_len", "n"),
-        pivot="impl",
-        command=f"{RECORD} bench_peers.py",
-        columns=(
-            Column("workload", "workload"),
-            Column("policy length", "policy_len"),
-            Column("agents", "n", ",d"),
-            Column("edge-agent float64", "steps_per_s", ",.0f", of="edge-agent float64"),
-            Column("edge-agent int8", "steps_per_s", ",.0f", of="edge-agent int8"),
-            Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
-            Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
-                                           of="pymdp 0.0.7.1")),
-            Column("float64 / best peer (like for like)",
-                   over_best(("edge-agent float64", "steps_per_s"), PEERS), ".2f", suffix="x"),
-            Column("int8 / best peer", over_best(("edge-agent int8", "steps_per_s"), PEERS),
-                   ".2f", suffix="x"),
-        ),
-        headlines=(
-            Headline(
-                "Against pymdp 1.0.4, grid10, 1,000 agents, frozen model, every tick",
-                lambda r: (
-                    f"float64 {ratio(('edge-agent float64', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.1f}x, "  # noqa: E501
-                    f"int8 {ratio(('edge-agent int8', 'steps_per_s'), ('pymdp 1.0.4', 'steps_per_s'))(r):.1f}x"  # noqa: E501
-                ),
-                {"workload": "grid10", "policy_len": 1, "n": 1000},
-                ends=Ends(ratio(("edge-agent int8", "steps_per_s"), ("pymdp 1.0.4", "steps_per_s")),
-                          lambda r: f"int8, {r.get('workload')} L{r.get('policy_len')} "
-                                    f"N={r.get('n'):,}", fmt=".1f"),
-            ),
-        ),
-    ),
-    Table(
         id="learning-like-for-like",
         title="Against pymdp with learning: like for like",
         scope=(
@@ -754,45 +724,64 @@ TABLES: tuple[Table, ...] = (
         scope=(
             "The worlds, loop and settings of the learning tables above (closed loop: each "
             "implementation's agents act in their own copy of the world, **the world's step "
-            "timed** on every side; one thread, policy length 1, gamma 16, utility and state "
-            "information gain, deterministic marginal action selection), **nobody learning**: "
-            "edge-agent's group without learning, int8 (the daemon's everyday group: it "
-            "measures the compiled tick against numpy when it is made and keeps the cheaper, "
-            "`stepping` says which and why) and float64, against pymdp 1.0.4 (one batched "
-            "`Agent`, the tick jitted) and pymdp 0.0.7.1 (`*`: measured on at most 100 agents, "
-            "its rate does not depend on `N`) without counts. Agent-steps/s; ratios over "
-            "pymdp 1.0.4 and over the better peer. **Which groups take the compiled tick**: a "
-            "group that does not learn, plans one-step policies every tick with deterministic "
-            "marginal action selection on one process, whose model fits `tick.h`'s limits, and "
-            "where the tick was measured faster than numpy when the group was made: the T-maze "
-            "at every N here, grid10 at N = 1 (about 2x cheaper than numpy's local one-step "
-            "planner there; the local planner is the cheaper from about 64 agents up, so a "
-            "grid10 group measures both paths up to 32 agents and steps the local planner "
-            "unmeasured above: N = 100 and 1,000 on numpy); the others step numpy's kernels, "
-            "faster there: grid10's local planner at many agents, a dense shared `B` that numpy "
-            "multiplies for the whole batch in one BLAS call (docs/architecture.md, \"The "
-            "compiled tick's contract\"; benchmarks/notes/learning.md, issue 58). The int8 group's "
-            "`stepping` says which and why. edge-agent's groups measure their health as the "
-            "daemon's do (a sample of at most 64 agents every 4th tick, held and measured up to 8 "
-            "ticks at once, docs/health.md); the world's step (`benchmarks/peers/world.py`) is the "
-            "same numpy code in every implementation's process, drawing the same numbers."
+            "timed** on every side; one thread, gamma 16, utility and state information gain, "
+            "deterministic marginal action selection), **nobody learning**, at policy length 1 "
+            "and 2 (every pair of actions, pymdp's `construct_policies`, the expected free energy "
+            "summed over both steps), on the T-maze, grid10 and grid2f (two factors: a cue cell "
+            "and two goal cells, trials of 5 steps, docs/simulations.md): edge-agent's group "
+            "without learning, int8 (the daemon's everyday group: it measures the compiled tick "
+            "against numpy when it is made and keeps the cheaper, `stepping` says which and why) "
+            "and float64, against pymdp 1.0.4 (one batched `Agent`, the tick jitted) and pymdp "
+            "0.0.7.1 (`*`: measured on at most 100 agents, its rate does not depend on `N`) "
+            "without counts. Agent-steps/s of wall time; ratios over pymdp 1.0.4 and over the "
+            "better peer, and over pymdp 1.0.4 in each process's CPU time (`same, CPU time`: the "
+            "rows of a case run one after the other, each under the shared machine's load of "
+            "its moment, which CPU time feels less than wall time; where that column is empty "
+            "the run predates it). "
+            "Planned alike: the policies, their number, gamma and the information gains as each "
+            "side's agents hold them, the same on every row of the case (`same`); first action "
+            "optimal: the share of the int8 group's agents whose first action (every side sees "
+            "the same first observations) is optimal within 1e-3 under pymdp 1.0.4's posterior "
+            "over policies. Achieved: what the agents did over the ticks that the int8 group and "
+            "pymdp 1.0.4 both ran (T-maze and grid2f: mean reward per agent-step, +1 a reward, "
+            "-1 a loss; grid10: goals reached per agent-step): equal up to noise. **Which groups "
+            "take the compiled tick**: a group that does not learn, plans one-step policies every "
+            "tick with deterministic marginal action selection on one process, whose model fits "
+            "`tick.h`'s limits, and where the tick was measured faster than numpy when the group "
+            "was made: the T-maze at every N here, grid10 at N = 1 (about 2x cheaper than numpy's "
+            "local one-step planner there; the local planner is the cheaper from about 64 agents "
+            "up, so a grid10 group measures both paths up to 32 agents and steps the local "
+            "planner unmeasured above: N = 100 and 1,000 on numpy); the others step numpy's "
+            "kernels: grid10's local planner at many agents, a dense shared `B` that numpy "
+            "multiplies for the whole batch in one BLAS call, and every group planning two steps "
+            "(the compiled tick plans one-step policies; docs/architecture.md, \"The compiled "
+            "tick's contract\"; benchmarks/notes/learning.md, issue 58). edge-agent's groups "
+            "measure their health as the daemon's do (a sample of at most 64 agents every 4th "
+            "tick, held and measured up to 8 ticks at once, docs/health.md); the world's step "
+            "(`benchmarks/peers/world.py`) is the same numpy code in every implementation's "
+            "process, drawing the same numbers. This table replaces the older `bench_peers.py` "
+            "side by side (its rows of 2026-11-26 stay stored); `bench_peers.py` still counts a "
+            "tick's numpy calls (`--count-ops`) and compares the actions' digests."
         ),
         benchmark="bench_learning_peers.py",
         where={"bench": "learning-peers", "steps_per_s": lambda v: v is not None,
                "learned": "none"},
-        key=("loop", "world", "n"),
+        key=("loop", "world", "policy_len", "n"),
         pivot="impl",
-        expect=tuple({"loop": "closed", "world": w, "n": n}
-                     for w in ("tmaze", "grid10") for n in (1, 100, 1000)),
+        expect=tuple({"loop": "closed", "world": w, "policy_len": p, "n": n}
+                     for w in ("tmaze", "grid10", "grid2f") for p in (1, 2)
+                     for n in (1, 100, 1000)),
         command=f"{RECORD} bench_learning_peers.py -- --frozen --closed-loop --agents 1,100,1000 "
-                "--no-reversal --repeats 2",
+                "--policy-len 1,2 --no-reversal --repeats 2",
         store=f"{RECORD} bench_learning_peers.py -- --frozen --closed-loop --agents 1,100,1000 "
-              "--no-reversal --repeats 2",
+              "--policy-len 1,2 --no-reversal --repeats 2",
         columns=(
             Column("loop", "loop"),
             Column("world", "world"),
+            Column("policy length", "policy_len"),
             Column("agents", "n", ",d"),
             Column("int8 / pymdp 1.0.4", "vs_pymdp_104", ".2f", suffix="x", of=INT8_OFF),
+            Column("same, CPU time", "vs_pymdp_104_cpu", ".2f", suffix="x", of=INT8_OFF),
             Column("int8 / best peer", "vs_best_peer", ".2f", suffix="x", of=INT8_OFF),
             Column("edge-agent int8", "steps_per_s", ",.0f", of=INT8_OFF),
             Column("edge-agent float64", "steps_per_s", ",.0f",
@@ -800,7 +789,28 @@ TABLES: tuple[Table, ...] = (
             Column("pymdp 1.0.4", "steps_per_s", ",.0f", of="pymdp 1.0.4"),
             Column("pymdp 0.0.7.1", marked("steps_per_s", ",.0f", "extrapolated", " *",
                                            of="pymdp 0.0.7.1")),
+            Column("planned alike", planned_alike(INT8_OFF)),
+            Column("first action optimal under 1.0.4",
+                   lambda r: r.records.get(INT8_OFF, {}).get("first_action_optimal_under_1.0.4"),
+                   ".3f"),
+            Column("achieved: int8", achieved_score(INT8_OFF), ".3f"),
+            Column("pymdp 1.0.4", achieved_score("pymdp 1.0.4"), ".3f"),
+            Column("over ticks", "achieved_ticks", ",d", of=INT8_OFF),
             Column("int8 stepping", "stepping", of=INT8_OFF),
+        ),
+        headlines=(
+            Headline(
+                "Against pymdp 1.0.4, frozen model, closed loop (the world's step timed), "
+                "grid10, policy length 1, 1,000 agents",
+                lambda r: (
+                    f"int8 {r.get('vs_pymdp_104', INT8_OFF):.1f}x, float64 "
+                    f"{FLOAT64_OFF_VS_PYMDP_104(r):.1f}x"
+                ),
+                {"loop": "closed", "world": "grid10", "policy_len": 1, "n": 1000},
+                ends=Ends(lambda r: r.get("vs_pymdp_104", INT8_OFF),
+                          lambda r: f"int8, {r.get('world')} L{r.get('policy_len')} "
+                                    f"N={r.get('n'):,}", fmt=".1f"),
+            ),
         ),
     ),
     Table(

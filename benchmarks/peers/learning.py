@@ -4,7 +4,7 @@ Run by ``bench_learning_peers.py`` with the python of edge-agent's venv or of a 
 (``bench_peers.py`` makes those).
 
     python learning.py IMPL WORKLOAD.npz N [--seconds S] [--repeats R] [--refresh-every K]
-        [--closed-loop] [--frozen]
+        [--closed-loop] [--frozen] [--policy-len L] [--checks OUT.npz]
 
 ``WORKLOAD.npz``: the model (``A0``.., ``B0``.., ``C0``.., ``D0``..), the learned table's counts
 (``pA{m}``, one modality ``m``, or ``pB{f}``, one factor ``f``), ``obs`` ``(T, N_max, M)`` and
@@ -19,7 +19,10 @@ states, learn ``pA[m]`` from the outcome and the posterior, or ``pB[f]`` from th
 before and after the agent's last action (from the second tick of an episode on), learning rate
 1, plan (one-step policies, utility and state information gain, gamma 16), choose an action
 (deterministic, from the action marginals). ``--frozen``: nobody learns (the peers without
-counts, edge-agent's groups without ``learning=``), the tick the rest of the same:
+counts, edge-agent's groups without ``learning=``), the tick the rest of the same;
+``--policy-len 2`` (frozen only): every side plans the policies of two steps (every pair of
+actions, pymdp's ``construct_policies``: the same set everywhere), their expected free energy
+summed over both steps, the action the first step's marginal:
 
 * ``pymdp 0.0.7.1``: ``N`` ``Agent`` objects with ``pA`` and ``modalities_to_learn=[m]`` (or
   ``pB`` and ``factors_to_learn=[f]``), ``infer_states``, ``update_A`` (or ``update_B``),
@@ -48,22 +51,29 @@ counts, edge-agent's groups without ``learning=``), the tick the rest of the sam
   group (in the compiled tick or on numpy, whichever it measured faster when it was made:
   ``stepping`` says which).
 
-After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed
-runs of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
-agent-steps per second of wall time), ``first_tick_s``, ``loop`` (``open`` or ``closed``), in the
-closed loop what the agents achieved (``score``, ``mean_reward`` on the T-maze, ``reach_rate`` on
-grid10, and ``scores``, its sum at every tick: :class:`peers.world.ClosedLoopWorld`), and
-``state_bytes_per_agent``, the bytes
-of the arrays each agent's learning state holds (pymdp 0.0.7.1: every array of one ``Agent``;
-pymdp 1.0.4: every array leaf of the batched agent over ``N``; edge-agent, whatever the row's
-scope: what a group learning per agent reserves per agent, its state with its own learned table
-(and joint-outcome table) plus its counts, as the memory budget counts them; ``--frozen``: the
-group's own state per agent).
+After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed runs
+of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
+agent-steps per second of wall time), ``cpu_steps_per_s`` (the same over the process's CPU time,
+all its threads: less sensitive to a shared machine's load than wall time), ``first_tick_s``,
+``loop`` (``open`` or ``closed``), in the closed loop what the agents achieved (``score``,
+``mean_reward`` on the T-maze, ``reach_rate`` on grid10, and ``scores``, its sum at every tick:
+:class:`peers.world.ClosedLoopWorld`), ``planning``, how the agents plan as read from the agents
+themselves (``policy_len``, the number of policies and a digest of the policy set, order aside,
+``gamma``, ``use_utility``, ``use_states_info_gain``, ``use_param_info_gain``: equal on every side
+of a row), and ``state_bytes_per_agent``, the bytes of the arrays each agent's learning state holds
+(pymdp 0.0.7.1: every array of one ``Agent``; pymdp 1.0.4: every array leaf of the batched agent
+over ``N``; edge-agent, whatever the row's scope: what a group learning per agent reserves per
+agent, its state with its own learned table (and joint-outcome table) plus its counts, as the
+memory budget counts them; ``--frozen``: the group's own state per agent). ``--checks OUT.npz``:
+the first tick's actions and policy posterior (every implementation sees the same first
+observations) and the policies in the implementation's order, written there for the parent's check
+(actions optimal under the other side's posterior, :func:`bench_peers.first_action_agreement`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -103,6 +113,25 @@ def _obj_array(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def planning(policies: np.ndarray, policy_len: int, gamma: Any, *, use_utility: Any,
+             use_states_info_gain: Any, use_param_info_gain: Any) -> dict[str, Any]:
+    """How an implementation's agents plan, as read from them: ``policies`` ``(P, L, F)`` in its
+    order (the digest is of the set: the rows sorted), the rest as its agents hold them
+    (``gamma`` the same for every agent: one number)."""
+    rows = np.asarray(policies, dtype=np.int64).reshape(len(policies), -1)
+    ordered = rows[np.lexsort(rows.T[::-1])]
+    gammas = np.unique(np.asarray(gamma, dtype=np.float64))
+    if gammas.size != 1:
+        raise ValueError(f"the agents' gamma differ: {gammas}")
+    return {
+        "policy_len": int(policy_len), "policies": len(rows),
+        "policy_set": hashlib.sha256(np.ascontiguousarray(ordered).tobytes()).hexdigest()[:12],
+        "gamma": float(gammas[0]), "use_utility": bool(use_utility),
+        "use_states_info_gain": bool(use_states_info_gain),
+        "use_param_info_gain": bool(use_param_info_gain),
+    }
+
+
 def _array_bytes(value: Any, seen: set[int]) -> int:
     """Bytes of the numpy arrays reachable from ``value`` (object arrays, lists, dicts)."""
     if id(value) in seen:
@@ -120,7 +149,8 @@ def _array_bytes(value: Any, seen: set[int]) -> int:
 
 
 class Pymdp007:
-    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False) -> None:
+    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False,
+                 policy_len: int = 1) -> None:
         from pymdp.agent import Agent
 
         m, learns_A = w["m"], w["kind"] == "A"
@@ -135,8 +165,9 @@ class Pymdp007:
             Agent(
                 A=_obj_array(w["A"]), B=_obj_array(w["B"]), C=_obj_array(w["C"]),
                 D=_obj_array(w["D"]), **learning,
-                policy_len=1, gamma=GAMMA, use_utility=True, use_states_info_gain=True,
-                use_param_info_gain=False, action_selection="deterministic",
+                policy_len=policy_len, gamma=GAMMA, use_utility=True,
+                use_states_info_gain=True, use_param_info_gain=False,
+                action_selection="deterministic",
                 sampling_mode="marginal", inference_algo="VANILLA",
                 inference_params={"num_iter": NUM_ITER, "dF": 1.0, "dF_tol": 0.001},
             )
@@ -164,9 +195,23 @@ class Pymdp007:
     def bytes_per_agent(self) -> int:
         return _array_bytes(vars(self.agents[0]), set())
 
+    def policies(self) -> np.ndarray:
+        return np.stack([np.asarray(p) for p in self.agents[0].policies]).astype(np.int64)
+
+    def planning(self) -> dict[str, Any]:
+        a = self.agents[0]
+        return planning(self.policies(), a.policy_len, [x.gamma for x in self.agents],
+                        use_utility=a.use_utility, use_states_info_gain=a.use_states_info_gain,
+                        use_param_info_gain=a.use_param_info_gain)
+
+    def q_pi(self) -> np.ndarray:
+        """``(n, P)``: every agent's posterior over policies at its last tick."""
+        return np.stack([np.asarray(a.q_pi, dtype=np.float64) for a in self.agents])
+
 
 class Pymdp104:
-    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False) -> None:
+    def __init__(self, w: dict[str, Any], n: int, frozen: bool = False,
+                 policy_len: int = 1) -> None:
         import equinox as eqx
         import jax
         import jax.numpy as jnp
@@ -180,7 +225,7 @@ class Pymdp104:
             A=[jnp.asarray(a) for a in w["A"]], B=[jnp.asarray(b) for b in w["B"]],
             C=[jnp.asarray(c) for c in w["C"]], D=[jnp.asarray(d) for d in w["D"]],
             **({} if frozen else {f"p{table}": counts, f"learn_{table}": True}),
-            policy_len=1, gamma=GAMMA, use_utility=True,
+            policy_len=policy_len, gamma=GAMMA, use_utility=True,
             use_states_info_gain=True, use_param_info_gain=False,
             action_selection="deterministic", sampling_mode="marginal", inference_algo="fpi",
             num_iter=NUM_ITER, batch_size=n,
@@ -221,6 +266,9 @@ class Pymdp104:
             return agent, agent.update_empirical_prior(action, qs), action, qs
 
         self._step = eqx.filter_jit(step)
+        # The checks' policy posterior, outside the timed step: from the last tick's posteriors
+        # (``qs_prev``, the step's) and the agent as it stepped (frozen: unchanged).
+        self._q_pi = eqx.filter_jit(lambda agent, qs: agent.infer_policies(qs)[0])
 
     def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         self.agent, self.prior, self.action, self.qs_prev = self._step(
@@ -232,17 +280,32 @@ class Pymdp104:
         total = sum(int(getattr(x, "nbytes", 0)) for x in leaves)
         return total // self.n
 
+    def policies(self) -> np.ndarray:
+        return np.asarray(self.agent.policies.policy_arr, dtype=np.int64)
+
+    def planning(self) -> dict[str, Any]:
+        a = self.agent
+        return planning(self.policies(), a.policy_len, np.asarray(a.gamma),
+                        use_utility=a.use_utility, use_states_info_gain=a.use_states_info_gain,
+                        use_param_info_gain=a.use_param_info_gain)
+
+    def q_pi(self) -> np.ndarray:
+        """``(n, P)``: every agent's posterior over policies at its last tick."""
+        return np.asarray(self._q_pi(self.agent, self.qs_prev), dtype=np.float64)
+
 
 class EdgeAgent:
     def __init__(self, w: dict[str, Any], n: int, refresh_every: int, scope: str | None,
-                 precision: str = "float64", *, frozen: bool = False) -> None:
+                 precision: str = "float64", *, frozen: bool = False,
+                 policy_len: int = 1) -> None:
         from edge_agent.aif.learning import LearningSettings, LearningSpec
         from edge_agent.aif.model import GenerativeModel
         from edge_agent.aif.settings import AifSettings
         from edge_agent.core.agents import AifAgentGroup
 
         model = GenerativeModel.from_arrays(w["A"], w["B"], w["C"], w["D"])
-        settings = AifSettings(policy_len=1, gamma=GAMMA, num_iter=NUM_ITER, use_utility=True,
+        settings = AifSettings(policy_len=policy_len, gamma=GAMMA, num_iter=NUM_ITER,
+                               use_utility=True,
                                use_states_info_gain=True, action_selection="deterministic",
                                sampling_mode="marginal")
 
@@ -255,13 +318,14 @@ class EdgeAgent:
                                    learning=None if scope is None else spec(scope))
         # Per-agent learning as a group learning per agent holds it, per agent: the agent's
         # state with its own tables, and its counts (with their flags), whatever the row.
+        if frozen:  # nobody learns: the group's own state per agent
+            self.per_agent_bytes = self.group.per_agent_nbytes()
+            return
         probe = AifAgentGroup(model, 2, settings=settings, learning=spec("per_agent"),
                               precision="float64")
         assert probe.learning is not None
         self.per_agent_bytes = probe.per_agent_nbytes() + sum(
             c.nbytes_per_agent for c in probe.learning.learner.counts)
-        if frozen:  # nobody learns: the group's own state per agent
-            self.per_agent_bytes = self.group.per_agent_nbytes()
 
     def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
         if start.any():
@@ -270,6 +334,19 @@ class EdgeAgent:
 
     def bytes_per_agent(self) -> int:
         return self.per_agent_bytes
+
+    def policies(self) -> np.ndarray:
+        return np.asarray(self.group.cm.tree.policies, dtype=np.int64)
+
+    def planning(self) -> dict[str, Any]:
+        s = self.group.settings
+        # (edge-agent has no parameter information gain)
+        return planning(self.policies(), s.policy_len, s.gamma, use_utility=s.use_utility,
+                        use_states_info_gain=s.use_states_info_gain, use_param_info_gain=False)
+
+    def q_pi(self) -> np.ndarray:
+        """``(n, P)``: every agent's posterior over policies at its last tick."""
+        return np.array(self.group.q_pi, dtype=np.float64)
 
     def stepping(self) -> str:
         """What steps the group's agents (``native``: the compiled pass or tick; ``numpy``,
@@ -323,7 +400,13 @@ def main() -> int:
     parser.add_argument("--closed-loop", action="store_true",
                         help="act in the world (peers.world), its step timed; else replay obs")
     parser.add_argument("--frozen", action="store_true", help="nobody learns")
+    parser.add_argument("--policy-len", type=int, default=1,
+                        help="steps of the policies planned (above 1: --frozen only)")
+    parser.add_argument("--checks", default=None,
+                        help="write the first tick's actions, q_pi and policies to this .npz")
     args = parser.parse_args()
+    if args.policy_len > 1 and not args.frozen:
+        parser.error("--policy-len above 1 is measured frozen only (--frozen)")
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints of the libraries must not break the JSON line
     w = load(args.workload)
@@ -332,28 +415,32 @@ def main() -> int:
         else Replay(w["obs"][:, : args.n]))
     t0 = time.perf_counter()
     if args.impl == "pymdp 0.0.7.1":
-        impl: Any = Pymdp007(w, args.n, args.frozen)
+        impl: Any = Pymdp007(w, args.n, args.frozen, args.policy_len)
     elif args.impl == "pymdp 1.0.4":
-        impl = Pymdp104(w, args.n, args.frozen)
+        impl = Pymdp104(w, args.n, args.frozen, args.policy_len)
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         if args.impl in EDGE_NUMPY:
             os.environ["EDGE_AGENT_NATIVE_TICK"] = "0"  # read when the group is made
         impl = EdgeAgent(w, args.n, args.refresh_every,
                          None if args.frozen else EDGE_SCOPES[args.impl],
-                         "int8" if args.impl in EDGE_INT8 else "float64", frozen=args.frozen)
+                         "int8" if args.impl in EDGE_INT8 else "float64", frozen=args.frozen,
+                         policy_len=args.policy_len)
     build_s = time.perf_counter() - t0
     obs, start = world.reset()
     t0 = time.perf_counter()
     actions = impl.act(obs, start)
     first = time.perf_counter() - t0
+    if args.checks:  # untimed: the first tick's actions and posterior, the policies
+        np.savez(args.checks, first_actions=np.array(actions, dtype=np.int64),
+                 first_q_pi=impl.q_pi(), policies=impl.policies())
     obs, start = world.step(actions)
     obs, start = world.step(impl.act(obs, start))  # warm-up
     tick = 2
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(args.repeats):
         steps = 0
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         while True:  # a tick: the agents act, the world (or the replay) steps
             obs, start = world.step(impl.act(obs, start))
             tick += 1
@@ -362,14 +449,18 @@ def main() -> int:
             if elapsed >= args.seconds or steps >= args.max_ticks:
                 break
         rates.append(steps * args.n / elapsed)
+        cpu = time.process_time() - c0
+        cpu_rates.append(steps * args.n / cpu if cpu > 0 else None)
     achieved = ({"score": world.score, "scores": world.scores}
                 if isinstance(world, ClosedLoopWorld) else {})
     out.write(json.dumps({
         "impl": args.impl, "n": args.n, "loop": "closed" if args.closed_loop else "open",
         "build_s": round(build_s, 3), "first_tick_s": round(first, 3),
         "steps_per_s": round(statistics.median(rates)), "ticks": tick,
+        "cpu_steps_per_s": (round(statistics.median(cpu_rates)) if None not in cpu_rates
+                            else None),
         **achieved,
-        "state_bytes_per_agent": impl.bytes_per_agent(),
+        "state_bytes_per_agent": impl.bytes_per_agent(), "planning": impl.planning(),
         **({"stepping": impl.stepping()} if isinstance(impl, EdgeAgent) else {}),
     }) + "\n")
     return 0

@@ -310,13 +310,13 @@ def _joint_states(
         K = depth.num_nodes[f]
         states = child[:-1].reshape(S, K, nb)
         if nodes is not None:
-            gathered = blk.gathered[f][: S * J * nb].reshape(S, J, nb)
+            gathered = blk.view(blk.gathered[f], S, J, nb)
             states.take(nodes, axis=1, out=gathered, mode="clip")
             if floor is not None:
                 np.maximum(gathered, floor, out=gathered)
             states = gathered
         elif floor is not None:  # the joint nodes (K = J) or one node that broadcasts (K = 1)
-            floored = blk.gathered[f][: S * K * nb].reshape(S, K, nb)
+            floored = blk.view(blk.gathered[f], S, K, nb)
             np.maximum(states, floor, out=floored)
             states = floored
         per_factor.append(states)
@@ -326,7 +326,7 @@ def _joint_states(
     for f in range(1, F):
         s = cm.num_states[f]
         dst_buf = blk.X if (F - 1 - f) % 2 == 0 else blk.X2
-        dst = dst_buf[: size * s * J * nb].reshape(size, s, J, nb)
+        dst = blk.view(dst_buf, size, s, J, nb)
         np.multiply(cur[:, None], per_factor[f][None], out=dst)
         cur = dst.reshape(size * s, J, nb)
         size *= s
@@ -350,23 +350,25 @@ def _node_values(
         out.fill(0)
     if not use_info_gain:
         return
-    mask = blk.mask[: S * W].reshape(S, W)
-    M_rows = blk.M[: (S + 1) * W].reshape(S + 1, W)
-    M = M_rows[:S]
+    # (the buffers' views come from the block's cache: at 100 agents a reshape costs as much
+    # as a pass over the data)
+    mask = blk.view(blk.mask, S, W)
+    M = blk.view(blk.M, S, W)  # the first S rows of ``M_rows`` below
     np.greater(X, plan.threshold, out=mask)
     np.multiply(X, mask, out=M)
-    tmpv = blk.tmpv[:W].reshape(1, W)
+    tmpv = blk.view(blk.tmpv, 1, W)
     np.matmul(plan.neg_entropy_row, M, out=tmpv)
     np.add(out, tmpv, out=out)
     n_out = plan.num_outcomes
-    qo = blk.qo[: n_out * W].reshape(n_out, W)
-    lq = blk.lq[: n_out * W].reshape(n_out, W)
+    qo = blk.view(blk.qo, n_out, W)
+    lq = blk.view(blk.lq, n_out, W)
     om = plan.outcome_map
     if om is None or W < SMALL_WIDTH:
         np.matmul(plan.A_joint, M, out=qo)
     elif isinstance(om, Diagonals):
         apply_diagonals(om, M, qo, lq)
     else:
+        M_rows = blk.view(blk.M, S + 1, W)
         M_rows[S].fill(0)
         apply_row_map(om, M_rows, qo, blk.row_tmp)
     np.add(qo, plan.eps, out=lq)
@@ -416,7 +418,7 @@ def evaluate_block(
         X = _joint_states(cm, depth, children, blk)
         W = X.shape[1]
         direct = t == 0 and depth.policy_joint is None
-        target = blk.G.reshape(1, W) if direct else blk.val[:W].reshape(1, W)
+        target = blk.G.reshape(1, W) if direct else blk.view(blk.val, 1, W)
         _node_values(plan, X, blk, target, use_utility=use_utility, use_info_gain=use_info_gain)
         if not direct:
             values = target.reshape(depth.num_joint, nb)

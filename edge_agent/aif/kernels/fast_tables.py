@@ -167,7 +167,7 @@ def apply_row_map(rm: RowMap, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -
 
     ``tmp`` is a flat buffer of at least ``2 * rm.max_extra * W`` elements.
     """
-    np.take(x, rm.first_src, axis=0, out=out, mode="clip")
+    x.take(rm.first_src, axis=0, out=out, mode="clip")  # the method: no np.take wrapper
     if rm.first_w is not None:
         np.multiply(out, rm.first_w, out=out)
     width = x.shape[1]
@@ -175,10 +175,10 @@ def apply_row_map(rm: RowMap, x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -
         k = len(tgt)
         contrib = tmp[: k * width].reshape(k, width)
         rows = tmp[k * width : 2 * k * width].reshape(k, width)
-        np.take(x, src, axis=0, out=contrib, mode="clip")
+        x.take(src, axis=0, out=contrib, mode="clip")
         if w is not None:
             np.multiply(contrib, w, out=contrib)
-        np.take(out, tgt, axis=0, out=rows, mode="clip")
+        out.take(tgt, axis=0, out=rows, mode="clip")
         np.add(rows, contrib, out=rows)
         out[tgt] = rows
 
@@ -417,7 +417,7 @@ def apply_dense_propagation(
     for u, nodes, par in dp.by_action:
         k = len(nodes)
         src = buf_in[: S * k * nb].reshape(S, k, nb)
-        np.take(parents, par, axis=1, out=src, mode="clip")
+        parents.take(par, axis=1, out=src, mode="clip")
         res = buf_out[: S * k * nb].reshape(S, k * nb)
         np.matmul(dp.BT[u].T, src.reshape(S, k * nb), out=res)
         children[:, nodes, :] = res.reshape(S, k, nb)
@@ -434,6 +434,9 @@ class FastDepth:
     joint_nodes: tuple[IndexArray | None, ...]
     num_joint: int
     policy_joint: IndexArray | None  # None: policy p is joint node p
+    #: The tree's joint nodes at this depth: ``num_joint`` is fewer where joint nodes predict
+    #: the same states from any beliefs (:func:`_merged_joint`); the scratch is sized for these.
+    num_tree_joint: int
 
     @property
     def nbytes(self) -> int:
@@ -494,7 +497,7 @@ class FastPlan:
 
     @property
     def max_joint_nodes(self) -> int:
-        return max(d.num_joint for d in self.depths)
+        return max(d.num_tree_joint for d in self.depths)
 
     @property
     def nbytes(self) -> int:
@@ -604,6 +607,7 @@ def refreshed_propagation(
         props[f] = prop
         depths.append(replace(fast_depth, propagation=tuple(props)))
         prev_nodes = fast_depth.num_nodes[f]
+    depths = _with_merged_joints(depths, tree, plan.num_states, dtype)
     agent = list(plan.agent_propagation)
     mine = agent[f]
     if values is not None and mine is not None:
@@ -681,6 +685,114 @@ def _reweighted_agent(
                             extra=tuple(extra), weight_ids=ids)  # fmt: skip
 
 
+def _joint_fields(
+    joint: np.ndarray, policy_joint: np.ndarray, counts: list[int] | tuple[int, ...]
+) -> dict[str, Any]:
+    """:class:`FastDepth`'s ``joint_nodes``, ``num_joint`` and ``policy_joint`` of joint nodes
+    ``joint (J, F)`` (factor nodes) through which policy ``p`` passes at ``policy_joint[p]``."""
+    J = len(joint)
+    joint_nodes: list[IndexArray | None] = []
+    for f, count in enumerate(counts):
+        col = joint[:, f].astype(np.intp)
+        same = count == J and np.array_equal(col, np.arange(J))
+        joint_nodes.append(None if same or count == 1 else col)
+    P = len(policy_joint)
+    identity = P == J and np.array_equal(policy_joint, np.arange(J))
+    return {
+        "joint_nodes": tuple(joint_nodes),
+        "num_joint": J,
+        "policy_joint": None if identity else policy_joint.astype(np.intp),
+    }
+
+
+def _node_operators(
+    depths: list[FastDepth], num_states: tuple[int, ...], dtype: np.dtype[np.floating]
+) -> list[list[np.ndarray]]:
+    """Per depth and factor, every node's linear map from the root beliefs to its predicted
+    states, ``(S, K, S)`` (node ``k``'s is ``[:, k, :]``): the depths' own propagation applied to
+    the identity, in the plan's dtype."""
+    parents = []
+    for S in num_states:
+        root = np.zeros((S + 1, S), dtype=dtype)
+        root[:S] = np.eye(S, dtype=dtype)
+        parents.append(root)
+    prev_nodes = [1] * len(num_states)
+    out = []
+    for depth in depths:
+        children, ops = [], []
+        for f, prop in enumerate(depth.propagation):
+            S, K = num_states[f], depth.num_nodes[f]
+            child = np.zeros((S * K + 1, S), dtype=dtype)
+            if isinstance(prop, RowMap):
+                tmp = np.empty(2 * max(prop.max_extra, 1) * S, dtype=dtype)
+                apply_row_map(prop, parents[f], child[:-1], tmp)
+            else:
+                size = S * prop.max_nodes * S
+                apply_dense_propagation(
+                    prop,
+                    parents[f][:-1].reshape(S, prev_nodes[f], S),
+                    child[:-1].reshape(S, K, S),
+                    np.empty(size, dtype=dtype),
+                    np.empty(size, dtype=dtype),
+                )
+            children.append(child)
+            ops.append(child[:-1].reshape(S, K, S))
+        out.append(ops)
+        parents = children
+        prev_nodes = list(depth.num_nodes)
+    return out
+
+
+def _merged_joint(
+    depth: Depth, counts: tuple[int, ...], ops: list[np.ndarray]
+) -> dict[str, Any] | None:
+    """The joint fields of ``depth`` with joint nodes that predict the same states merged, or
+    None when no two do. Two joint nodes are merged when, on every factor, their nodes' maps
+    from the root beliefs (``ops``, :func:`_node_operators`) are equal element for element: a
+    property of the model's transitions, read once here, never assumed (in a grid, two moves
+    in either order; their predictions then differ by the order of the sums alone, so their
+    values by rounding). The merged depth evaluates each distinct joint node once."""
+    factor_class = []
+    for f, op in enumerate(ops):
+        seen: dict[bytes, int] = {}
+        factor_class.append(
+            [seen.setdefault(op[:, k, :].tobytes(), len(seen)) for k in range(counts[f])]
+        )
+    first: dict[tuple[int, ...], int] = {}  # a distinct joint node: its index among them
+    keep: list[int] = []  # the tree's joint node that stands for each
+    rep = np.empty(len(depth.joint), dtype=np.intp)
+    for j, nodes in enumerate(depth.joint):
+        key = tuple(factor_class[f][int(k)] for f, k in enumerate(nodes))
+        if key not in first:
+            first[key] = len(keep)
+            keep.append(j)
+        rep[j] = first[key]
+    if len(keep) == len(depth.joint):
+        return None
+    return _joint_fields(depth.joint[np.array(keep, dtype=np.intp)], rep[depth.policy_joint],
+                         counts)  # fmt: skip
+
+
+def _with_merged_joints(
+    depths: list[FastDepth], tree: PolicyTree, num_states: tuple[int, ...],
+    dtype: np.dtype[np.floating],
+) -> list[FastDepth]:
+    """``depths`` with the joint nodes of every depth after the first merged where they predict
+    the same states (:func:`_merged_joint`), else the tree's. Several factors only: with one,
+    :func:`~edge_agent.aif.kernels.block.evaluate_block` reads a depth's nodes in place as its
+    joint nodes (no gather, no buffer for one)."""
+    if len(depths) < 2 or len(num_states) < 2:
+        return depths
+    ops = _node_operators(depths, num_states, dtype)
+    out = depths[:1]
+    for t in range(1, len(depths)):
+        fd, depth = depths[t], tree.depths[t]
+        merged = _merged_joint(depth, fd.num_nodes, ops[t])
+        fields = merged or _joint_fields(depth.joint, depth.policy_joint, fd.num_nodes)
+        out.append(replace(fd, **fields))
+    return out
+
+
 def build_fast_plan(
     *,
     lnE: np.ndarray,
@@ -720,23 +832,16 @@ def build_fast_plan(
                 props.append(DensePropagation(BT=trans.BT, by_action=by_action, max_nodes=biggest))
             counts.append(len(parent))
         J = len(depth.joint)
-        joint_nodes: list[IndexArray | None] = []
-        for f in range(F):
-            col = depth.joint[:, f].astype(np.intp)
-            same = counts[f] == J and np.array_equal(col, np.arange(J))
-            joint_nodes.append(None if same or counts[f] == 1 else col)
-        P = len(depth.policy_joint)
-        identity = P == J and np.array_equal(depth.policy_joint, np.arange(J))
         depths.append(
             FastDepth(
                 propagation=tuple(props),
                 num_nodes=tuple(counts),
-                joint_nodes=tuple(joint_nodes),
-                num_joint=J,
-                policy_joint=None if identity else depth.policy_joint.astype(np.intp),
+                **_joint_fields(depth.joint, depth.policy_joint, counts),
+                num_tree_joint=J,
             )
         )
         prev_nodes = counts
+    depths = _with_merged_joints(depths, tree, num_states, dtype)
 
     num_out, S_joint = A_joint_T.T.shape
 

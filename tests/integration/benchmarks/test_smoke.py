@@ -223,6 +223,18 @@ EXPECTED: dict[str, list[Record]] = {
           for i in ("edge-agent int8 learning off", "edge-agent float64 learning off")],
         ({"bench": "learning-peers", "world": "tmaze", "n": 20, "loop": "closed",
           "learned": "none", "impl": "edge-agent int8 learning off"}, ("vs_float64",)),
+        # --policy-len 1,2: each frozen row says its policy length and how its agents plan,
+        # alike on every row of its case; two-step policies step numpy
+        *[({"bench": "learning-peers", "world": w, "n": 20, "loop": "closed", "learned": "none",
+            "policy_len": p, "impl": i, "same_planning": True},
+           ("steps_per_s", "cpu_steps_per_s", "planning", "stepping", score))
+          for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
+          for p in (1, 2)
+          for i in ("edge-agent int8 learning off", "edge-agent float64 learning off")],
+        *[({"bench": "learning-peers", "world": w, "n": 20, "loop": "closed", "learned": "none",
+            "policy_len": 2, "impl": "edge-agent int8 learning off",
+            "stepping": "numpy: policy_len 2 (the compiled tick plans one-step policies)"},
+           ("vs_float64",)) for w in ("tmaze", "grid10")],
         *[({"bench": "learning-reversal", "condition": c}, ("mean_reward_rate", "ticks_to_relearn"))
           for c in ("frozen", "learning", "forgetting")],
     ],

@@ -377,3 +377,60 @@ def test_grid_world_scores_the_goals_its_agents_reach(workload: Path) -> None:
     assert sum(world.scores) > 0
     assert achieved(world.scores, 100) == sum(world.scores) / (100 * 301)
     assert achieved(world.scores, 100, 10) == sum(world.scores[:10]) / 1000
+
+
+def test_the_frozen_rows_grid2f_scores_rewards_less_losses(tmp_path: Path) -> None:
+    """bench_learning_peers' grid2f (frozen rows only) is scored as the T-maze is: rewards
+    less losses of its reward modality, never reversed."""
+    import bench_learning_peers
+
+    from edge_agent.sim.grid2f import LOSS, REWARD
+
+    path = tmp_path / "grid2f.npz"
+    bench_learning_peers.write_workload("grid2f", "B", 0, 50, path)
+    w = load_workload(str(path))
+    assert (w["reverse_every"], w["reward_modality"]) == (0, 1)
+    assert (w["reward_outcome"], w["loss_outcome"]) == (REWARD, LOSS)
+    world = ClosedLoopWorld(w, 50, seed=0)
+    assert world.score == "mean_reward"
+    world.reset()
+    rng = np.random.default_rng(2)
+    paid = 0
+    for t in range(60):
+        actions = np.stack([rng.integers(0, b.shape[2], 50) for b in w["B"]], axis=1)
+        seen = world.step(actions)[0][:, 1]
+        assert world.scores[t + 1] == int((seen == REWARD).sum()) - int((seen == LOSS).sum())
+        paid += int((seen != 0).sum())
+    assert paid > 0
+
+
+def _row(policies: np.ndarray, q_pi: np.ndarray, actions: np.ndarray,
+         gamma: float = 16.0) -> dict[str, object]:
+    from peers.learning import planning
+
+    return {"planning": planning(policies, policies.shape[1], gamma, use_utility=True,
+                                 use_states_info_gain=True, use_param_info_gain=False),
+            "checks": {"first_actions": actions, "first_q_pi": q_pi, "policies": policies}}
+
+
+def test_a_case_plans_alike_only_when_every_side_holds_the_same_policies_and_gamma() -> None:
+    """check_rows: the policy set compared as a set (pymdp's order or another), gamma and the
+    gains as each side holds them; the first action optimal under each peer's posterior."""
+    from bench_learning_peers import check_rows
+
+    two_step = np.array([[[a], [b]] for a in range(3) for b in range(3)])  # (9, 2, 1)
+    shuffled = two_step[::-1].copy()
+    q_peer = np.zeros((2, 9))
+    q_peer[:, 3:6] = 1 / 3  # the first step's action 1 in every agent
+    edge = _row(shuffled, np.full((2, 9), 1 / 9), np.array([[1], [0]]))
+    peer = _row(two_step, q_peer, np.array([[1], [1]]))
+    found = check_rows([("edge-agent int8 learning off", edge), ("pymdp 1.0.4", peer)], [3])
+    assert found["edge-agent int8 learning off"] == {
+        "same_planning": True, "first_action_optimal_under_1.0.4": 0.5,
+        "first_action_optimal_under_1.0.4_agents": 2}
+    assert found["pymdp 1.0.4"] == {"same_planning": True}
+    one_step = _row(two_step[:3, :1], np.full((2, 3), 1 / 3), np.array([[1], [1]]))
+    other_gamma = _row(two_step, q_peer, np.array([[1], [1]]), gamma=1.0)
+    for odd in (one_step, other_gamma):
+        found = check_rows([("edge-agent int8 learning off", edge), ("pymdp 1.0.4", odd)], [3])
+        assert found["edge-agent int8 learning off"]["same_planning"] is False

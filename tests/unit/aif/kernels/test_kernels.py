@@ -641,3 +641,69 @@ def test_joint_outcomes_no_state_produces_are_left_out() -> None:
     np.testing.assert_array_equal(cm.A_joint_T, possible.T)
     negH = (full * np.log(full + EXP_M16)).sum(axis=0)
     np.testing.assert_allclose(cm.neg_entropy, negH, rtol=0, atol=1e-15)
+
+
+# ------------------------------------------- joint nodes that predict the same states, merged
+def _unmerged(cm: kernels.CompiledModel) -> kernels.CompiledModel:
+    """``cm`` with every depth's joint nodes the tree's (none merged)."""
+    from edge_agent.aif.kernels.fast_tables import _joint_fields
+
+    depths = tuple(
+        dataclasses.replace(fd, **_joint_fields(d.joint, d.policy_joint, fd.num_nodes))
+        for fd, d in zip(cm.fast.depths, cm.tree.depths, strict=True)
+    )
+    return dataclasses.replace(cm, fast=dataclasses.replace(cm.fast, depths=depths))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("world", ["grid2f", "tmaze", "random"])
+def test_joint_nodes_predicting_alike_are_evaluated_once(world: str, dtype: Any) -> None:
+    """The fast path evaluates once the joint nodes of a depth whose predicted states are the
+    same from any beliefs (grid2f: two moves in either order; the T-maze: the second move's
+    arm); which ones is read from the model's transitions, so a model whose moves do not
+    commute merges none; ``G`` and ``q_pi`` equal the tree's evaluation up to rounding."""
+    if world == "random":
+        model = random_model(7, (6, 3), (5, 4), (4, 1), b_kind="dense", a_nnz=3)
+    else:
+        from edge_agent.sim.registry import make_env
+
+        model = make_env(world, 1, seed=0).model
+    source = model if dtype is np.float64 else quantize_model(model)
+    cm = kernels.compile_model(source, construct_policies(model.num_controls, 2), dtype=dtype)
+    merged = [d.num_joint for d in cm.fast.depths]
+    expected = {"grid2f": [5, 17], "tmaze": [4, 4], "random": [4, 16]}[world]
+    assert merged == expected
+    assert [d.num_tree_joint for d in cm.fast.depths] == [len(d.joint) for d in cm.tree.depths]
+    # Every policy's two steps, as the model's dense B: policies on one merged node predict alike.
+    depth = cm.fast.depths[1]
+    node = (np.arange(len(cm.tree.policies)) if depth.policy_joint is None
+            else depth.policy_joint)  # fmt: skip
+    B = [np.asarray(b, dtype=np.float64) for b in model.B]
+    for p in range(len(cm.tree.policies)):
+        for q in np.flatnonzero(node == node[p]):
+            for f, b in enumerate(B):
+                (a1, a2), (c1, c2) = cm.tree.policies[p, :, f], cm.tree.policies[q, :, f]
+                np.testing.assert_array_equal(b[:, :, a2] @ b[:, :, a1], b[:, :, c2] @ b[:, :, c1])
+    rng = np.random.default_rng(11)
+    n = 37
+    G, q_pi = [], []
+    for plan in (cm, _unmerged(cm)):
+        blk = kernels.Workspace(plan, n, info_gain=True).block(n)
+        rng = np.random.default_rng(11)
+        for f, s in enumerate(model.num_states):
+            blk.roots[f][:-1] = beliefs(rng, n, s).astype(dtype).T
+        kernels.evaluate_block(plan, blk, use_utility=True, use_info_gain=True, gamma=16.0)
+        G.append(blk.G.copy())
+        q_pi.append(blk.x.copy())
+    close(G[0], G[1], dtype, "G")
+    close(q_pi[0], q_pi[1], dtype, "q_pi")
+
+
+def test_a_single_factor_s_nodes_stay_the_tree_s() -> None:
+    """grid10's moves commute too, but with one factor the fast path reads a depth's nodes in
+    place as its joint nodes: none merged."""
+    from edge_agent.sim.registry import make_env
+
+    model = make_env("grid10", 1, seed=0).model
+    cm = kernels.compile_model(model, construct_policies(model.num_controls, 2), dtype=np.float64)
+    assert [d.num_joint for d in cm.fast.depths] == [len(d.joint) for d in cm.tree.depths]

@@ -231,3 +231,24 @@ def test_source_rows_are_what_propagate_gives_a_one_hot() -> None:
         np.testing.assert_array_equal(
             source_rows(trans, sources, u), kernels.propagate(trans, np.eye(B.shape[0])[sources], u)
         )
+
+
+def test_a_refresh_reads_again_which_joint_nodes_predict_alike() -> None:
+    """grid2f at two steps: its moves commute, so the fast path merges 8 of the 25 second-step
+    joint nodes; a learned ``B`` of the same support whose moves no longer commute merges none
+    after the refresh, as the compile of that model does."""
+    model = builtin_model("grid2f")
+    policies = construct_policies(model.num_controls, 2)
+    def with_b0(B0: np.ndarray) -> GenerativeModel:
+        return GenerativeModel.from_arrays(model.A, [B0, model.B[1]], model.C, model.D)
+
+    reach = _normalised(transition_prior(model, "reach"))
+    cm = kernels.compile_model(with_b0(reach), policies)
+    skewed = _normalised(reach * np.random.default_rng(1).uniform(0.5, 2.0, reach.shape))
+    compiled = kernels.compile_model(with_b0(skewed), policies)
+    mine = kernels.refresh_transitions(cm, [kernels.make_transition(skewed, np.float64), None])
+    assert mine is not None  # the same support: refreshed, no compile
+    assert [d.num_joint for d in mine.fast.depths] == [d.num_joint for d in compiled.fast.depths]
+    assert [d.num_joint for d in compiled.fast.depths] == [5, 25]
+    original = kernels.compile_model(model, policies)
+    assert [d.num_joint for d in original.fast.depths] == [5, 17]
