@@ -53,13 +53,15 @@ ONE_PASS_MAX_SLOTS = 8
 # Larger than any cumulative probability: marks padding slots that must never be chosen.
 _PAD_CDF = 2.0
 
-#: A draw of at most this many agents (a world's spawns: a few agents a tick) compares every
-#: block end, then every slot of the chosen blocks, in one pass each over a ``(width, n)``
-#: scratch (:data:`FEW_WIDTH` rows at most) instead of one pass per slot: the same comparisons,
-#: counted the same way, in a handful of numpy calls where the per-slot passes make dozens.
-FEW_DRAWS = 16
-#: The most block ends or slots of a block the few-agent draw compares at once.
-FEW_WIDTH = 64
+#: A draw of at most this many agents (a world's spawns: the agents whose episode ended, about
+#: a fifth of a grid world's agents a tick) compares every block end, then every slot of the
+#: chosen blocks, in one pass each over a ``(width, n)`` scratch (:data:`FEW_WIDTH` rows at
+#: most) instead of one pass per slot: the same comparisons, counted the same way, in a handful
+#: of numpy calls where the per-slot passes make dozens.
+FEW_DRAWS = 128
+#: The most block ends or slots of a block the few-agent draw compares at once (columns of up
+#: to about 1,000 possible outcomes).
+FEW_WIDTH = 32
 
 __all__ = [
     "FEW_DRAWS",
@@ -166,7 +168,7 @@ class SamplerScratch:
         # one dtype (an add of bools to intp casts them: 7 against 1 us for 16,384 agents)
         self.block_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
         self.slot_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
-        # A draw of at most FEW_DRAWS agents: (width, n) comparisons, laid out flat (9 KB).
+        # A draw of at most FEW_DRAWS agents: (width, n) comparisons, laid out flat (37 KB).
         few = FEW_WIDTH * min(n, FEW_DRAWS)
         self.few_values: FloatArray = np.empty(few, dtype=np.float64)
         self.few_below: BoolArray = np.empty(few, dtype=np.bool_)
