@@ -60,8 +60,8 @@ _PAD_CDF = 2.0
 #: of numpy calls where the per-slot passes make dozens.
 FEW_DRAWS = 128
 #: The most block ends or slots of a block the few-agent draw compares at once (columns of up
-#: to about 1,000 possible outcomes).
-FEW_WIDTH = 32
+#: to 256 possible outcomes).
+FEW_WIDTH = 16
 
 __all__ = [
     "FEW_DRAWS",
@@ -168,7 +168,7 @@ class SamplerScratch:
         # one dtype (an add of bools to intp casts them: 7 against 1 us for 16,384 agents)
         self.block_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
         self.slot_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
-        # A draw of at most FEW_DRAWS agents: (width, n) comparisons, laid out flat (37 KB).
+        # A draw of at most FEW_DRAWS agents: (width, n) comparisons, laid out flat (18 KB).
         few = FEW_WIDTH * min(n, FEW_DRAWS)
         self.few_values: FloatArray = np.empty(few, dtype=np.float64)
         self.few_below: BoolArray = np.empty(few, dtype=np.bool_)

@@ -94,7 +94,9 @@ def test_sample_columns_is_inverse_cdf_of_each_column(num_outcomes: int, num_col
     assert np.all(table[out, cols] > 0)
 
 
-@pytest.mark.parametrize(("num_outcomes", "num_columns"), [(5, 7), (40, 9), (100, 1), (300, 2)])
+@pytest.mark.parametrize(
+    ("num_outcomes", "num_columns"), [(5, 7), (40, 9), (100, 1), (300, 2), (900, 1)]
+)
 def test_a_few_agents_draw_what_the_per_slot_passes_draw(
     num_outcomes: int, num_columns: int
 ) -> None:
