@@ -312,12 +312,15 @@ class CoordinationEngine(EngineIO):
         winners = self.auctioneer.winners()
         specs = [self.board.specs[t] for t, _ in rounds if t in self.board.specs]
         epochs = dict(rounds)
+        # Each spec's roles made once (slots() builds them at every call; a formation's bids
+        # asked for them five times a column).
+        roles = {s.task: s.slots() for s in specs}
         for gs in self.groups.values():
             columns = [
                 (s, r)
                 for s in specs
                 for r in self._roles_wanted(s, rebid=rebid)
-                if gs.takes(s.slots()[r])
+                if gs.takes(roles[s.task][r])
             ]
             if not columns:
                 continue
@@ -325,7 +328,7 @@ class CoordinationEngine(EngineIO):
             if rows.size == 0:
                 continue
             group = gs.group
-            gs.prepare_utilities([s.slots()[r] for s, r in columns], auction.preference_scale)
+            gs.prepare_utilities([roles[s.task][r] for s, r in columns], auction.preference_scale)
             U = np.stack([gs.utility(s, auction.preference_scale, r) for s, r in columns], axis=1)
             costs = task_costs(
                 group.cm,
@@ -341,7 +344,7 @@ class CoordinationEngine(EngineIO):
                     if already:
                         costs[np.isin(rows, list(already)), j] = np.inf
             else:
-                slots = sum(s.slots()[r].agents for s, r in columns)
+                slots = sum(roles[s.task][r].agents for s, r in columns)
                 k = math.ceil(slots / self.live_nodes())
                 k = max(auction.min_bids_per_task, min(auction.max_bids_per_task, k))
             column, agent_pos, cost = select_bids(costs, k)
@@ -366,7 +369,7 @@ class CoordinationEngine(EngineIO):
     def _roles_wanted(self, spec: TaskSpec, *, rebid: bool) -> range | list[int]:
         """The roles of ``spec`` to bid on: all of them, or in a rebid of a team those with a
         vacant slot."""
-        n = len(spec.slots())
+        n = spec.n_roles
         team = self.auctioneer.teams.get(spec.task) if rebid and spec.is_team else None
         if team is None:
             return range(n)

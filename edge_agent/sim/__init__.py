@@ -53,7 +53,19 @@ ONE_PASS_MAX_SLOTS = 8
 # Larger than any cumulative probability: marks padding slots that must never be chosen.
 _PAD_CDF = 2.0
 
+#: A draw of at most this many agents (a world's spawns: the agents whose episode ended, about
+#: a fifth of a grid world's agents a tick) compares every block end, then every slot of the
+#: chosen blocks, in one pass each over a ``(width, n)`` scratch (:data:`FEW_WIDTH` rows at
+#: most) instead of one pass per slot: the same comparisons, counted the same way, in a handful
+#: of numpy calls where the per-slot passes make dozens.
+FEW_DRAWS = 128
+#: The most block ends or slots of a block the few-agent draw compares at once (columns of up
+#: to 256 possible outcomes).
+FEW_WIDTH = 16
+
 __all__ = [
+    "FEW_DRAWS",
+    "FEW_WIDTH",
     "ONE_PASS_MAX_SLOTS",
     "BatchEnv",
     "ColumnSampler",
@@ -156,6 +168,10 @@ class SamplerScratch:
         # one dtype (an add of bools to intp casts them: 7 against 1 us for 16,384 agents)
         self.block_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
         self.slot_count: NDArray[np.uint8] = np.empty(n, dtype=np.uint8)
+        # A draw of at most FEW_DRAWS agents: (width, n) comparisons, laid out flat (18 KB).
+        few = FEW_WIDTH * min(n, FEW_DRAWS)
+        self.few_values: FloatArray = np.empty(few, dtype=np.float64)
+        self.few_below: BoolArray = np.empty(few, dtype=np.bool_)
 
     def head(self, n: int) -> SamplerScratch:
         """The same buffers' first ``n`` elements, as a scratch for ``n`` agents (views)."""
@@ -167,6 +183,7 @@ class SamplerScratch:
         out.n = n
         for name in ("values", "below", "block", "slot", "index", "block_count", "slot_count"):
             setattr(out, name, getattr(self, name)[:n])
+        out.few_values, out.few_below = self.few_values, self.few_below
         return out
 
 
@@ -186,6 +203,9 @@ def sample_columns(
         raise ValueError(f"cols has shape {cols.shape}, scratch serves ({scratch.n},)")
     if sampler.deterministic:
         np.take(sampler.support, cols, out=out, mode="clip")
+        return
+    if scratch.n <= FEW_DRAWS and max(sampler.blocks, sampler.block) <= FEW_WIDTH:
+        _sample_few(sampler, cols, u, out, scratch)
         return
     values, below = scratch.values, scratch.below
     # Counted in bytes where a count fits (at most 255 block ends or slots), else in intp.
@@ -214,6 +234,53 @@ def sample_columns(
     if sampler.blocks > 1:  # the slot among the column's: its block's first, plus the count
         first = scratch.block
         np.multiply(block, sampler.block, out=first, dtype=np.intp)
+        np.add(first, slot, out=first)
+        slot = first
+    flat = scratch.index
+    np.multiply(cols, sampler.slots, out=flat)
+    np.add(flat, slot, out=flat)
+    np.take(sampler.support, flat, out=out, mode="clip")
+
+
+def _count_at_most(
+    table: FloatArray, cols: IndexArray, u: FloatArray, count: IndexArray, scratch: SamplerScratch
+) -> None:
+    """``count[i]``: how many of the rows of ``table (w, C)`` have ``table[:, cols[i]] <= u[i]``
+    (:func:`sample_columns`' counts of block ends and of slots, for a few agents at once)."""
+    w, n = table.shape[0], cols.shape[0]
+    values = scratch.few_values[: w * n].reshape(w, n)
+    below = scratch.few_below[: w * n].reshape(w, n)
+    np.take(table, cols, axis=1, out=values, mode="clip")
+    np.less_equal(values, u, out=below)
+    np.add.reduce(below, axis=0, dtype=np.intp, out=count)
+
+
+def _sample_few(
+    sampler: ColumnSampler,
+    cols: IndexArray,
+    u: FloatArray,
+    out: IndexArray,
+    scratch: SamplerScratch,
+) -> None:
+    """:func:`sample_columns` of at most :data:`FEW_DRAWS` agents: each level's comparisons
+    (the block ends, then the slots of each agent's block) in one pass, counted as the per-slot
+    passes count them: the same outcome for the same ``u``."""
+    if sampler.blocks > 1:
+        block = scratch.block
+        _count_at_most(sampler.block_ends[: sampler.blocks - 1], cols, u, block, scratch)
+        rows = scratch.index
+        np.multiply(cols, sampler.blocks, out=rows)
+        np.add(rows, block, out=rows)
+    else:
+        rows = cols
+    slot = scratch.slot
+    if sampler.block > 1:
+        _count_at_most(sampler.cdf_slots[: sampler.block - 1], rows, u, slot, scratch)
+    else:
+        slot.fill(0)
+    if sampler.blocks > 1:  # the slot among the column's: its block's first, plus the count
+        first = scratch.block
+        np.multiply(first, sampler.block, out=first)
         np.add(first, slot, out=first)
         slot = first
     flat = scratch.index

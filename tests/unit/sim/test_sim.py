@@ -12,7 +12,7 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.errors import InputError, ModelError
-from edge_agent.sim import BatchEnv, ColumnSampler, SamplerScratch, sample_columns
+from edge_agent.sim import FEW_DRAWS, BatchEnv, ColumnSampler, SamplerScratch, sample_columns
 from edge_agent.sim.explorer import TARGET, ExplorerEnv, explorer_model, explorer_terrain
 from edge_agent.sim.grid2f import (
     LOSS,
@@ -92,6 +92,40 @@ def test_sample_columns_is_inverse_cdf_of_each_column(num_outcomes: int, num_col
     )
     np.testing.assert_array_equal(out, expected)
     assert np.all(table[out, cols] > 0)
+
+
+@pytest.mark.parametrize(
+    ("num_outcomes", "num_columns"), [(5, 7), (40, 9), (100, 1), (300, 2), (900, 1)]
+)
+def test_a_few_agents_draw_what_the_per_slot_passes_draw(
+    num_outcomes: int, num_columns: int
+) -> None:
+    """A draw of at most FEW_DRAWS agents (one pass a level) gives each agent the outcome the
+    per-slot passes give it for the same uniform, on every layout: one pass, two levels, and
+    columns wider than FEW_WIDTH (the per-slot passes then)."""
+    rng = np.random.default_rng(11)
+    table = rng.random((num_outcomes, num_columns))
+    table[rng.random(table.shape) < 0.3] = 0.0
+    table[0, table.sum(axis=0) == 0] = 1.0
+    table /= table.sum(axis=0)
+    sampler = ColumnSampler.from_table(table)
+    n = 4000
+    cols = rng.integers(0, num_columns, n).astype(np.intp)
+    u = rng.random(n)
+    # The ends of the range and u exactly on a step of a column's CDF (ties go right).
+    steps = np.cumsum(table[:, cols[2]])[:-1][:20]
+    u[:2] = [0.0, np.nextafter(1.0, 0.0)]
+    u[2 : 2 + steps.size], cols[2 : 2 + steps.size] = steps, cols[2]
+    many = np.empty(n, dtype=np.intp)
+    sample_columns(sampler, cols, u, many, SamplerScratch(n))
+    scratch = SamplerScratch(n)
+    few = np.empty(n, dtype=np.intp)
+    for k in (1, 3, FEW_DRAWS):
+        for start in range(0, n - k + 1, k):
+            rows = slice(start, start + k)
+            sample_columns(sampler, cols[rows], u[rows], few[rows], scratch.head(k))
+        covered = n - n % k
+        np.testing.assert_array_equal(few[:covered], many[:covered])
 
 
 def test_sampler_two_level_layout_and_validation() -> None:
