@@ -2,8 +2,12 @@
 
 What glibc does with a block depends on what the process freed before (the dynamic threshold),
 so each check runs in a fresh interpreter (a child process): a large block freed, then a block
-of 256 KB, which glibc serves from the heap once the threshold has risen past it, and as a
-mapping of its own while the threshold stays at 128 KB. Where the block lies says which.
+larger than any free chunk the heap holds, which glibc serves from the heap once the threshold
+has risen past it, and as a mapping of its own while the threshold stays at 128 KB. Where the
+block lies says which. (A block that a free chunk fits comes from the heap whatever the
+threshold: after a daemon ran, freed small objects coalesce into chunks of hundreds of KB, so
+the block is sized from ``malloc_info``'s report of the largest, after ``malloc_trim`` merged
+what can be merged.)
 """
 
 from __future__ import annotations
@@ -12,19 +16,34 @@ from pathlib import Path
 
 from tests.unit.daemon.test_footprint import run_fresh
 
-#: Allocates 8 MB (a mapping, whatever the threshold), frees it (glibc's dynamic threshold then
-#: rises to 8 MB), then 256 KB: prints whether that block lies in the [heap] mapping.
+#: Allocates 16 MB (a mapping, whatever the threshold), frees it (glibc's dynamic threshold then
+#: rises to 16 MB), then a block of at least 256 KB above the heap's largest free chunk (and
+#: under 16 MB): prints whether that block lies in the [heap] mapping.
 PROBE = """
-import ctypes
+import ctypes, re, tempfile
 {setup}
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-big = libc.malloc(8 << 20)
-ctypes.memset(big, 1, 8 << 20)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+big = libc.malloc(16 << 20)
+ctypes.memset(big, 1, 16 << 20)
 libc.free(big)
-block = libc.malloc(256 << 10)
+libc.malloc_trim(0)
+with tempfile.NamedTemporaryFile(suffix=".xml") as report:
+    out = libc.fopen(report.name.encode(), b"w")
+    assert libc.malloc_info(0, out) == 0
+    libc.fclose(out)
+    chunks = r'<(?:size|unsorted) from="\\d+" to="(\\d+)" total="\\d+" count="[1-9]'
+    sizes = re.findall(chunks, open(report.name).read())
+largest = max((int(to) for to in sizes), default=0)
+size = max(256 << 10, (largest + (64 << 10)) // 4096 * 4096)
+assert size < 16 << 20, largest
+block = libc.malloc(size)
 heap = next(line for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]"))
 low, high = (int(x, 16) for x in heap.split()[0].split("-"))
 print(low <= block < high)
