@@ -873,10 +873,11 @@ TABLES: tuple[Table, ...] = (
             "(docs/learning.md, \"The compiled pass\"; equal to the numpy stages up to "
             "rounding, `tests/unit/core/test_native_pass.py`), the T-maze's (`pA`) and, since "
             "issue 58's shared `pB`, grid10's (its rows' stepping says which path ran them); "
-            "the int8 groups with numpy but grid10's refreshed every tick (`pB` alone), in "
-            "the pass since issue 58's int8 shared `pB` (its columns rounded through its "
-            "codes) up to 32 agents: above, its columns stay fixed and numpy's local planner "
-            "is the cheaper. The peers as above (per-agent counts, every tick). "
+            "the int8 groups refreshed every tick in the pass too, their learned columns "
+            "rounded through their codes (grid10's `pB` since issue 58's int8 shared `pB`, up "
+            "to 32 agents: above, its columns stay fixed and numpy's local planner is the "
+            "cheaper; the T-maze's `pA` since int8pa: a row stored before it says `numpy`), "
+            "every 100 ticks with numpy. The peers as above (per-agent counts, every tick). "
             "Open loop, and closed where a closed-loop run stored these rows."
         ),
         benchmark="bench_learning_peers.py",

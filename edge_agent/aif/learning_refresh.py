@@ -15,7 +15,7 @@ the counts refreshed: the caller does, once it uses what a function returned.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -109,15 +109,16 @@ def refresh_model(
     *,
     policies: np.ndarray,
     dtype: type[np.floating],
-    whole: bool = False,
+    whole: Collection[str] = (),
 ) -> Refreshed:
     """The whole model again: every learned table whose counts were updated since they were
     last their prior is their expectation (until then the table the model was given: pymdp's
     ``update_A`` sets ``A``, not ``B``); for an int8 group (``quantized`` and ``codes``, the
     group's own from :func:`learned_codes`) a table is encoded whole at its first refresh and
-    only its touched columns after (in place, into ``codes``); ``whole``: every learned table
-    encoded whole (``codes`` are still the ones the group was loaded with, while the counts
-    were refreshed elsewhere: a shared group's compiled pass); compiled with ``policies`` in
+    only its touched columns after (in place, into ``codes``); ``whole``: the kinds (``"A"``,
+    ``"B"``) whose learned tables are encoded whole (their ``codes`` still the ones the group
+    was loaded with, while the counts were refreshed elsewhere: a shared group's compiled
+    pass); compiled with ``policies`` in
     ``dtype``."""
     A, B, D = list(model.A), list(model.B), list(model.D)
     tables = {"A": A, "B": B, "D": D}
@@ -129,7 +130,7 @@ def refresh_model(
             tables[table.kind][index] = table.normalised(slot)
             if codes is not None:
                 encoded += _encode(codes, table, slot, index, tables[table.kind][index],
-                                   whole=whole)
+                                   whole=table.kind in whole)
     floats = GenerativeModel.from_arrays(A, B, model.C, D, model.E)
     source: GenerativeModel | QuantizedModel = floats
     if quantized is not None and codes is not None:

@@ -306,7 +306,9 @@ class GroupLearning:
 
     @property
     def model(self) -> GenerativeModel:
-        """The float model the agents infer with now (the scope's)."""
+        """The float model the agents infer with now (the scope's; the learned tables a
+        shared pass left behind brought in first)."""
+        self._catch_up()
         return self.scope.model
 
     # -- memory ------------------------------------------------------------------------------------

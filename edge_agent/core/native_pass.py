@@ -292,12 +292,14 @@ class SharedNativePass(_CompiledPass):
     state keeps (made at the last tick with its ``B``: the numpy stages' after a forget or a
     snapshot replaced the tables).
 
-    An int8 group (``codes``: the scope's int8 codes now, read whenever its model was replaced;
-    ``pB`` only) infers and plans with the tables its codes decode to, as its numpy twin does:
-    ``tables`` (those codes decoded when the pass was made: the likelihood, which nothing learns
-    here), the learned ``B`` taken from the codes decoded, and the pass rounds each column it
-    makes its counts' expectation through the codes (``quantise_B``, tick.h). Its surprise is
-    its twin's (``surprise``: the scope's, under the float tables the counts normalise to)."""
+    An int8 group (``codes``: the scope's int8 codes now, read whenever its model was replaced)
+    infers and plans with the tables its codes decode to, as its numpy twin does: ``tables``
+    (those codes decoded when the pass was made), the learned ``A`` and ``B`` taken from the
+    codes decoded, and the pass rounds each column it makes its counts' expectation through the
+    codes (``quantise``, tick.h). Its surprise is its twin's, under the float tables the counts
+    normalise to: learning ``pA``, the pass's ``p_obs`` under the float tables it keeps beside
+    the rounded ones (:meth:`~edge_agent.aif.kernels.native.binding.NativeTick.bind_float`);
+    ``pB`` only, ``surprise`` (the scope's)."""
 
     #: The group's compiled tables lag the learned tables after a pass (the group brings them
     #: in when read: :meth:`~edge_agent.core.learning.GroupLearning.take_tables`).
@@ -316,11 +318,20 @@ class SharedNativePass(_CompiledPass):
         #: int8: the tables the codes decode to (the likelihood the agents infer with), the
         #: scope's codes and its surprise (see the class doc); None for float64.
         self._tables, self._codes, self._surprise = tables, codes, surprise
-        #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick).
+        #: Each learned modality's table ``(O_m, S)``, the pass's own (written every tick; an
+        #: int8 group's its codes decoded).
         self._own = [
-            np.array(model.A[m].reshape(model.A[m].shape[0], -1), dtype=np.float64)
-            for m in (() if self._pA is None else self._pA.tables)
+            np.array(a.reshape(a.shape[0], -1), dtype=np.float64)
+            for a in (() if self._pA is None else (
+                (tables or model).A[m] for m in self._pA.tables))
         ]
+        #: An int8 group learning ``A``: every modality's float table (its twin's surprise's;
+        #: a learned one's its counts' expectation, written by the pass), else empty.
+        self._float: list[np.ndarray] = []
+        if tables is not None and self._pA is not None:
+            self._float = [np.array(a.reshape(a.shape[0], -1), dtype=np.float64)
+                           for a in model.A]
+            kernel.bind_float(self._float)
         #: Each learned factor's entries (the support of its counts' prior, the kernel's) as
         #: ``(action, row, col)`` into ``B``, and its values ``(1, nnz)``, the pass's own (the
         #: columns of the actions taken written every tick).
@@ -350,8 +361,12 @@ class SharedNativePass(_CompiledPass):
         posteriors, which a learned ``B`` learns from (this tick's written)."""
         kernel, pA, pB = self._kernel, self._pA, self._pB
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
+            quantized = None if not self._float or self._codes is None else self._codes()
             for own, m in zip(self._own, () if pA is None else pA.tables, strict=True):
-                np.copyto(own, model.A[m].reshape(own.shape))
+                A = model.A[m] if quantized is None else quant.decode_log_u8(quantized.A[m])
+                np.copyto(own, A.reshape(own.shape))
+            for table, a in zip(self._float, model.A, strict=False):
+                np.copyto(table, a.reshape(table.shape))
             self._take_transitions(model)
             self._synced = model
         n = len(obs)
@@ -389,7 +404,7 @@ class SharedNativePass(_CompiledPass):
     ) -> np.ndarray:
         """See :meth:`_CompiledPass.outcome_probabilities`; an int8 group's, its numpy twin's
         (the scope's ``surprise``)."""
-        if self._surprise is not None:
+        if self._surprise is not None and not self._float:
             return self._surprise(obs, rows, joint)
         return super().outcome_probabilities(obs, rows, joint)
 
@@ -458,11 +473,9 @@ def shared_pass(
     """The compiled pass of a shared group on ``model`` (``quantized``: the int8 codes it steps
     with, None for float64), or why it steps with numpy (:func:`_kernel`; a learned ``B``'s
     support within its counts' prior, whose support is the pass's entries). An int8 group
-    learning ``pB`` only (``codes``: the scope's codes now; ``surprise``: the scope's) infers and
-    plans with its codes decoded, each learned column rounded through its codes as its numpy
-    twin's (see :class:`SharedNativePass`); one that learns ``pA`` steps with numpy."""
-    if quantized is not None and learner.pA is not None:
-        return "pA of an int8 group (the compiled pass rounds only pB's columns through codes)"
+    (``codes``: the scope's codes now; ``surprise``: the scope's) infers and plans with its
+    codes decoded, each learned column rounded through its codes as its numpy twin's (see
+    :class:`SharedNativePass`)."""
     pB = learner.pB
     entries: dict[int, native.TransitionEntries] = {}
     for slot, f in enumerate(() if pB is None else pB.tables):
@@ -475,7 +488,7 @@ def shared_pass(
     tables = None if quantized is None else quantized.dequantize()
     found = _kernel(tables or model, learner, spec, cm=cm, settings=settings,
                     n_agents=n_agents, shared=True, bound=[], entries=entries,
-                    quantise_B=quantized is not None)
+                    quantise=quantized is not None)
     if isinstance(found, str):
         return found
     if tables is None:
@@ -508,7 +521,7 @@ def _fixed_local(
 def _kernel(
     model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
-    entries: Mapping[int, native.TransitionEntries], quantise_B: bool = False,
+    entries: Mapping[int, native.TransitionEntries], quantise: bool = False,
 ) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` and ``pB`` (each agent its own counts or shared;
@@ -516,7 +529,7 @@ def _kernel(
     float64 counts refreshed every tick, for one-step policies, deterministic marginal action
     selection and a model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in
     C-contiguous float64 arrays (the counts, their experience and ``bound``: the tables it
-    writes). The agents' state is in ``cm``'s dtype (an int8 group's float32); ``quantise_B``:
+    writes). The agents' state is in ``cm``'s dtype (an int8 group's float32); ``quantise``:
     the learned columns rounded through int8 codes (an int8 group's)."""
     s = spec.settings
     policies = cm.tree.policies
@@ -559,5 +572,5 @@ def _kernel(
         gamma=float(settings.gamma), num_iter=settings.num_iter, dF_tol=settings.dF_tol,
         lr=s.lr_pA, use_utility=settings.use_utility,
         use_info_gain=settings.use_states_info_gain, shared_counts=shared,
-        learned_B=entries, lr_B=s.lr_pB, state_dtype=cm.dtype.type, quantise_B=quantise_B,
+        learned_B=entries, lr_B=s.lr_pB, state_dtype=cm.dtype.type, quantise=quantise,
     )

@@ -62,10 +62,12 @@ class SharedTables:
         #: What the group was loaded with: :meth:`restore_loaded` goes back to it.
         self._loaded = (model, quantized, cm)
         self._codes: Codes | None = None
-        #: Whether the learned tables' codes were encoded from their counts (whole) since they
-        #: were copied from the loaded ones: a compiled pass marks the counts refreshed without
-        #: encoding, so the first refresh after a copy encodes them whole.
-        self._codes_encoded = False
+        #: The kinds (``"A"``, ``"B"``) whose learned tables' codes were encoded from their
+        #: counts (whole) since they were copied from the loaded ones: a compiled pass marks the
+        #: counts refreshed without encoding, so the first refresh after a copy that finds a
+        #: kind learned encodes it whole (each kind its own: ``pA`` may learn ticks before
+        #: ``pB``, which learns from the first action on).
+        self._codes_encoded: frozenset[str] = frozenset()
         #: The counts' versions at the last refresh (None: the next refresh is a full one).
         self._versions: dict[str, int] | None = None
         #: Every modality's codes decoded (int8, past the first incremental refresh: only the
@@ -139,7 +141,7 @@ class SharedTables:
             return None
         if self._codes is None:
             self._codes = learned_codes(self._quantized, learner.counts)
-            self._codes_encoded = False
+            self._codes_encoded = frozenset()
         return self._codes
 
     def refresh(
@@ -160,9 +162,11 @@ class SharedTables:
         self._forget_derived()
         refreshed = refresh_model(
             self._model, self._quantized, codes, learner.counts,
-            policies=cm.tree.policies, dtype=self._dtype, whole=not self._codes_encoded,
+            policies=cm.tree.policies, dtype=self._dtype,
+            whole={"A", "B"} - self._codes_encoded,
         )
-        self._codes_encoded = any(counts.learned for counts in learner.counts)
+        self._codes_encoded = self._codes_encoded | {
+            counts.kind for counts in learner.counts if counts.learned and counts.kind != "D"}
         for counts in learner.counts:
             if counts.learned:
                 counts.mark_refreshed()
@@ -222,9 +226,11 @@ class SharedTables:
     def _tables_follow(self, learner: Learner) -> bool:
         """Whether the incremental refresh may apply: every table learned so far follows its
         counts (past its first refresh; int8: its codes encoded from them since they were
-        copied) and ``D`` did not move since the last refresh."""
+        copied, kind by kind) and ``D`` did not move since the last refresh."""
         versions = self._versions
-        if versions is None or (self._quantized is not None and not self._codes_encoded):
+        if versions is None or (self._quantized is not None and any(
+                counts.learned and counts.kind not in self._codes_encoded
+                for counts in learner.counts if counts.kind != "D")):
             return False
         if any(counts.learned and not counts.refreshed for counts in learner.counts):
             return False
@@ -247,7 +253,7 @@ class SharedTables:
         codes are copied again at the next refresh)."""
         self._model, self._quantized, cm = self._loaded
         self._codes = None
-        self._codes_encoded = False
+        self._codes_encoded = frozenset()
         self._forget_derived()
         return cm
 

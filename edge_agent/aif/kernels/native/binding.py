@@ -125,7 +125,8 @@ class _Model(ctypes.Structure):
         ("normalise_all", _i64),  # int64_t
         ("lnL", _p),  # const double *: (prod_m O_m, S)
         ("lnQ1", _p),  # const double *: (prod_m O_m, sum S_f)
-        ("quantise_B", _i64),  # int64_t
+        ("quantise", _i64),  # int64_t
+        ("A_float", _p),  # double *const *: (M) or NULL
     ]
 
 
@@ -371,9 +372,10 @@ class NativeTick:
     one set every agent teaches; ``supports[m]`` ``(O_m, S)``: where modality ``m``'s table can
     be non-zero (its counts' support, a learned one's). Nothing learned: the agents infer, plan
     and act (a frozen group). ``state_dtype``: the agents' beliefs, priors, ``G`` and ``q_pi``
-    (float64, or an int8 group's float32: read and written as they are). ``quantise_B`` (shared
-    counts, an int8 group): each learned column of ``B`` that follows its counts is then its
-    log-u8 codes decoded, as the group's numpy twin keeps it (tick.h). Sizes within the
+    (float64, or an int8 group's float32: read and written as they are). ``quantise`` (shared
+    counts, an int8 group): each learned column of ``A`` and ``B`` that follows its counts is
+    then its log-u8 codes decoded, as the group's numpy twin keeps it (tick.h; the float tables
+    its surprise reads: :meth:`bind_float`). Sizes within the
     library's limits (:func:`limits`, ``too_large``); ``library``: :func:`load`'s (default: the
     package's)."""
 
@@ -384,7 +386,7 @@ class NativeTick:
         num_iter: int, dF_tol: float, lr: float, use_utility: bool, use_info_gain: bool,
         shared_counts: bool, library: ctypes.CDLL | None = None,
         learned_B: Mapping[int, TransitionEntries] | None = None, lr_B: float = 0.0,
-        state_dtype: type[np.floating] = np.float64, quantise_B: bool = False,
+        state_dtype: type[np.floating] = np.float64, quantise: bool = False,
     ) -> None:
         num_states = [b.shape[0] for b in B]
         num_controls = [b.shape[2] for b in B]
@@ -453,7 +455,7 @@ class NativeTick:
         self._ptr = {name: np.zeros(count, dtype=np.uintp) for name, count in (
             ("A", M), ("pA", M), ("mask", M), ("experience", M), ("qs", F), ("prior", F),
             ("next_prior", F), ("qs_prev", F), ("B_values", F), ("pB", F), ("pB_mask", F),
-            ("B_experience", F))}
+            ("B_experience", F), ("A_float", M))}
         for m, table in enumerate(self._shared_A):
             if table is not None:
                 self._ptr["A"][m] = _addr(table)
@@ -493,7 +495,7 @@ class NativeTick:
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
-            None if self.lnL is None else _addr(self.lnL), None, int(quantise_B))
+            None if self.lnL is None else _addr(self.lnL), None, int(quantise), None)
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
@@ -529,6 +531,7 @@ class NativeTick:
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
         self._bound_learning: tuple[np.ndarray, ...] = ()
         self._bound_transitions: tuple[np.ndarray, ...] = ()
+        self._bound_float: tuple[np.ndarray, ...] = ()  # kept alive while the pass reads them
         self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
         self._bound_ids: tuple[int, ...] = ()
         self._has_prior = False
@@ -596,6 +599,18 @@ class NativeTick:
         self._bound_learning = bound
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
             self._make_scratch()
+
+    def bind_float(self, tables: Sequence[np.ndarray]) -> None:
+        """An int8 group learning ``A`` (``quantise``): every modality's float table ``(O_m,
+        S)`` (float64, C-contiguous; a learned one's written every tick with its rounded one,
+        its counts' expectation), under which the pass takes ``p_obs`` (the surprise's, as its
+        numpy twin reads its float model); read and written by the next :meth:`step` (bind
+        again when one is replaced)."""
+        S = int(self.state_index.shape[1])
+        for m, table in enumerate(tables):
+            self._ptr["A_float"][m] = _addr(table, size=int(self.num_obs[m]) * S)
+        self._bound_float = tuple(tables)
+        self._model.A_float = _addr(self._ptr["A_float"], np.uintp)
 
     def bind_transitions(
         self, values: Sequence[np.ndarray], counts: Sequence[np.ndarray],

@@ -253,8 +253,8 @@ static void normalise_b(const sparse_b *bm, const int64_t *flat, const double *c
         values[e] = flat[e] >= 0 ? counts[flat[e]] / total[bm->col[e]] : 0.0;
 }
 
-/* An int8 group's twin (tick_model.quantise_B): the columns of action u of a learned factor's
- * transitions (values, in its sparse_b's order, each its counts' expectation) become what its
+/* An int8 group's twin (tick_model.quantise): count values (each its counts' expectation; entry
+ * j in column col[j], or j % columns when col is NULL: a dense (O, S) table's) become what its
  * numpy twin keeps: each column's log-u8 codes (edge_agent/aif/quant.py's encode_log_u8: top
  * the log of its largest value, the floor the log of its smallest non-zero one but at most
  * Q_RANGE below, 254 steps between, codes rounded half to even; top and step kept as float)
@@ -265,55 +265,63 @@ static void normalise_b(const sparse_b *bm, const int64_t *flat, const double *c
 #define Q_RANGE 24.0
 #define Q_MAX_CODE 254.0
 #define Q_CHUNK 256
-static void quantise_b(const sparse_b *bm, double *values, int64_t u, int64_t s_f) {
+static void quantise_columns(double *values, const int64_t *col, int64_t count,
+                             int64_t columns) {
     double largest[MAX_S], smallest[MAX_S], top[MAX_S], low[MAX_S], step[MAX_S];
     double top32[MAX_S], step32[MAX_S], total[MAX_S], logs[Q_CHUNK];
-    for (int64_t i = 0; i < s_f; i++) {
+#define Q_COLUMN(e) (col != NULL ? col[e] : (e) % columns)
+    for (int64_t i = 0; i < columns; i++) {
         largest[i] = 0.0;
         smallest[i] = 0.0;
         total[i] = 0.0;
     }
-    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
+    for (int64_t e = 0; e < count; e++) {
         const double v = values[e];
-        const int64_t c = bm->col[e];
+        const int64_t c = Q_COLUMN(e);
         if (v > 0.0) {
             if (v > largest[c]) largest[c] = v;
             if (smallest[c] == 0.0 || v < smallest[c]) smallest[c] = v;
         }
     }
-    for (int64_t i = 0; i < s_f; i++)  /* a column without entries: logs of 1, unused */
+    for (int64_t i = 0; i < columns; i++)  /* a column without entries: logs of 1, unused */
         if (largest[i] <= 0.0) largest[i] = smallest[i] = 1.0;
-    tick_log(largest, top, s_f, 0.0);
-    tick_log(smallest, low, s_f, 0.0);
-    for (int64_t i = 0; i < s_f; i++) {
+    tick_log(largest, top, columns, 0.0);
+    tick_log(smallest, low, columns, 0.0);
+    for (int64_t i = 0; i < columns; i++) {
         if (low[i] < top[i] - Q_RANGE) low[i] = top[i] - Q_RANGE;
         step[i] = (top[i] - low[i]) / Q_MAX_CODE;
         top32[i] = (double)(float)top[i];
         step32[i] = (double)(float)step[i];
     }
-    for (int64_t first = bm->start[u]; first < bm->start[u + 1]; first += Q_CHUNK) {
-        const int64_t count = bm->start[u + 1] - first < Q_CHUNK ? bm->start[u + 1] - first
-                                                                 : Q_CHUNK;
+    for (int64_t first = 0; first < count; first += Q_CHUNK) {
+        const int64_t chunk = count - first < Q_CHUNK ? count - first : Q_CHUNK;
         double *v = values + first;
-        const int64_t *col = bm->col + first;
         /* a pad (0) is logged as 1 and written back 0 */
-        for (int64_t j = 0; j < count; j++) logs[j] = v[j] > 0.0 ? v[j] : 1.0;
-        tick_log_inplace(logs, count, 0.0);
-        for (int64_t j = 0; j < count; j++) {
-            const int64_t c = col[j];
+        for (int64_t j = 0; j < chunk; j++) logs[j] = v[j] > 0.0 ? v[j] : 1.0;
+        tick_log_inplace(logs, chunk, 0.0);
+        for (int64_t j = 0; j < chunk; j++) {
+            const int64_t c = Q_COLUMN(first + j);
             const double logp = logs[j] < low[c] ? low[c] : logs[j];
             double code = rint((top[c] - logp) / (step[c] > 0.0 ? step[c] : 1.0));
             if (code > Q_MAX_CODE) code = Q_MAX_CODE;
             logs[j] = top32[c] - code * step32[c];
         }
-        tick_exp_inplace(logs, count);
-        for (int64_t j = 0; j < count; j++) {
+        tick_exp_inplace(logs, chunk);
+        for (int64_t j = 0; j < chunk; j++) {
             v[j] = v[j] > 0.0 ? logs[j] : 0.0;
-            total[col[j]] += v[j];
+            total[Q_COLUMN(first + j)] += v[j];
         }
     }
-    for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++)
-        if (values[e] > 0.0) values[e] /= total[bm->col[e]];
+    for (int64_t e = 0; e < count; e++)
+        if (values[e] > 0.0) values[e] /= total[Q_COLUMN(e)];
+#undef Q_COLUMN
+}
+
+/* The columns of action u of a learned factor's transitions (values, in its sparse_b's order),
+ * rounded as its int8 twin keeps them (quantise_columns). */
+static void quantise_b(const sparse_b *bm, double *values, int64_t u, int64_t s_f) {
+    const int64_t first = bm->start[u];
+    quantise_columns(values + first, bm->col + first, bm->start[u + 1] - first, s_f);
 }
 
 /* pymdp's calc_free_energy of the factors' q (log_q: their logs), without the likelihood term
@@ -437,7 +445,14 @@ INLINE void likelihood_lanes(
             else
                 for (int64_t s = 0; s < S; s++) LANES sc->log_lik[s][b] *= row[s][b];
         }
-        if (st->p_obs != NULL) {
+        if (st->p_obs != NULL && m->A_float != NULL) {  /* under the float tables */
+            for (int64_t b = 0; b < count; b++) {
+                const double *fk = m->A_float[k] + st->obs[(first + b) * M + k] * S;
+                double total = 0.0;
+                for (int64_t s = 0; s < S; s++) total += fk[s] * sc->joint[s][b];
+                st->p_obs[(first + b) * M + k] = total;
+            }
+        } else if (st->p_obs != NULL) {
             lane total;
             LANES total[b] = 0.0;
             for (int64_t s = 0; s < S; s++) LANES total[b] += row[s][b] * sc->joint[s][b];
@@ -856,7 +871,8 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     }
 }
 
-/* Shared counts: each learned table becomes its counts' expectation (once a tick). */
+/* Shared counts: each learned table becomes its counts' expectation (once a tick); an int8
+ * group's (quantise) is then rounded through its codes, the expectation kept in A_float. */
 static void normalise_shared(const tick_model *m) {
     const int64_t S = m->joint;
     for (int64_t k = 0; k < m->modalities; k++) {
@@ -870,6 +886,11 @@ static void normalise_shared(const tick_model *m) {
         for (int64_t s = 0; s < S; s++) total[s] = 1.0 / total[s];
         for (int64_t o = 0; o < O; o++)
             for (int64_t s = 0; s < S; s++) table[o * S + s] = counts[o * S + s] * total[s];
+        if (m->quantise) {  /* an int8 group's: the float table kept for the surprise */
+            if (m->A_float != NULL && m->A_float[k] != NULL)
+                memcpy(m->A_float[k], table, (size_t)(O * S) * sizeof(double));
+            quantise_columns(table, NULL, O * S, S);
+        }
     }
 }
 
@@ -931,7 +952,7 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
                 if (m->normalise_all || taken[f][u]) {
                     normalise_b(&m->B[f], m->B_flat[f], m->pB[f], m->B_values[f], u,
                                 m->num_states[f]);
-                    if (m->quantise_B)
+                    if (m->quantise)
                         quantise_b(&m->B[f], m->B_values[f], u, m->num_states[f]);
                 }
         }

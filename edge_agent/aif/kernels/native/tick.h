@@ -68,10 +68,13 @@ typedef struct {
  * priors, G and q_pi (tick_state's void pointers) are float (an int8 group's), else double: the
  * pass computes in double either way. prior_given 1: the tick's prior is st->prior as the caller
  * keeps it (read; the next prior written there when next_prior is the same), else made.
- * quantise_B 1 (shared counts, an int8 group): each learned column of B made its counts'
+ * quantise 1 (shared counts, an int8 group): each learned column of A and B made its counts'
  * expectation is then what its numpy twin keeps, its log-u8 codes (edge_agent/aif/quant.py's
  * encode_log_u8, per column) decoded and renormalised (decode_log_u8); the codes are not kept
- * (the twin encodes them from the counts when its tables are read). */
+ * (the twin encodes them from the counts when its tables are read). A_float (an int8 group
+ * learning A; else NULL): the tables p_obs (the surprise's) is taken under, as the twin's float
+ * model has them: a learned modality's its counts' expectation before the rounding (written
+ * with its A), another's the float model's. */
 #define TICK_MODEL_FIELDS(X)                                                              \
     X(int64_t, n)                         /* agents of this call */                       \
     X(int64_t, factors)                   /* F */                                         \
@@ -132,9 +135,11 @@ typedef struct {
                                            * first step of every joint outcome, less the    \
                                            * log prior (edge_tick_first_step of lnL); NULL: \
                                            * made */                                       \
-    X(int64_t, quantise_B)                /* 1 (shared counts): each learned column that   \
+    X(int64_t, quantise)                  /* 1 (shared counts): each learned column that   \
                                            * follows its counts is then its log-u8 codes   \
-                                           * decoded (an int8 group's numpy twin's) */
+                                           * decoded (an int8 group's numpy twin's) */     \
+    X(double *const *, A_float)           /* (M): (O_m, S) p_obs's tables (an int8 group \
+                                           * learning A), else NULL */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)

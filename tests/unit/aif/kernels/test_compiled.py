@@ -19,6 +19,7 @@ from edge_agent.aif.learning_kernels import normalise
 from edge_agent.aif.learning_storage import saved_counts
 from edge_agent.aif.quant import encode_log_u8
 from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import builtin_model, make_env
 
 
@@ -100,7 +101,7 @@ def test_incremental_refresh_equals_a_full_compile(
 
 @pytest.mark.parametrize(("world", "modalities"), [("tmaze", (1,)), ("grid10", (0,))])
 def test_a_refresh_in_place_equals_a_full_refresh_and_leaves_the_shared_tables(
-    world: str, modalities: tuple[int, ...]
+    world: str, modalities: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A shared int8 group refreshed every tick (pymdp's cadence), replayed: past its first
     incremental refresh, each one writes into the group's own compiled tables (the same object
@@ -108,7 +109,9 @@ def test_a_refresh_in_place_equals_a_full_refresh_and_leaves_the_shared_tables(
     before; after every one its int8 codes are those of its counts encoded whole, bit for bit,
     and its compiled tables ``compile_model``'s of those codes, to rounding. The tables a plain
     group on the same model steps with (which the learning group was loaded with) are
-    untouched."""
+    untouched. (The group on numpy, its refresh's path: where the compiled pass takes it, it
+    brings its tables in when read, tests/unit/core/test_native_pass.py.)"""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     n = 4
     model = builtin_model(world)
     plain = AifAgentGroup(model, n, precision="int8")
