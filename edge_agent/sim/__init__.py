@@ -231,7 +231,22 @@ def sample_columns(
         np.take(sampler.cdf_slots[k], rows, out=values, mode="clip")
         np.less_equal(values, u, out=below)
         np.add(slot, step, out=slot)
-    if sampler.blocks > 1:  # the slot among the column's: its block's first, plus the count
+    _take_drawn(sampler, cols, block if sampler.blocks > 1 else None, slot, out=out,
+                scratch=scratch)
+
+
+def _take_drawn(
+    sampler: ColumnSampler,
+    cols: IndexArray,
+    block: np.ndarray | None,
+    slot: np.ndarray,
+    *,
+    out: IndexArray,
+    scratch: SamplerScratch,
+) -> None:
+    """``out``: the outcomes drawn, each agent's ``slot`` of its ``block`` (None: one block a
+    column) in column ``cols``; ``scratch.block`` and ``scratch.index`` written."""
+    if block is not None:  # the slot among the column's: its block's first, plus the count
         first = scratch.block
         np.multiply(block, sampler.block, out=first, dtype=np.intp)
         np.add(first, slot, out=first)
@@ -278,15 +293,8 @@ def _sample_few(
         _count_at_most(sampler.cdf_slots[: sampler.block - 1], rows, u, slot, scratch)
     else:
         slot.fill(0)
-    if sampler.blocks > 1:  # the slot among the column's: its block's first, plus the count
-        first = scratch.block
-        np.multiply(first, sampler.block, out=first)
-        np.add(first, slot, out=first)
-        slot = first
-    flat = scratch.index
-    np.multiply(cols, sampler.slots, out=flat)
-    np.add(flat, slot, out=flat)
-    np.take(sampler.support, flat, out=out, mode="clip")
+    _take_drawn(sampler, cols, scratch.block if sampler.blocks > 1 else None, slot, out=out,
+                scratch=scratch)
 
 
 def format_summary(

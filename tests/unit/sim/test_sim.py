@@ -70,13 +70,21 @@ def column_fit(states: np.ndarray, obs: np.ndarray, A: np.ndarray) -> tuple[floa
 # -- sampler ---------------------------------------------------------------------------------
 
 
+def _random_columns(
+    rng: np.random.Generator, num_outcomes: int, num_columns: int, *, zeros: float
+) -> np.ndarray:
+    """A table of ``num_columns`` random distributions over ``num_outcomes``, about ``zeros`` of
+    its entries 0 (a column left without any: its first outcome certain)."""
+    table = rng.random((num_outcomes, num_columns))
+    table[rng.random(table.shape) < zeros] = 0.0
+    table[0, table.sum(axis=0) == 0] = 1.0
+    return table / table.sum(axis=0)
+
+
 @pytest.mark.parametrize(("num_outcomes", "num_columns"), [(5, 7), (40, 9), (1, 3)])
 def test_sample_columns_is_inverse_cdf_of_each_column(num_outcomes: int, num_columns: int) -> None:
     rng = np.random.default_rng(3)
-    table = rng.random((num_outcomes, num_columns))
-    table[rng.random(table.shape) < 0.4] = 0.0
-    table[0, table.sum(axis=0) == 0] = 1.0
-    table /= table.sum(axis=0)
+    table = _random_columns(rng, num_outcomes, num_columns, zeros=0.4)
     sampler = ColumnSampler.from_table(table)
     n = 5000
     cols = rng.integers(0, num_columns, n).astype(np.intp)
@@ -104,10 +112,7 @@ def test_a_few_agents_draw_what_the_per_slot_passes_draw(
     per-slot passes give it for the same uniform, on every layout: one pass, two levels, and
     columns wider than FEW_WIDTH (the per-slot passes then)."""
     rng = np.random.default_rng(11)
-    table = rng.random((num_outcomes, num_columns))
-    table[rng.random(table.shape) < 0.3] = 0.0
-    table[0, table.sum(axis=0) == 0] = 1.0
-    table /= table.sum(axis=0)
+    table = _random_columns(rng, num_outcomes, num_columns, zeros=0.3)
     sampler = ColumnSampler.from_table(table)
     n = 4000
     cols = rng.integers(0, num_columns, n).astype(np.intp)
