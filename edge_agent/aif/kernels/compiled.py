@@ -449,9 +449,7 @@ def refresh_transitions(
         )  # fmt: skip
         if joint is None or not _same_nodes(joint, old):
             return None
-    fast = cm.fast
-    for f in changed:
-        fast = refreshed_propagation(fast, cm.tree, f, new[f], dtype)
+    fast = refreshed_propagation(cm.fast, cm.tree, {f: new[f] for f in changed}, dtype)
     local, small = cm.local, cm.small
     trans = new[0]
     if local is not None:

@@ -23,6 +23,8 @@ from edge_agent.aif.kernels.transitions import SparseTransition, Transition, ent
 from edge_agent.arrays import distinct
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from edge_agent.aif.kernels.tree import Depth, PolicyTree
 
 
@@ -578,13 +580,27 @@ def _parents_and_actions(depth: Depth, f: int) -> tuple[IndexArray, IndexArray]:
 
 
 def refreshed_propagation(
+    plan: FastPlan, tree: PolicyTree, changed: Mapping[int, Transition],
+    dtype: np.dtype[np.floating],
+) -> FastPlan:
+    """``plan`` with each changed factor ``f``'s transitions ``changed[f]``, of the same
+    structure as those it was built with (:func:`~edge_agent.aif.kernels.transitions.
+    same_structure`): every depth's propagation through them and their agent-major tables made
+    again from their weights, then which joint nodes predict alike read again, once
+    (:func:`_with_merged_joints`); the sizes the scratch follows (the largest extra layer, the
+    most dense nodes, the tree's joint nodes) stay. Equal to :func:`build_fast_plan` with
+    them."""
+    for f, trans in changed.items():
+        plan = _refreshed_factor(plan, tree, f, trans, dtype)
+    depths = _with_merged_joints(list(plan.depths), tree, plan.num_states, dtype)
+    return replace(plan, depths=tuple(depths))
+
+
+def _refreshed_factor(
     plan: FastPlan, tree: PolicyTree, f: int, trans: Transition, dtype: np.dtype[np.floating]
 ) -> FastPlan:
-    """``plan`` with factor ``f``'s transitions ``trans``, of the same structure as those it was
-    built with (:func:`~edge_agent.aif.kernels.transitions.same_structure`): every depth's
-    propagation through them and their agent-major tables made again from ``trans``' weights;
-    the sizes the scratch follows (the largest extra layer, the most dense nodes) stay. Equal
-    to :func:`build_fast_plan` with ``trans``."""
+    """``plan`` with factor ``f``'s propagation and agent-major tables made again from
+    ``trans`` (:func:`refreshed_propagation`); the joint nodes left as they were."""
     depths = []
     prev_nodes = 1
     values = _entry_values(trans) if isinstance(trans, SparseTransition) else None
@@ -607,7 +623,6 @@ def refreshed_propagation(
         props[f] = prop
         depths.append(replace(fast_depth, propagation=tuple(props)))
         prev_nodes = fast_depth.num_nodes[f]
-    depths = _with_merged_joints(depths, tree, plan.num_states, dtype)
     agent = list(plan.agent_propagation)
     mine = agent[f]
     if values is not None and mine is not None:
