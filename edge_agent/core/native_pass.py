@@ -126,15 +126,16 @@ def sizing_reasons(cm: kernels.CompiledModel, settings: AifSettings) -> str | No
     """Why a group of ``cm`` with ``settings`` steps with numpy whatever it learns, of what is
     known without loading the library (None: the compiled tick takes the model, if the
     installed library is the binding's): the environment asks for numpy, policies of more than
-    one step, stochastic or whole-policy action selection, a package installed without its
+    two steps, stochastic or whole-policy action selection, a package installed without its
     library, a model above the package's limits (:data:`~edge_agent.aif.kernels.native.
     PACKAGE_LIMITS`). Where it says None, the group reserves its compiled tick's bytes
     (:func:`compiled_nbytes`)."""
     policies = cm.tree.policies
     reasons = [
         (os.environ.get(NATIVE_ENV, "1") == "0", f"{NATIVE_ENV}=0"),
-        (policies.shape[1] != 1,
-         f"policy_len {policies.shape[1]} (the compiled tick plans one-step policies)"),
+        (policies.shape[1] > 2,
+         f"policy_len {policies.shape[1]} (the compiled tick plans policies of one or two "
+         "steps)"),
         (settings.action_selection != "deterministic", "stochastic action selection"),
         (settings.sampling_mode != "marginal", f"sampling_mode {settings.sampling_mode}"),
     ]
@@ -168,7 +169,7 @@ def compiled_nbytes(cm: kernels.CompiledModel, settings: AifSettings) -> int:
     if sizing_reasons(cm, settings) is not None:
         return 0
     return native.frozen_nbytes([np.asarray(a) > 0 for a in cm.A_rows],
-                                [kernels.support_table(t) for t in cm.transitions],
+                                [kernels.dense_table(t) for t in cm.transitions],
                                 cm.tree.policies)
 
 

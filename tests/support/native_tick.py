@@ -232,6 +232,17 @@ def sizes(world: str, build: str) -> tuple[int, ...]:
 FROZEN_SIZES = {"grid10-A0": (1, 13, 40)}
 
 
+#: The worlds whose group that does not learn is stepped planning two-step policies (policy_len
+#: 2): the T-maze (16 policies: 4 x 4 moves), grid2f (two factors, 25 policies) and grid10 (25).
+FROZEN_L2_WORLDS = ("tmaze-A1", "grid2f-A0", "grid10-A0")
+
+
+def frozen_l2_sizes(build: str) -> tuple[int, ...]:
+    """The agents a two-step world's group is stepped with in ``build``: 1, 13 and 40 with the
+    package's library, 1 and 13 with the others."""
+    return (1, 13, 40) if build == "installed" else (1, 13)
+
+
 def frozen_sizes(world: str, build: str) -> tuple[int, ...]:
     """The agents ``world``'s group that does not learn is stepped with in ``build`` (as
     :func:`sizes`: the package's library every size, the others those under 40)."""

@@ -28,9 +28,9 @@ import numpy as np
 from edge_agent.aif import joint_outcomes
 from edge_agent.arrays import distinct
 
-__all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries",
+__all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries", "TwoSteps",
            "entry_actions", "frozen_nbytes", "library_path", "not_installed", "policy_reach",
-           "scratch_doubles", "support_entries", "too_large"]
+           "scratch_doubles", "support_entries", "too_large", "two_steps"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
 #: the library's (``binding.limits``). A limit added to tick.h is named here too, or the library
@@ -137,23 +137,101 @@ def policy_reach(
     return start, reach
 
 
+class TwoSteps(NamedTuple):
+    """Two-step policies as the pass plans them (``tick_model``'s two-step fields, tick.h),
+    the work policies share once: the distinct first steps (``first_policy`` ``(J1,)``, a policy
+    taking each; ``policy_first_joint`` ``(P,)``, each policy's), each factor's second-step
+    nodes (``second_start`` ``(F + 1,)``: factor ``f``'s are ``[second_start[f],
+    second_start[f + 1])``; ``second_parent``, ``second_action``: each one's first and second
+    action), the distinct second-step joint nodes (``second_joint`` ``(J2, F)``: each one's
+    node of every factor, its index among the factor's; ``policy_second_joint`` ``(P,)``, each
+    policy's). Every array int64."""
+
+    first_policy: np.ndarray
+    policy_first_joint: np.ndarray
+    second_start: np.ndarray
+    second_parent: np.ndarray
+    second_action: np.ndarray
+    second_joint: np.ndarray
+    policy_second_joint: np.ndarray
+
+    @property
+    def second_actions(self) -> np.ndarray:
+        """``(J2, F)``: each second-step joint node's second action of every factor."""
+        F = len(self.second_start) - 1
+        nodes = self.second_joint + self.second_start[:F]
+        return self.second_action[nodes] if len(nodes) else np.zeros((0, F), dtype=np.int64)
+
+    @property
+    def nodes(self) -> int:
+        """The joint nodes the pass evaluates (J1 + J2)."""
+        return len(self.first_policy) + len(self.second_joint)
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each distinct row of ``rows`` ``(P, F)``, in order of appearance, and
+    each row's distinct row (np.unique would sort them, and import numpy.ma)."""
+    seen: dict[bytes, int] = {}
+    inverse = np.array([seen.setdefault(row.tobytes(), len(seen)) for row in rows],
+                       dtype=np.int64)
+    first = np.array([int(np.flatnonzero(inverse == j)[0]) for j in range(len(seen))],
+                     dtype=np.int64)
+    return first, inverse
+
+
+def two_steps(policies: np.ndarray, transitions: Sequence[np.ndarray]) -> TwoSteps:
+    """The pass's plan of two-step ``policies`` ``(P, 2, F)`` over the factors' ``transitions``
+    (dense ``(S_f, S_f, U_f)`` float64: a group that learns nothing). A factor's second-step
+    nodes are its distinct (first action, second action) pairs, those whose two steps are the
+    same map from any beliefs (``B[:, :, u2] @ B[:, :, u1]`` equal element for element, as the
+    numpy twin merges its joint nodes: fast_tables._merged_joint) one node (the first pair's:
+    their predictions then differ by rounding alone)."""
+    P, _, F = policies.shape
+    first_policy, policy_first_joint = _distinct_rows(np.ascontiguousarray(policies[:, 0, :]))
+    start, parent, action = [0], [], []
+    local = np.zeros((P, F), dtype=np.int64)
+    for f, table in enumerate(transitions):
+        b = np.asarray(table, dtype=np.float64)
+        seen: dict[bytes, int] = {}
+        for p in range(P):
+            u1, u2 = int(policies[p, 0, f]), int(policies[p, 1, f])
+            key = (b[:, :, u2] @ b[:, :, u1]).tobytes()
+            if key not in seen:
+                seen[key] = len(seen)
+                parent.append(u1)
+                action.append(u2)
+            local[p, f] = seen[key]
+        start.append(start[-1] + len(seen))
+    first_joint, policy_second_joint = _distinct_rows(local)
+    return TwoSteps(first_policy, policy_first_joint, np.array(start, dtype=np.int64),
+                    np.array(parent, dtype=np.int64), np.array(action, dtype=np.int64),
+                    np.ascontiguousarray(local[first_joint]), policy_second_joint)
+
+
 def scratch_doubles(
     num_states: Sequence[int], num_controls: Sequence[int], *, policies: int, outcomes: int,
-    entries: int, learned_values: int = 0,
+    entries: int, learned_values: int = 0, two: TwoSteps | None = None,
 ) -> int:
     """The doubles of scratch the pass needs (``tick_model.scratch``), alignment slack included:
     tick.c's ``edge_tick_scratch_doubles`` (its ``carve``, lane by lane, in its order; change
     both together, test_binding.py checks them equal) for a model of ``num_states`` and
     ``num_controls`` per factor planning ``policies`` one-step policies over ``outcomes``
     possible joint outcomes and ``entries`` (outcome, state) entries; ``learned_values``: the
-    learned modalities' ``O_m S`` values summed (0: nothing learned)."""
+    learned modalities' ``O_m S`` values summed (0: nothing learned); ``two``: the plan of
+    two-step policies (:func:`two_steps`; None: one-step)."""
     W, S = sum(num_states), math.prod(num_states)
+    planned, moved2 = policies, 0
+    if two is not None:  # the joint nodes' outcomes and values, each factor's nodes' states
+        planned = two.nodes
+        moved2 = sum(int(two.second_start[f + 1] - two.second_start[f]) * s
+                     for f, s in enumerate(num_states))
     lanes = (7 * W  # log_prior, cur, nxt, log_cur, log_nxt, qL, step1
              + 6 * S  # log_lik, joint, weighted, utility, neg_entropy, qj
              + 2 * entries  # value, log_value
              + sum(u * s for u, s in zip(num_controls, num_states, strict=True))  # moved
-             + 2 * policies * outcomes  # qo, log_qo
+             + 2 * planned * outcomes  # qo, log_qo
              + 3 * policies  # G, x, q_pi
+             + moved2 + (0 if two is None else two.nodes)  # moved2, node
              + -(-(outcomes + 1 + entries) // BLOCK)  # outcome_start, outcome_entry: int64s
              + learned_values)  # A: the learned tables
     return (lanes + 1) * BLOCK
@@ -165,11 +243,14 @@ def frozen_nbytes(
     """Exactly :attr:`NativeTick.nbytes` of the pass of a model nobody learns (``learned=()``,
     no ``learned_B``), without building it or loading the library: ``supports[m]`` ``(O_m, S)``
     bool, where ``A[m]`` is non-zero (the supports the pass is given), ``transitions[f]``
-    ``(S_f, S_f, U_f)`` bool, where ``B[f]`` is, ``policies`` ``(P, 1, F)``. Each array
-    :class:`NativeTick` makes is counted here at its size (its tables as the pass takes them;
-    the outcomes and entries the information gain reads, :func:`joint_outcomes.joint_entries`;
-    each policy's reach, :func:`policy_reach`; the scratch, :func:`scratch_doubles`): change both
-    together (test_equality.py checks them equal for every world the repository ships)."""
+    ``(S_f, S_f, U_f)`` float64, ``B[f]`` (the pass's entries its non-zero ones; two-step
+    policies merge the second steps its values make alike, :func:`two_steps`), ``policies``
+    ``(P, L, F)``, ``L`` 1 or 2. Each array :class:`NativeTick` makes is counted here at its
+    size (its tables as the pass takes them; the outcomes and entries the information gain
+    reads, :func:`joint_outcomes.joint_entries`; each policy's reach, :func:`policy_reach`, and
+    a two-step plan's arrays and its second steps' reach; the scratch, :func:`scratch_doubles`):
+    change both together (test_equality.py checks them equal for every world the repository
+    ships, one-step and two-step)."""
     num_obs = [int(s.shape[0]) for s in supports]
     num_states = [int(t.shape[0]) for t in transitions]
     num_controls = [int(t.shape[2]) for t in transitions]
@@ -177,9 +258,16 @@ def frozen_nbytes(
     outcomes = joint_outcomes.possible_outcomes(list(supports))
     entry_outcome, entry_state = joint_outcomes.joint_entries(supports, outcomes)
     E = len(entry_state)
-    factor_entries = [support_entries(t) for t in transitions]
+    factor_entries = [support_entries(np.asarray(t) != 0) for t in transitions]
+    state_index = np.indices(num_states).reshape(F, S)
     _, reach = policy_reach(factor_entries, np.ascontiguousarray(policies[:, 0, :]),
-                      np.indices(num_states).reshape(F, S), entry_state, entry_outcome)
+                      state_index, entry_state, entry_outcome)
+    two = None if policies.shape[1] == 1 else two_steps(policies, transitions)
+    planned = 0  # a two-step plan's arrays (tick_model's two-step fields)
+    if two is not None:
+        _, reach2 = policy_reach(factor_entries, two.second_actions, state_index, entry_state,
+                                 entry_outcome)
+        planned = (sum(a.size for a in two) + len(two.second_joint) + 1 + len(reach2))
     joint_obs = math.prod(num_obs)
     lnL = joint_obs * S <= LNL_TABLE
     values = (sum(u + 1 + 3 * e.size for u, e in zip(num_controls, factor_entries, strict=True))
@@ -187,6 +275,6 @@ def frozen_nbytes(
               + 4 * E + (S + 1) + (P + 1) + len(reach) + S  # entries, state_start, reach, utility
               + sum(num_obs) + sum(o * S for o in num_obs)  # lnC, the shared A
               + (joint_obs * S if lnL else 0) + (joint_obs * W if lnL and F > 1 else 0)  # lnL, lnQ1
-              + scratch_doubles(num_states, num_controls, policies=P, outcomes=len(outcomes),
-                                entries=E))
+              + planned + scratch_doubles(num_states, num_controls, policies=P,
+                                          outcomes=len(outcomes), entries=E, two=two))
     return 8 * values  # every array is float64 or int64

@@ -127,6 +127,18 @@ class _Model(ctypes.Structure):
         ("lnQ1", _p),  # const double *: (prod_m O_m, sum S_f)
         ("quantise", _i64),  # int64_t
         ("A_float", _p),  # double *const *: (M) or NULL
+        ("policy_len", _i64),  # int64_t: 2 two-step policies, else one-step
+        ("first_joints", _i64),  # int64_t: J1
+        ("first_policy", _p),  # const int64_t *: (J1)
+        ("policy_first_joint", _p),  # const int64_t *: (P)
+        ("second_start", _p),  # const int64_t *: (F + 1)
+        ("second_parent", _p),  # const int64_t *: (nodes)
+        ("second_action", _p),  # const int64_t *: (nodes)
+        ("second_joints", _i64),  # int64_t: J2
+        ("second_joint", _p),  # const int64_t *: (J2, F)
+        ("policy_second_joint", _p),  # const int64_t *: (P)
+        ("reach2_start", _p),  # const int64_t *: (J2 + 1)
+        ("reach2", _p),  # const int64_t *: or NULL
     ]
 
 
@@ -362,6 +374,17 @@ def _factor_entries(
     return out
 
 
+def _check_steps(policies: np.ndarray, learned: Sequence[int],
+                 learned_B: Mapping[int, TransitionEntries] | None) -> None:
+    """``policies`` ``(P, L, F)`` are what the pass plans: one step, or two for a pass that
+    learns nothing (else ValueError)."""
+    if policies.shape[1] not in (1, 2):
+        raise ValueError("the compiled tick plans policies of one or two steps")
+    if policies.shape[1] == 2 and (learned or learned_B):
+        raise ValueError("the compiled tick plans two-step policies for a pass that learns "
+                         "nothing")
+
+
 class NativeTick:
     """The compiled tick of ``n`` agents of the model ``A``, ``B``, ``D`` (float64 lists, as
     pymdp takes them; an int8 group's decoded from its codes) with log preferences ``lnC`` (``ln
@@ -375,7 +398,8 @@ class NativeTick:
     (float64, or an int8 group's float32: read and written as they are). ``quantise`` (shared
     counts, an int8 group): each learned column of ``A`` and ``B`` that follows its counts is
     then its log-u8 codes decoded, as the group's numpy twin keeps it (tick.h; the float tables
-    its surprise reads: :meth:`bind_float`). Sizes within the
+    its surprise reads: :meth:`bind_float`). ``policies`` ``(P, 2, F)``: two-step policies, a
+    pass that learns nothing (the work they share once: ``native.two_steps``). Sizes within the
     library's limits (:func:`limits`, ``too_large``); ``library``: :func:`load`'s (default: the
     package's)."""
 
@@ -392,8 +416,7 @@ class NativeTick:
         num_controls = [b.shape[2] for b in B]
         S = int(np.prod(num_states))
         M, F = len(A), len(B)
-        if policies.shape[1] != 1:
-            raise ValueError("the compiled tick plans one-step policies")
+        _check_steps(policies, learned, learned_B)
         lib = library or load()
         found = too_large(num_states, num_controls, M, len(policies), limits(lib))
         if found is not None:
@@ -496,11 +519,34 @@ class NativeTick:
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
             None if self.lnL is None else _addr(self.lnL), None, int(quantise), None)
+        self._plan_two_steps(B, policies, len(outcomes))
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
                              f"{self.state_dtype}")
         self._start(lib)
         self.lnQ1 = self._first_steps()
+
+    def _plan_two_steps(self, B: Sequence[np.ndarray], policies: np.ndarray,
+                        outcomes: int) -> None:
+        """Two-step policies: the two-step fields of the model (``native.two_steps``: the
+        first steps, each factor's second-step nodes, the joint nodes; each second-step joint
+        node's outcomes, as ``reach`` of its second actions). One-step: none."""
+        self.two: native.TwoSteps | None = None
+        self._two_arrays: tuple[np.ndarray, ...] = ()
+        if policies.shape[1] == 1:
+            return
+        two = native.two_steps(policies, [np.asarray(b, dtype=np.float64) for b in B])
+        reach_start, reach = policy_reach(self._b_arrays, two.second_actions, self.state_index,
+                                          self.entry_state, self.entry_outcome)
+        self.two = two
+        self._two_arrays = (*two, reach_start, reach)
+        J2 = len(two.second_joint)
+        model = self._model
+        model.policy_len, model.first_joints, model.second_joints = 2, len(two.first_policy), J2
+        (model.first_policy, model.policy_first_joint, model.second_start, model.second_parent,
+         model.second_action, model.second_joint, model.policy_second_joint,
+         model.reach2_start) = (_addr(a, np.int64) for a in self._two_arrays[:8])
+        model.reach2 = None if reach_start[-1] == J2 * outcomes else _addr(reach, np.int64)
 
     def _flats(self) -> list[np.ndarray | None]:
         """Each factor's learned entries' indices into its counts (None: not learned)."""
@@ -561,7 +607,7 @@ class NativeTick:
                   *(a for a in self.entry_index if a is not None),
                   *(a for a in self._flat if a is not None),
                   *(() if self.lnL is None else (self.lnL,)),
-                  *(() if self.lnQ1 is None else (self.lnQ1,))]
+                  *(() if self.lnQ1 is None else (self.lnQ1,)), *self._two_arrays]
         scratch = 0 if self._scratch is None else self._scratch.nbytes
         return int(sum(a.nbytes for a in arrays)) + scratch
 

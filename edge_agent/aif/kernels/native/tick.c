@@ -15,7 +15,9 @@
  *             q_prev(s) for the action a_f that led here, the columns of a_f their counts'
  *             expectation; what every agent added summed (experience)
  *   planning  one-step policies: utility q . sum_m ln C_m . A_m and the state information gain
- *             over the joint outcomes some state can produce (pymdp's exp(-16) threshold)
+ *             over the joint outcomes some state can produce (pymdp's exp(-16) threshold);
+ *             two-step policies (a group that learns nothing): each step's, on the mean-field
+ *             predicted states, summed (plan_two_steps: the work policies share done once)
  *   acting    q_pi = softmax(gamma G + ln E), the first maximum of each factor's action marginal
  *
  * The state (beliefs, priors, G, q_pi) is read and written in double or, for an int8 group, in
@@ -121,12 +123,17 @@ typedef struct {
     lane *log_lik, *joint, *weighted, *utility, *neg_entropy, *qj; /* (S) */
     lane *value, *log_value;                                   /* (E) */
     lane *moved;                                               /* (sum_f U_f S_f) */
-    lane *qo, *log_qo;                                         /* (P, K) */
+    lane *moved2;            /* (sum_f K_f S_f): the second-step nodes' (policy_len 2) */
+    lane *node;              /* (J1 + J2): the joint nodes' values (policy_len 2) */
+    lane *qo, *log_qo;       /* (P, K); policy_len 2: (J1 + J2, K) */
     lane *G, *x, *q_pi;                                        /* (P) */
     int64_t *outcome_start;                                    /* (K + 1) */
     int64_t *outcome_entry;                                    /* (E): outcome by outcome */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
+
+/* Whether the model plans two-step policies (a frozen group's; tick_model.policy_len). */
+static int two_step(const tick_model *m) { return m->policy_len == 2; }
 
 static int64_t width_of(const tick_model *m) {
     int64_t w = 0;
@@ -137,8 +144,14 @@ static int64_t width_of(const tick_model *m) {
 /* Lays the block's temporaries out from base (NULL: only counts); returns the lanes used. */
 static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     const int64_t W = width_of(m), S = m->joint, E = m->entries, P = m->policies;
-    int64_t used = 0, moved = 0;
+    int64_t used = 0, moved = 0, moved2 = 0, nodes = 0, planned = P;
     for (int64_t f = 0; f < m->factors; f++) moved += m->num_controls[f] * m->num_states[f];
+    if (two_step(m)) {  /* the joint nodes' values and outcomes, each factor's nodes' states */
+        nodes = m->first_joints + m->second_joints;
+        planned = nodes;
+        for (int64_t f = 0; f < m->factors; f++)
+            moved2 += (m->second_start[f + 1] - m->second_start[f]) * m->num_states[f];
+    }
 #define TAKE(field, count) do { if (base) sc->field = base + used; used += (count); } while (0)
     TAKE(log_prior, W); TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
     TAKE(qL, W); TAKE(step1, W);
@@ -146,8 +159,9 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     TAKE(neg_entropy, S); TAKE(qj, S);
     TAKE(value, E); TAKE(log_value, E);
     TAKE(moved, moved);
-    TAKE(qo, P * m->outcomes); TAKE(log_qo, P * m->outcomes);
+    TAKE(qo, planned * m->outcomes); TAKE(log_qo, planned * m->outcomes);
     TAKE(G, P); TAKE(x, P); TAKE(q_pi, P);
+    TAKE(moved2, moved2); TAKE(node, nodes);  /* none: one-step policies */
     /* the entries outcome by outcome (index_outcomes, once a call): int64s in whole lanes */
     if (base) {
         sc->outcome_start = (int64_t *)(base + used);
@@ -730,19 +744,129 @@ INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *
     (*packed)++;
 }
 
+/* A joint node's value before its outcomes' entropy, into out: utility and the states'
+ * information gain of the joint of the factors' predicted states q; its predicted joint
+ * outcomes (reach's reached, ascending; NULL: every outcome) that some agent of the block may
+ * see packed at sc->qo[*packed ..] for their logs (outcome_entropy). A one-step policy's, or a
+ * two-step policy's step's node (plan_two_steps). */
+INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
+                       const int64_t *reach, int64_t reached, int64_t *packed, double *out) {
+    const int64_t S = m->joint;
+    lane *qj = sc->qj, *utility = sc->utility, *neg_entropy = sc->neg_entropy;
+    joint_of(m, q, qj);
+    lane g;
+    LANES g[b] = 0.0;
+    if (m->use_utility)
+        for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
+    if (m->use_info_gain) {
+        /* the predicted joint above pymdp's threshold (a state below it adds exactly
+         * nothing) */
+        for (int64_t s = 0; s < S; s++)
+            LANES {
+                qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
+                g[b] += qj[s][b] * neg_entropy[s][b];
+            }
+        /* each joint outcome's predicted probability, summed in registers outcome by outcome
+         * over its entries (their states in order), of the outcomes the predicted states can
+         * give; the outcomes 0 for every agent of the block (most of them: predicted states
+         * reach few outcomes) are dropped (their - qo ln(qo + eps) is exactly 0), the others
+         * packed node after node for their logs */
+        if (reach != NULL)
+            for (int64_t at = 0; at < reached; at++)
+                predict_outcome(m, sc, qj, sc->value, reach[at], packed);
+        else
+            for (int64_t k = 0; k < m->outcomes; k++)
+                predict_outcome(m, sc, qj, sc->value, k, packed);
+    }
+    LANES out[b] = g[b];
+}
+
+/* - qo ln(qo + eps) of every node's packed joint outcomes (node i's [begin[i], begin[i + 1]),
+ * begin[nodes] set here to packed) taken from its value (values: nodes lanes); an int8 group's
+ * logs in float (its numpy twin's arithmetic is float32, its G kept in float: 7% of its tick,
+ * T-maze N = 1,000), a float64 group's in double. */
+INLINE void outcome_entropy(const tick_model *m, block_scratch *sc, lane *values,
+                            int64_t nodes, int64_t *begin, int64_t packed) {
+    lane *qo = sc->qo;
+    begin[nodes] = packed;
+    if (m->state_f32)
+        tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+    else
+        tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+    for (int64_t i = 0; i < nodes; i++) {
+        lane g;  /* in registers: a store to values[i] could be a read of qo (no reload per r) */
+        LANES g[b] = values[i][b];
+        for (int64_t r = begin[i]; r < begin[i + 1]; r++)
+            LANES g[b] -= qo[r][b] * sc->log_qo[r][b];
+        LANES values[i][b] = g[b];
+    }
+}
+
+/* G of two-step policies (policy_len 2, a frozen group's) into sc->G, as the numpy twin's
+ * policy tree (edge_agent/aif/kernels/control.py's evaluate_policies, block.py's
+ * evaluate_block): each policy's value is its first step's joint node's plus its second
+ * step's, each node's utility and information gain on the mean-field predicted states. The
+ * work policies share is done once: the first step's prediction per action of each factor
+ * (moved, the next prior's too), each distinct first step's joint node's value once (J1: the
+ * policies that start alike share it), each factor's second-step node (first action, second
+ * action; the binding merges those whose two steps predict alike from any beliefs) once from
+ * its first step's prediction, and each distinct second-step joint node's value once (J2). */
+INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t *agent,
+                           lane *moved[MAX_F][MAX_U]) {
+    const int64_t F = m->factors, P = m->policies;
+    const int64_t J1 = m->first_joints, J2 = m->second_joints;
+    lane *second[MAX_F][MAX_P];  /* each factor's second-step nodes' predicted states */
+    lane *at = sc->moved2;
+    for (int64_t f = 0; f < F; f++) {
+        const double *vals[BLK];
+        const int shared = m->B_values[f] == NULL || m->B_agent_stride[f] == 0;
+        for (int b = 0; b < BLK; b++) vals[b] = b_values(m, f, agent[b]);
+        for (int64_t k = m->second_start[f]; k < m->second_start[f + 1]; k++) {
+            second[f][k - m->second_start[f]] = at;
+            apply_b(&m->B[f], vals, shared, m->second_action[k], moved[f][m->second_parent[k]],
+                    at, m->num_states[f]);
+            at += m->num_states[f];
+        }
+    }
+    lane *node = sc->node, *q[MAX_F] = {0};
+    int64_t begin[2 * MAX_P + 1], packed = 0;
+    for (int64_t j = 0; j < J1; j++) {
+        const int64_t p = m->first_policy[j];
+        for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
+        const int64_t *reach = m->reach == NULL ? NULL : m->reach + m->reach_start[p];
+        const int64_t reached = m->reach == NULL ? 0 : m->reach_start[p + 1] - m->reach_start[p];
+        begin[j] = packed;
+        node_value(m, sc, q, reach, reached, &packed, node[j]);
+    }
+    for (int64_t j = 0; j < J2; j++) {
+        for (int64_t f = 0; f < F; f++) q[f] = second[f][m->second_joint[j * F + f]];
+        const int64_t *reach = m->reach2 == NULL ? NULL : m->reach2 + m->reach2_start[j];
+        const int64_t reached =
+            m->reach2 == NULL ? 0 : m->reach2_start[j + 1] - m->reach2_start[j];
+        begin[J1 + j] = packed;
+        node_value(m, sc, q, reach, reached, &packed, node[J1 + j]);
+    }
+    if (m->use_info_gain) outcome_entropy(m, sc, node, J1 + J2, begin, packed);
+    /* the twin's order: G = 0 + the first step's value, then += the second's */
+    for (int64_t p = 0; p < P; p++) {
+        const double *first = node[m->policy_first_joint[p]];
+        const double *then = node[J1 + m->policy_second_joint[p]];
+        LANES sc->G[p][b] = first[b] + then[b];
+    }
+}
+
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
  * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
  * the actions, and everything written back. */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                        int64_t count, const int64_t *offset, int tables_ready) {
-    const int64_t F = m->factors, P = m->policies, S = m->joint;
+    const int64_t F = m->factors, P = m->policies;
     const int64_t f32 = m->state_f32;
     lane *q[MAX_F] = {0};
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
-    lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
     if (!tables_ready) planning_tables(m, sc);
 
     /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
@@ -752,8 +876,8 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             LANES sc->cur[i][b] = (double)(float)sc->cur[i][b];
 
     /* the policies: each factor's predicted states under each action (the next prior too: B
-     * of the action chosen times the posterior), then per policy the joint, its utility and
-     * information gain */
+     * of the action chosen times the posterior), then per one-step policy the joint, its
+     * utility and information gain (node_value; two-step policies: plan_two_steps) */
     lane *moved[MAX_F][MAX_U];
     {
         lane *at = sc->moved;
@@ -768,57 +892,23 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             }
         }
     }
-    lane *G = sc->G, *qj = sc->qj;
-    int64_t begin[MAX_P + 1], packed = 0;
-    for (int64_t p = 0; p < P; p++) {
-        for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
-        joint_of(m, q, qj);
-        lane g;
-        LANES g[b] = 0.0;
-        if (m->use_utility)
-            for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
-        if (m->use_info_gain) {
-            /* the predicted joint above pymdp's threshold (a state below it adds exactly
-             * nothing) */
-            for (int64_t s = 0; s < S; s++)
-                LANES {
-                    qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
-                    g[b] += qj[s][b] * neg_entropy[s][b];
-                }
-            /* each joint outcome's predicted probability, summed in registers outcome by
-             * outcome over its entries (their states in order), of the outcomes the policy's
-             * predicted states can give (reach: the others' are exactly 0 for every agent, and
-             * were dropped below when this loop went over every outcome); the outcomes 0 for
-             * every agent of the block (most of them: a policy's predicted states reach few outcomes) are
-             * dropped (their - qo ln(qo + eps) is exactly 0), the others packed policy after
-             * policy (policy p's: [begin[p], begin[p + 1])) for their logs below */
-            begin[p] = packed;
-            if (m->reach != NULL)
-                for (int64_t at = m->reach_start[p]; at < m->reach_start[p + 1]; at++)
-                    predict_outcome(m, sc, qj, value, m->reach[at], &packed);
-            else  /* every policy reaches every outcome (grid10): no list read */
-                for (int64_t k = 0; k < m->outcomes; k++)
-                    predict_outcome(m, sc, qj, value, k, &packed);
-        }
-        LANES G[p][b] = g[b];
-    }
-    if (m->use_info_gain) {
-        /* - qo ln(qo + eps) of every policy's joint outcomes some agent may see; an int8
-         * group's logs in float (its numpy twin's arithmetic is float32, its G kept in float:
-         * 7% of its tick, T-maze N = 1,000), a float64 group's in double */
-        lane *qo = sc->qo;
-        begin[P] = packed;
-        if (m->state_f32)
-            tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
-        else
-            tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+    lane *G = sc->G;
+    if (two_step(m)) {
+        plan_two_steps(m, sc, agent, moved);
+    } else {
+        int64_t begin[MAX_P + 1], packed = 0;
         for (int64_t p = 0; p < P; p++) {
-            lane g;  /* in registers: a store to G[p] could be a read of qo (no reload per r) */
-            LANES g[b] = G[p][b];
-            for (int64_t r = begin[p]; r < begin[p + 1]; r++)
-                LANES g[b] -= qo[r][b] * sc->log_qo[r][b];
-            LANES G[p][b] = g[b];
+            for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
+            /* the outcomes of the policy's predicted states (reach: the others' are exactly 0
+             * for every agent, and were dropped below when this loop went over every
+             * outcome); NULL: every policy reaches every outcome (grid10), no list read */
+            const int64_t *reach = m->reach == NULL ? NULL : m->reach + m->reach_start[p];
+            const int64_t reached =
+                m->reach == NULL ? 0 : m->reach_start[p + 1] - m->reach_start[p];
+            begin[p] = packed;
+            node_value(m, sc, q, reach, reached, &packed, G[p]);
         }
+        if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed);
     }
     for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
     lane *q_pi = sc->q_pi;

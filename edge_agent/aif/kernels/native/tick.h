@@ -20,7 +20,7 @@
     X(MAX_F, 4)   /* state factors */                                                     \
     X(MAX_S, 128) /* joint states: the product of the factors' states */                  \
     X(MAX_M, 8)   /* modalities */                                                        \
-    X(MAX_P, 64)  /* policies (one-step: one action of every factor) */                   \
+    X(MAX_P, 64)  /* policies (one or two steps: an action of every factor each) */      \
     X(MAX_U, 16)  /* controls of a factor */
 
 #define TICK_LIMIT_ENUM(name, value) name = (value),
@@ -74,7 +74,12 @@ typedef struct {
  * (the twin encodes them from the counts when its tables are read). A_float (an int8 group
  * learning A; else NULL): the tables p_obs (the surprise's) is taken under, as the twin's float
  * model has them: a learned modality's its counts' expectation before the rounding (written
- * with its A), another's the float model's. */
+ * with its A), another's the float model's. policy_len 2 (a model nobody learns): the policies
+ * are of two steps, policies_first their first actions; the pass evaluates each distinct first
+ * step (first_policy: a policy taking it, whose reach is its outcomes) and each distinct
+ * second-step joint node once (its factors' nodes: a first and a second action each, the
+ * nodes whose two steps are one map merged by the binding), a policy's G the sum of its two
+ * nodes' (edge_agent/aif/kernels/native/__init__.py's two_steps makes them). */
 #define TICK_MODEL_FIELDS(X)                                                              \
     X(int64_t, n)                         /* agents of this call */                       \
     X(int64_t, factors)                   /* F */                                         \
@@ -139,7 +144,23 @@ typedef struct {
                                            * follows its counts is then its log-u8 codes   \
                                            * decoded (an int8 group's numpy twin's) */     \
     X(double *const *, A_float)           /* (M): (O_m, S) p_obs's tables (an int8 group \
-                                           * learning A), else NULL */
+                                           * learning A), else NULL */                     \
+    X(int64_t, policy_len)                /* 2: two-step policies (a frozen group's: the  \
+                                           * fields below); else one-step */               \
+    X(int64_t, first_joints)              /* J1: the distinct first actions (every factor's) */ \
+    X(const int64_t *, first_policy)      /* (J1): a policy taking each (its reach's) */   \
+    X(const int64_t *, policy_first_joint) /* (P): each policy's first actions, of J1 */   \
+    X(const int64_t *, second_start)      /* (F + 1): factor f's second-step nodes are    \
+                                           * [second_start[f], second_start[f + 1]) */     \
+    X(const int64_t *, second_parent)     /* (nodes): each node's first action */          \
+    X(const int64_t *, second_action)     /* (nodes): its second action */                 \
+    X(int64_t, second_joints)             /* J2: the distinct second-step joint nodes */   \
+    X(const int64_t *, second_joint)      /* (J2, F): each one's node of every factor */   \
+    X(const int64_t *, policy_second_joint) /* (P): each policy's, of J2 */                \
+    X(const int64_t *, reach2_start)      /* (J2 + 1) */                                   \
+    X(const int64_t *, reach2)            /* each second-step joint node's outcomes (as  \
+                                           * reach, of its second actions); NULL: every    \
+                                           * outcome of every node */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)

@@ -34,6 +34,7 @@ installs one)."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.policies import construct_policies
 from edge_agent.aif.reference_learning import LearningReferenceAgent
+from edge_agent.aif.settings import AifSettings
 from edge_agent.core import agents
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.native_pass import NATIVE_ENV, compiled_nbytes, frozen_kernel
@@ -55,6 +57,7 @@ from edge_agent.core.path_choice import TickCosts
 from edge_agent.sim.registry import BUILTIN_WORKLOADS, builtin_model
 from tests.support import native_builds
 from tests.support.native_tick import (
+    FROZEN_L2_WORLDS,
     FROZEN_WORLDS,
     SANITIZED_ENV,
     SCOPES,
@@ -62,6 +65,7 @@ from tests.support.native_tick import (
     SIZES,
     Pass,
     World,
+    frozen_l2_sizes,
     frozen_sizes,
     make_world,
     outcomes,
@@ -257,10 +261,11 @@ def _frozen_cases() -> Iterator[Any]:
                                        id=f"{world}-n{n}-{precision}-{build}")
 
 
-def frozen_group(world: World, n: int, precision: str) -> AifAgentGroup:
+def frozen_group(world: World, n: int, precision: str,
+                 settings: AifSettings = SETTINGS) -> AifAgentGroup:
     """The group of ``world``'s model that does not learn, at ``precision``."""
     return AifAgentGroup(GenerativeModel.from_arrays(world.A, world.B, world.C, world.D), n,
-                         settings=SETTINGS, precision=precision)  # type: ignore[arg-type]
+                         settings=settings, precision=precision)  # type: ignore[arg-type]
 
 
 #: How far a frozen group's compiled tick is from its numpy twin: rounding of float64, or of
@@ -278,16 +283,47 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
     (``EDGE_AGENT_NATIVE_TICK=0``): the same stored codes or tables, the same posteriors,
     priors, ``G`` and ``q_pi`` up to rounding, the compiled group's actions optimal under the
     twin's ``q_pi`` (each tick both go on from the twin's numbers and actions)."""
+    _frozen_side_by_side(case, SETTINGS, tmp_path, monkeypatch)
+
+
+#: The settings of the two-step cases: the suite's, planning policies of two steps.
+SETTINGS_L2 = dataclasses.replace(SETTINGS, policy_len=2)
+
+
+def _frozen_l2_cases() -> Iterator[Any]:
+    for build in BUILDS:
+        for world in FROZEN_L2_WORLDS:
+            for n in frozen_l2_sizes(build):
+                for precision in ("float64", "int8"):
+                    yield pytest.param(FrozenCase(world, n, precision, build),
+                                       id=f"{world}-n{n}-{precision}-{build}")
+
+
+@pytest.mark.parametrize("case", list(_frozen_l2_cases()))
+def test_a_frozen_group_s_two_step_plan_is_its_numpy_twin_up_to_rounding(
+    case: FrozenCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the one-step cases above, with policies of two steps (policy_len 2): the pass's
+    ``G`` (each policy's two steps' utility and information gain) and ``q_pi`` are the twin's
+    (its policy tree, merged joint nodes and all) up to rounding, its actions optimal under the
+    twin's ``q_pi``, through the episodes' resets."""
+    _frozen_side_by_side(case, SETTINGS_L2, tmp_path, monkeypatch)
+
+
+def _frozen_side_by_side(case: FrozenCase, settings: AifSettings, tmp_path: Path,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen group of ``case`` with ``settings`` on the compiled tick and its numpy twin,
+    tick after tick (the tests above)."""
     world_name, n, precision, build = case
     world = make_world(world_name, tmp_path)
     tol = FROZEN_TOL[precision]
     monkeypatch.setenv(NATIVE_ENV, "0")
-    twin = frozen_group(world, n, precision)
+    twin = frozen_group(world, n, precision, settings)
     monkeypatch.delenv(NATIVE_ENV)
     assert twin.stepping == f"numpy: {NATIVE_ENV}=0"
     monkeypatch.setattr(binding, "_LIBRARY", library(build))
     monkeypatch.setenv(NATIVE_ENV, "1")  # the compiled tick, unmeasured: its results the subject
-    group = frozen_group(world, n, precision)
+    group = frozen_group(world, n, precision, settings)
     monkeypatch.delenv(NATIVE_ENV)
     assert group.stepping == "native"
     if precision == "int8":  # the same stored codes, decoded the same way
@@ -295,7 +331,8 @@ def test_a_frozen_group_s_compiled_tick_is_its_numpy_twin_up_to_rounding(
         assert twin.quantized is not None
         for mine, theirs in zip(group.quantized.A, twin.quantized.A, strict=True):
             np.testing.assert_array_equal(mine.codes, theirs.codes)
-    policies_first = construct_policies([b.shape[2] for b in world.B], 1)[:, 0, :]
+    policies_first = construct_policies([b.shape[2] for b in world.B],
+                                        settings.policy_len)[:, 0, :]
     env = outcomes(world, n)
     obs, start = env.reset()
     ticks = 12 if world_name == "limits" else 36
@@ -551,25 +588,36 @@ def _shipped_model(name: str, tmp_path: Path) -> GenerativeModel:
     return GenerativeModel.from_arrays(world.A, world.B, world.C, world.D)
 
 
+@pytest.mark.parametrize("policy_len", [1, 2])
 @pytest.mark.parametrize("precision", ["float64", "int8"])
-@pytest.mark.parametrize("name", [*(f"builtin:{n}" for n in BUILTIN_WORKLOADS), *FROZEN_WORLDS])
+@pytest.mark.parametrize("name", [*(f"builtin:{n}" for n in BUILTIN_WORKLOADS), *FROZEN_WORLDS,
+                                  "grid2f-A0"])
 def test_a_frozen_compiled_tick_s_bytes_are_planned_exactly_from_the_model(
-    name: str, precision: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, precision: str, policy_len: int, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What a group that does not learn reserves for its compiled tick, planned from its model
     alone (``compiled_nbytes``: ``native.frozen_nbytes``, the scratch by ``scratch_doubles``;
     nothing built, the library not needed) is exactly the ``nbytes`` of the compiled tick
     ``frozen_kernel`` builds, for every model the repository ships (its built-in workloads and
-    the equality suite's worlds) at either precision; a group made only to be sized reserves
-    it and builds none."""
+    the equality suite's worlds) at either precision, planning one-step or two-step policies
+    (a two-step plan's arrays and scratch); a group made only to be sized reserves it and
+    builds none."""
     monkeypatch.delenv(NATIVE_ENV, raising=False)
     model = _shipped_model(name, tmp_path)
-    probe = AifAgentGroup(model, 1, settings=SETTINGS, precision=precision,  # type: ignore[arg-type]
+    settings = dataclasses.replace(SETTINGS, policy_len=policy_len)
+    probe = AifAgentGroup(model, 1, settings=settings, precision=precision,  # type: ignore[arg-type]
                           sizing_only=True)
+    above = native.too_large(model.num_states, model.num_controls, model.num_modalities,
+                             len(probe.cm.tree.policies))
+    if above is not None:  # two-step policies above the limits: numpy, nothing reserved
+        assert probe.stepping == f"numpy: {above}"
+        assert probe.memory.compiled_nbytes == compiled_nbytes(probe.cm, settings) == 0
+        return
     assert probe.stepping == "numpy: made to be sized only (admission's plan)"
-    kernel = frozen_kernel(probe.cm, SETTINGS)
+    kernel = frozen_kernel(probe.cm, settings)
     assert isinstance(kernel, binding.NativeTick), kernel
-    assert probe.memory.compiled_nbytes == compiled_nbytes(probe.cm, SETTINGS) == kernel.nbytes
+    assert probe.memory.compiled_nbytes == compiled_nbytes(probe.cm, settings) == kernel.nbytes
 
 
 @pytest.mark.parametrize("build", BUILDS)

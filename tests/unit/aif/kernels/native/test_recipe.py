@@ -21,11 +21,13 @@ import pytest
 from edge_agent.aif.kernels.native import binding, recipe
 from tests.support import native_builds
 from tests.support.native_tick import (
+    FROZEN_L2_WORLDS,
     FROZEN_WORLDS,
     SANITIZED_ENV,
     SCOPES,
     SIZES,
     SUITE,
+    frozen_l2_sizes,
     frozen_sizes,
     sizes,
 )
@@ -67,12 +69,14 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     done = _under_sanitizers(library, "-k", "sanitized")
     report = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, report
-    # each world and agents: every scope learning, and a frozen group at either precision;
-    # a frozen model's likelihood table against the product and its logs; its first-step
-    # table against the step made, three worlds (2, 3 and 4 factors); the scratch's Python
-    # twin against the library's, each world
+    # each world and agents: every scope learning, and a frozen group at either precision
+    # planning one-step policies, and two-step ones (three worlds); a frozen model's likelihood
+    # table against the product and its logs; its first-step table against the step made,
+    # three worlds (2, 3 and 4 factors); the scratch's Python twin against the library's, each
+    # world
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
+             + len(FROZEN_L2_WORLDS) * len(frozen_l2_sizes("sanitized")) * 2
              + 3 + len(SIZES))
     assert re.search(rf"\b{cases} passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
