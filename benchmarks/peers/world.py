@@ -217,6 +217,11 @@ class ClosedLoopWorld:
     drawn, and the generator's state after a step is the same.
     """
 
+    #: Uniforms no draw reads are skipped in runs of at least this many (an advance of the
+    #: generator costs about what drawing 300 doubles does, numpy 2.4 on x86-64); shorter runs
+    #: are drawn, unread.
+    SKIP_AT_LEAST = 512
+
     def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
         self.n = n
         self.rng = np.random.default_rng(seed)
@@ -296,13 +301,19 @@ class ClosedLoopWorld:
         buffer's order, the first ``skip`` not drawn at all): ``(view, 0)`` a run drawn into
         ``view``, ``(None, k)`` ``k`` skipped (the generator advanced by ``k``). A table's run is
         drawn where its draws read it (:attr:`_Stacked.random`; the respawn's where ``spawn``)."""
-        runs: list[tuple[bool, int, int]] = []  # (drawn, start, stop) in the buffer
-        for i, (stack, t) in enumerate(tables[skip:], start=skip):
-            drawn = stack.random[t] and (spawn or stack is not self.spawn_cdf)
-            if runs and runs[-1][0] == drawn:
-                runs[-1] = (drawn, runs[-1][1], (i + 1) * n)
-            else:
-                runs.append((drawn, i * n, (i + 1) * n))
+        def merged(runs: list[tuple[bool, int, int]]) -> list[tuple[bool, int, int]]:
+            out: list[tuple[bool, int, int]] = []
+            for drawn, a, b in runs:
+                if out and out[-1][0] == drawn:
+                    out[-1] = (drawn, out[-1][1], b)
+                else:
+                    out.append((drawn, a, b))
+            return out
+
+        runs = merged([(stack.random[t] and (spawn or stack is not self.spawn_cdf), i * n,
+                        (i + 1) * n) for i, (stack, t) in enumerate(tables[skip:], start=skip)])
+        # a run too short to be worth an advance is drawn (its uniforms unread)
+        runs = merged([(drawn or b - a < self.SKIP_AT_LEAST, a, b) for drawn, a, b in runs])
         return [(self._uniforms[a:b], 0) if drawn else (None, b - a) for drawn, a, b in runs]
 
     def _draw_uniforms(self, plan: list[tuple[np.ndarray | None, int]]) -> None:
@@ -313,14 +324,14 @@ class ClosedLoopWorld:
             else:
                 self.rng.random(out=view)
 
-    def _spawn(self, where: np.ndarray) -> bool:
-        """The agents ``where`` respawn (the uniforms drawn whoever respawns, by the caller);
+    def _spawn(self, where: np.ndarray, count: int) -> bool:
+        """The agents ``where`` respawn, ``count`` of them (the uniforms drawn by the caller);
         whether any did."""
         draws = self._spawn_draws
-        if not where.any():
+        if not count:
             return False
         drawn = draws.draw()
-        if where.all():
+        if count == self.n:
             self.by_factor[:] = drawn
             self.episode_steps[:] = 0
         else:
@@ -348,7 +359,7 @@ class ClosedLoopWorld:
     def _rewards(self, outcome: np.ndarray) -> int:
         """Swap reward and loss in the reversed phases (in place); rewards less losses."""
         reward, loss = self.reward_outcome, self.loss_outcome
-        if self.reverse_every > 0 and self.reversed.any():
+        if self.reverse_every > 0 and np.count_nonzero(self.reversed):
             np.add(self._phase_at, outcome, out=self._seen_at)
             self._seen_as.take(self._seen_at, out=self._seen, mode="clip")
             outcome[:] = self._seen
@@ -365,7 +376,7 @@ class ClosedLoopWorld:
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
         start = np.ones(self.n, dtype=np.bool_)
         self._draw_uniforms(self._plan_reset)  # the respawn's and the observation's uniforms
-        self._spawn(start)
+        self._spawn(start, self.n)
         self.trials[:] = 0
         self.reversed[:] = False
         self._phase_at[:] = 0
@@ -384,14 +395,15 @@ class ClosedLoopWorld:
             np.greater_equal(self.episode_steps, self.trial_len - 1, out=restart)
         move = self._move_draws
         # the move's, the respawn's (where some agent respawns), the observation's
-        self._draw_uniforms(self._plan_spawn if restart.any() else self._plan_stay)
+        respawns = int(np.count_nonzero(restart))  # (a count: cheaper than any's reduction)
+        self._draw_uniforms(self._plan_spawn if respawns else self._plan_stay)
         index = move.index  # (F, n): state * controls + action, in table f's rows
         np.multiply(by_factor, self._controls_col, out=index)
         index += actions.T
         index += move.first
         move.draw()  # into by_factor
         self.episode_steps += 1
-        if self._spawn(restart):
+        if self._spawn(restart, respawns):
             self._count_trials(restart)
         if self.rule == "goal":
             reached = self._reached

@@ -246,11 +246,14 @@ def _drawing_every_uniform(world: ClosedLoopWorld) -> ClosedLoopWorld:
 
 
 @pytest.mark.parametrize("world", ["grid10", "tmaze", "grid2f", "reversal"])
-def test_skipping_the_uniforms_no_draw_reads_changes_nothing(world: str, tmp_path: Path) -> None:
+def test_skipping_the_uniforms_no_draw_reads_changes_nothing(
+    world: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A step makes only the uniforms its draws read (a deterministic move or outcome reads
     none, a respawn's only where some agent respawns) and advances the generator past the
-    others: the same observations, episode starts, states, trials and scores as a world that
-    makes them all, for many seeds, group sizes and actions, and the same generator after."""
+    others (runs of any length here, of ``SKIP_AT_LEAST`` in the benchmark): the same
+    observations, episode starts, states, trials and scores as a world that makes them all, for
+    many seeds, group sizes and actions, and the same generator after."""
     from bench_learning_peers import write_workload as write_reversal
 
     path = tmp_path / f"{world}.npz"
@@ -264,7 +267,8 @@ def test_skipping_the_uniforms_no_draw_reads_changes_nothing(world: str, tmp_pat
     controls = [b.shape[2] for b in w["B"]]
     skipped_any = False
     for seed in range(12):
-        n = (2, 7, 64, 300)[seed % 4]
+        n = (2, 7, 64, 300, 600, 1000)[seed % 6]
+        monkeypatch.setattr(ClosedLoopWorld, "SKIP_AT_LEAST", 1 if seed < 6 else 512)
         fast = ClosedLoopWorld(w, n, seed=seed)
         full = _drawing_every_uniform(ClosedLoopWorld(w, n, seed=seed))
         skipped_any |= any(view is None for view, _ in fast._plan_stay)
