@@ -105,6 +105,11 @@ class _Stacked:
         self.outcome_rows = [self.outcomes[r, : int(rises[r].sum())].tolist()
                              for r in range(full.shape[0])]
         self.first_rows = self.first.reshape(-1).tolist()
+        #: Whether table ``t``'s draws depend on the uniform: some row of it has two outcomes or
+        #: more (a table of one outcome a row draws that outcome whatever ``u``: its uniforms
+        #: need not be made, only skipped, :meth:`ClosedLoopWorld._uniforms_of`).
+        self.random = [any(len(self.breaks_rows[r]) > 1 for r in range(t * C, (t + 1) * C))
+                       for t in range(self.tables)]
 
     def draw_one(self, rows: list[int], u: list[float]) -> list[int]:
         """One agent's draws, table ``t`` at its row ``rows[t]`` (flat, ``first`` included)
@@ -202,10 +207,20 @@ class ClosedLoopWorld:
     A step is a fixed set of batched numpy calls into buffers reserved here (:class:`_Draws`),
     the hidden states kept by factor (``states`` ``(n, F)`` is a view of them): its cost at
     N = 1 is those calls, the same for every implementation that acts in it. Its uniforms, the
-    move's, the respawn's and the observation's, are drawn in that order in one call (the same
-    numbers as one call each: a double is one draw of the generator), into one buffer whose
-    three parts the draws read.
+    move's, the respawn's and the observation's, are drawn in that order (the same numbers as
+    one call each: a double is one draw of the generator), into one buffer whose three parts
+    the draws read. Only the uniforms a draw reads are made: those of the tables whose draws
+    depend on them (:attr:`_Stacked.random`; a deterministic move or outcome reads none), and
+    the respawn's only at a step where some agent respawns; the others are skipped by
+    advancing the generator as far as drawing them would (``PCG64.advance``: a double is one
+    step of its state), so every uniform that is read is the number it would be had all been
+    drawn, and the generator's state after a step is the same.
     """
+
+    #: Uniforms no draw reads are skipped in runs of at least this many (an advance of the
+    #: generator costs about what drawing 300 doubles does, numpy 2.4 on x86-64); shorter runs
+    #: are drawn, unread.
+    SKIP_AT_LEAST = 512
 
     def __init__(self, workload: dict[str, Any], n: int, seed: int) -> None:
         self.n = n
@@ -227,7 +242,14 @@ class ClosedLoopWorld:
         self.by_factor = np.zeros((len(B), n), dtype=np.intp)
         self._move_draws = _Draws(self.move_cdf, n, move_u.reshape(-1, n), out=self.by_factor)
         self._spawn_draws = _Draws(self.spawn_cdf, n, spawn_u.reshape(-1, n))
-        self._after_move = self._uniforms[sizes[0] :]
+        #: How a step makes its uniforms (:meth:`_uniforms_of`): with a respawn, without one, and
+        #: the reset's (the respawn's and the observation's, everyone respawning).
+        self._bits = self.rng.bit_generator
+        tables = [(s, t) for s in (self.move_cdf, self.spawn_cdf, self.obs_cdf)
+                  for t in range(s.tables)]
+        self._plan_spawn = self._uniforms_of(n, tables, spawn=True, skip=0)
+        self._plan_stay = self._uniforms_of(n, tables, spawn=False, skip=0)
+        self._plan_reset = self._uniforms_of(n, tables, spawn=True, skip=self.move_cdf.tables)
         self._spawn_draws.index[:] = self.spawn_cdf.first  # the one row of each table
         self.controls = np.asarray(self.num_controls, dtype=np.int64)
         self._controls_col = self.controls.reshape(-1, 1)
@@ -273,14 +295,43 @@ class ClosedLoopWorld:
         #: One agent: :meth:`step` in Python scalars (:meth:`_step_one`), the same results.
         self.one = n == 1
 
-    def _spawn(self, where: np.ndarray) -> bool:
-        """The agents ``where`` respawn (the uniforms drawn whoever respawns, by the caller);
+    def _uniforms_of(self, n: int, tables: list[tuple[_Stacked, int]], *, spawn: bool,
+                     skip: int) -> list[tuple[np.ndarray | None, int]]:
+        """A step's uniforms as runs over :attr:`_uniforms` (its ``tables``, ``n`` each, in the
+        buffer's order, the first ``skip`` not drawn at all): ``(view, 0)`` a run drawn into
+        ``view``, ``(None, k)`` ``k`` skipped (the generator advanced by ``k``). A table's run is
+        drawn where its draws read it (:attr:`_Stacked.random`; the respawn's where ``spawn``)."""
+        def merged(runs: list[tuple[bool, int, int]]) -> list[tuple[bool, int, int]]:
+            out: list[tuple[bool, int, int]] = []
+            for drawn, a, b in runs:
+                if out and out[-1][0] == drawn:
+                    out[-1] = (drawn, out[-1][1], b)
+                else:
+                    out.append((drawn, a, b))
+            return out
+
+        runs = merged([(stack.random[t] and (spawn or stack is not self.spawn_cdf), i * n,
+                        (i + 1) * n) for i, (stack, t) in enumerate(tables[skip:], start=skip)])
+        # a run too short to be worth an advance is drawn (its uniforms unread)
+        runs = merged([(drawn or b - a < self.SKIP_AT_LEAST, a, b) for drawn, a, b in runs])
+        return [(self._uniforms[a:b], 0) if drawn else (None, b - a) for drawn, a, b in runs]
+
+    def _draw_uniforms(self, plan: list[tuple[np.ndarray | None, int]]) -> None:
+        """The uniforms of ``plan`` (:meth:`_uniforms_of`) drawn, the others skipped."""
+        for view, skipped in plan:
+            if view is None:
+                self._bits.advance(skipped)
+            else:
+                self.rng.random(out=view)
+
+    def _spawn(self, where: np.ndarray, count: int) -> bool:
+        """The agents ``where`` respawn, ``count`` of them (the uniforms drawn by the caller);
         whether any did."""
         draws = self._spawn_draws
-        if not where.any():
+        if not count:
             return False
         drawn = draws.draw()
-        if where.all():
+        if count == self.n:
             self.by_factor[:] = drawn
             self.episode_steps[:] = 0
         else:
@@ -308,7 +359,7 @@ class ClosedLoopWorld:
     def _rewards(self, outcome: np.ndarray) -> int:
         """Swap reward and loss in the reversed phases (in place); rewards less losses."""
         reward, loss = self.reward_outcome, self.loss_outcome
-        if self.reverse_every > 0 and self.reversed.any():
+        if self.reverse_every > 0 and np.count_nonzero(self.reversed):
             np.add(self._phase_at, outcome, out=self._seen_at)
             self._seen_as.take(self._seen_at, out=self._seen, mode="clip")
             outcome[:] = self._seen
@@ -324,8 +375,8 @@ class ClosedLoopWorld:
 
     def reset(self) -> tuple[np.ndarray, np.ndarray]:
         start = np.ones(self.n, dtype=np.bool_)
-        self.rng.random(out=self._after_move)  # the respawn's and the observation's uniforms
-        self._spawn(start)
+        self._draw_uniforms(self._plan_reset)  # the respawn's and the observation's uniforms
+        self._spawn(start, self.n)
         self.trials[:] = 0
         self.reversed[:] = False
         self._phase_at[:] = 0
@@ -343,14 +394,16 @@ class ClosedLoopWorld:
         else:
             np.greater_equal(self.episode_steps, self.trial_len - 1, out=restart)
         move = self._move_draws
-        self.rng.random(out=self._uniforms)  # the move's, the respawn's, the observation's
+        # the move's, the respawn's (where some agent respawns), the observation's
+        respawns = int(np.count_nonzero(restart))  # (a count: cheaper than any's reduction)
+        self._draw_uniforms(self._plan_spawn if respawns else self._plan_stay)
         index = move.index  # (F, n): state * controls + action, in table f's rows
         np.multiply(by_factor, self._controls_col, out=index)
         index += actions.T
         index += move.first
         move.draw()  # into by_factor
         self.episode_steps += 1
-        if self._spawn(restart):
+        if self._spawn(restart, respawns):
             self._count_trials(restart)
         if self.rule == "goal":
             reached = self._reached

@@ -237,6 +237,57 @@ def test_a_world_of_one_agent_steps_as_the_batched_world_does(
         np.testing.assert_array_equal(scalar.rng.random(4), batched.rng.random(4))
 
 
+def _drawing_every_uniform(world: ClosedLoopWorld) -> ClosedLoopWorld:
+    """``world`` making every uniform of a step, read or not (the step before it skipped the
+    unread ones): the whole buffer a step, its respawn's and observation's part at a reset."""
+    world._plan_spawn = world._plan_stay = [(world._uniforms, 0)]
+    world._plan_reset = [(world._uniforms[world.move_cdf.tables * world.n :], 0)]
+    return world
+
+
+@pytest.mark.parametrize("world", ["grid10", "tmaze", "grid2f", "reversal"])
+def test_skipping_the_uniforms_no_draw_reads_changes_nothing(
+    world: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step makes only the uniforms its draws read (a deterministic move or outcome reads
+    none, a respawn's only where some agent respawns) and advances the generator past the
+    others (runs of any length here, of ``SKIP_AT_LEAST`` in the benchmark): the same
+    observations, episode starts, states, trials and scores as a world that makes them all, for
+    many seeds, group sizes and actions, and the same generator after."""
+    from bench_learning_peers import write_workload as write_reversal
+
+    path = tmp_path / f"{world}.npz"
+    if world == "reversal":
+        write_reversal("tmaze", "A", 1, 4, path)
+    else:
+        bench_peers.write_workload(world, path)
+    w = load_workload(str(path))
+    if world == "reversal":
+        w["reverse_every"] = 2  # the phases change within the run
+    controls = [b.shape[2] for b in w["B"]]
+    skipped_any = False
+    for seed in range(12):
+        n = (2, 7, 64, 300, 600, 1000)[seed % 6]
+        monkeypatch.setattr(ClosedLoopWorld, "SKIP_AT_LEAST", 1 if seed < 6 else 512)
+        fast = ClosedLoopWorld(w, n, seed=seed)
+        full = _drawing_every_uniform(ClosedLoopWorld(w, n, seed=seed))
+        skipped_any |= any(view is None for view, _ in fast._plan_stay)
+        rng = np.random.default_rng(100 + seed)
+        got, want = fast.reset(), full.reset()
+        for _ in range(40):
+            for a, b in zip(got, want, strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(fast.states, full.states)
+            np.testing.assert_array_equal(fast.episode_steps, full.episode_steps)
+            np.testing.assert_array_equal(fast.trials, full.trials)
+            actions = np.stack([rng.integers(0, u, n) for u in controls], axis=1)
+            got, want = fast.step(actions), full.step(actions)
+        assert fast.scores == full.scores
+        np.testing.assert_array_equal(fast.rng.random(4), full.rng.random(4))
+    assert skipped_any  # (every world here has a deterministic table or a step without respawn)
+
+
 def test_first_action_agreement_counts_ties_as_agreement() -> None:
     policies = np.array([[[0]], [[1]], [[2]]])  # (P, L=1, F=1)
     q_pi = np.array([[0.45, 0.45, 0.10], [0.2, 0.7, 0.1]])
