@@ -246,16 +246,20 @@ INLINE void apply_b(const sparse_b *bm, const double *const *vals, int shared, i
             double v = value[e];
             const double *src = x[bm->col[e]];
             double *dst = y[bm->row[e]];
-            LANES dst[b] += v * src[b];
+            lane s, t;  /* every load before the store: gcc vectorises the lanes (the
+                         * read-modify-write through two pointers stayed scalar) */
+            LANES { s[b] = src[b]; t[b] = dst[b]; }
+            LANES dst[b] = t[b] + v * s[b];
         }
         return;
     }
     for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
-        lane v;
+        lane v, s, t;
         for (int b = 0; b < BLK; b++) v[b] = vals[b][e];
         const double *src = x[bm->col[e]];
         double *dst = y[bm->row[e]];
-        LANES dst[b] += v[b] * src[b];
+        LANES { s[b] = src[b]; t[b] = dst[b]; }
+        LANES dst[b] = t[b] + v[b] * s[b];
     }
 }
 
@@ -416,7 +420,13 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             }
             const int64_t *index = m->state_index + f * S;
             for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = 0.0;
-            for (int64_t s = 0; s < S; s++) LANES qL[index[s]][b] += sc->weighted[s][b];
+            for (int64_t s = 0; s < S; s++) {
+                lane w, t;  /* every load before the store: gcc vectorises the lanes (the
+                             * read-modify-write through two pointers stayed scalar) */
+                double *to = qL[index[s]];
+                LANES { w[b] = sc->weighted[s][b]; t[b] = to[b]; }
+                LANES to[b] = t[b] + w[b];
+            }
             for (int64_t i = 0; i < s_f; i++)
                 LANES qL[i][b] = qL[i][b] / cur[f][i][b] + log_prior[f][i][b];
             softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
@@ -717,7 +727,11 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
             for (int64_t o = 0; o < m->num_obs[k]; o++) {
                 double c = m->lnC[k][o];
-                for (int64_t s = 0; s < S; s++) LANES utility[s][b] += c * sc->A[k][o * S + s][b];
+                for (int64_t s = 0; s < S; s++) {
+                    lane a, t;  /* loads first, as in apply_b */
+                    LANES { a[b] = sc->A[k][o * S + s][b]; t[b] = utility[s][b]; }
+                    LANES utility[s][b] = t[b] + c * a[b];
+                }
             }
         }
     if (m->use_info_gain) {
