@@ -693,7 +693,7 @@ static void index_outcomes(const tick_model *m, block_scratch *sc) {
  * learned table: nothing): an entry's value is its shared factor times each learned table's
  * value at its index, so two entries of one state with the same shared factor (its bits) and
  * the same indices have the same value in every lane, every tick (the T-maze: a cue outcome's
- * 0.5 times the learned reward column, 20 entries, 12 values); each distinct value a slot, its
+ * 0.5 times the learned reward column, 22 entries, 12 values); each distinct value a slot, its
  * p ln p's log taken once (planning_tables). The entries of a state only (an entry's indices
  * name its state): sum_s E_s^2 compares. */
 static void index_slots(const tick_model *m, block_scratch *sc) {
