@@ -232,7 +232,8 @@ def scratch_doubles(
              + 2 * planned * outcomes  # qo, log_qo
              + 3 * policies  # G, x, q_pi
              + moved2 + (0 if two is None else two.nodes)  # moved2, node
-             + -(-(outcomes + 1 + entries) // BLOCK)  # outcome_start, outcome_entry: int64s
+             # outcome_start, outcome_entry, a learned table's entry_slot: int64s
+             + -(-(outcomes + 1 + entries + (entries if learned_values else 0)) // BLOCK)
              + learned_values)  # A: the learned tables
     return (lanes + 1) * BLOCK
 

@@ -129,6 +129,8 @@ typedef struct {
     lane *G, *x, *q_pi;                                        /* (P) */
     int64_t *outcome_start;                                    /* (K + 1) */
     int64_t *outcome_entry;                                    /* (E): outcome by outcome */
+    int64_t *entry_slot;     /* (E; a learned table's only): its value's slot (index_slots) */
+    int64_t slots;           /* the distinct values of the entries (index_slots) */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -167,7 +169,10 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
         sc->outcome_start = (int64_t *)(base + used);
         sc->outcome_entry = sc->outcome_start + m->outcomes + 1;
     }
-    used += (m->outcomes + 1 + E + BLK - 1) / BLK;
+    int64_t learned = 0;  /* a learned table: each entry's slot too (index_slots) */
+    for (int64_t k = 0; k < m->modalities; k++) learned |= m->pA[k] != NULL;
+    if (base) sc->entry_slot = learned ? sc->outcome_entry + E : NULL;
+    used += (m->outcomes + 1 + E + (learned ? E : 0) + BLK - 1) / BLK;
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
@@ -241,16 +246,20 @@ INLINE void apply_b(const sparse_b *bm, const double *const *vals, int shared, i
             double v = value[e];
             const double *src = x[bm->col[e]];
             double *dst = y[bm->row[e]];
-            LANES dst[b] += v * src[b];
+            lane s, t;  /* every load before the store: gcc vectorises the lanes (the
+                         * read-modify-write through two pointers stayed scalar) */
+            LANES { s[b] = src[b]; t[b] = dst[b]; }
+            LANES dst[b] = t[b] + v * s[b];
         }
         return;
     }
     for (int64_t e = bm->start[u]; e < bm->start[u + 1]; e++) {
-        lane v;
+        lane v, s, t;
         for (int b = 0; b < BLK; b++) v[b] = vals[b][e];
         const double *src = x[bm->col[e]];
         double *dst = y[bm->row[e]];
-        LANES dst[b] += v[b] * src[b];
+        LANES { s[b] = src[b]; t[b] = dst[b]; }
+        LANES dst[b] = t[b] + v[b] * s[b];
     }
 }
 
@@ -411,7 +420,13 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             }
             const int64_t *index = m->state_index + f * S;
             for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = 0.0;
-            for (int64_t s = 0; s < S; s++) LANES qL[index[s]][b] += sc->weighted[s][b];
+            for (int64_t s = 0; s < S; s++) {
+                lane w, t;  /* every load before the store: gcc vectorises the lanes (the
+                             * read-modify-write through two pointers stayed scalar) */
+                double *to = qL[index[s]];
+                LANES { w[b] = sc->weighted[s][b]; t[b] = to[b]; }
+                LANES to[b] = t[b] + w[b];
+            }
             for (int64_t i = 0; i < s_f; i++)
                 LANES qL[i][b] = qL[i][b] / cur[f][i][b] + log_prior[f][i][b];
             softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
@@ -674,6 +689,32 @@ static void index_outcomes(const tick_model *m, block_scratch *sc) {
     start[0] = 0;
 }
 
+/* A learned table's joint-outcome entries by value (sc->entry_slot, sc->slots; once a call, no
+ * learned table: nothing): an entry's value is its shared factor times each learned table's
+ * value at its index, so two entries of one state with the same shared factor (its bits) and
+ * the same indices have the same value in every lane, every tick (the T-maze: a cue outcome's
+ * 0.5 times the learned reward column, 22 entries, 12 values); each distinct value a slot, its
+ * p ln p's log taken once (planning_tables). The entries of a state only (an entry's indices
+ * name its state): sum_s E_s^2 compares. */
+static void index_slots(const tick_model *m, block_scratch *sc) {
+    int64_t *slot = sc->entry_slot, slots = 0;
+    if (slot == NULL) return;
+    for (int64_t s = 0; s < m->joint; s++)
+        for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
+            const int64_t e = m->state_entry[r];
+            slot[e] = -1;
+            for (int64_t r2 = m->state_start[s]; r2 < r && slot[e] < 0; r2++) {
+                const int64_t e2 = m->state_entry[r2];
+                int same = memcmp(&m->entry_shared[e], &m->entry_shared[e2], sizeof(double)) == 0;
+                for (int64_t k = 0; k < m->modalities && same; k++)
+                    if (m->entry_index[k] != NULL) same = m->entry_index[k][e] == m->entry_index[k][e2];
+                if (same) slot[e] = slot[e2];
+            }
+            if (slot[e] < 0) slot[e] = slots++;
+        }
+    sc->slots = slots;
+}
+
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
  * utility per state; the non-zero entries of the joint-outcome table and each state's negative
  * entropy over the joint outcomes. */
@@ -686,7 +727,11 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             if (m->pA[k] == NULL) continue;  /* a learned table: its lanes in sc->A */
             for (int64_t o = 0; o < m->num_obs[k]; o++) {
                 double c = m->lnC[k][o];
-                for (int64_t s = 0; s < S; s++) LANES utility[s][b] += c * sc->A[k][o * S + s][b];
+                for (int64_t s = 0; s < S; s++) {
+                    lane a, t;  /* loads first, as in apply_b */
+                    LANES { a[b] = sc->A[k][o * S + s][b]; t[b] = utility[s][b]; }
+                    LANES utility[s][b] = t[b] + c * a[b];
+                }
             }
         }
     if (m->use_info_gain) {
@@ -710,9 +755,34 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
         for (int64_t k = 0; k < M; k++) {
             const int64_t *index = m->entry_index[k];
             if (index == NULL) continue;
-            for (int64_t e = 0; e < E; e++) LANES value[e][b] *= sc->A[k][index[e]][b];
+            for (int64_t e = 0; e < E; e++) {
+                lane v, a;  /* every load before the store: gcc vectorises the lanes (the
+                             * read-modify-write through two pointers stayed scalar) */
+                LANES { v[b] = value[e][b]; a[b] = sc->A[k][index[e]][b]; }
+                LANES value[e][b] = v[b] * a[b];
+            }
         }
-        /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log) */
+        /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log); the log
+         * of each distinct value once (index_slots: its slot's lanes of sc->log_value), the
+         * same terms added in the same order */
+        const int64_t *slot = sc->entry_slot;
+        if (slot != NULL) {
+            lane *logs = sc->log_value;
+            for (int64_t e = 0; e < E; e++) {
+                lane v;
+                LANES v[b] = value[e][b];
+                LANES logs[slot[e]][b] = v[b];
+            }
+            tick_log_inplace(&logs[0][0], sc->slots * BLK, EXP_M16);
+            for (int64_t e = 0; e < E; e++) {
+                double *to = neg_entropy[m->entry_state[e]];
+                const double *ln = logs[slot[e]];
+                lane v, l, t;  /* loads first, as above */
+                LANES { v[b] = value[e][b]; l[b] = ln[b]; t[b] = to[b]; }
+                LANES to[b] = t[b] + v[b] * l[b];
+            }
+            return;
+        }
         tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
         for (int64_t e = 0; e < E; e++) {
             double *to = neg_entropy[m->entry_state[e]];
@@ -1077,7 +1147,10 @@ void edge_tick(const tick_model *m, tick_state *st) {
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
-    if (m->use_info_gain) index_outcomes(m, &sc);
+    if (m->use_info_gain) {
+        index_outcomes(m, &sc);
+        index_slots(m, &sc);
+    }
     if (m->shared_counts)
         tick_shared(m, st, &sc, offset, width);
     else

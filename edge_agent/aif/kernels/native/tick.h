@@ -49,7 +49,8 @@ typedef struct {
  * for each learned modality its index into that modality's (O_m, S) table (NULL: shared); the
  * entries of state s are state_entry[state_start[s] .. state_start[s + 1]) (the pass sums a
  * policy's predicted outcomes outcome by outcome, each outcome's entries in state_entry's
- * order; it no longer reads state_start). shared_counts 0: each agent its
+ * order; a learned table's entries of one value are found state by state from state_start,
+ * once a call). shared_counts 0: each agent its
  * own counts and learned table (pA (N, O_m, S), A_agent_stride O_m S); 1: one set of counts
  * every agent teaches (pA (1, O_m, S), A_agent_stride 0), the table following them every tick:
  * every agent infers and adds to the counts, the table becomes their expectation once, then
