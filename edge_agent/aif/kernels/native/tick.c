@@ -497,22 +497,31 @@ INLINE void measured_joint(const tick_model *m, const double *v, int64_t stride,
 
 /* Sampled agent i (lane b): its surprise -sum_m ln p(o_m) and excess surprise (less the
  * predicted distributions' entropy), p(o_m) = sum_s A_m(o_m | s) prior(s), from the block's
- * prior (sc->log_prior's lanes before their log) into measures[0 K + i], measures[K + i]. */
+ * prior (sc->log_prior's lanes before their log) into measures[0 K + i], measures[K + i]. The
+ * outcomes' probabilities of every modality one after the other in a buffer, their logs taken
+ * by tick_log (the tick's vector log) a buffer at a time. */
 INLINE void measure_predictions(const tick_model *m, tick_state *st, const block_scratch *sc,
                                 int64_t b, int64_t i, const int64_t *offset) {
+    enum { CHUNK = 64 };
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double joint[MAX_S], surprise = 0.0, plogp = 0.0;
+    double joint[MAX_S], p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0;
+    int64_t seen_at[MAX_M], seen = 0, fill = 0;
     measured_joint(m, &sc->log_prior[0][b], BLK, offset, joint);
     for (int64_t k = 0; k < M; k++) {
         const double *table = measured_table(m, k, n);
-        const int64_t seen = st->obs[n * M + k];
+        const int64_t o_seen = st->obs[n * M + k];
         for (int64_t o = 0; o < m->num_obs[k]; o++) {
-            double p = 0.0;
-            for (int64_t s = 0; s < S; s++) p += table[o * S + s] * joint[s];
-            const double lp = log(p + EPS);
-            plogp += p * lp;
-            if (o == seen) surprise -= lp;
+            double total = 0.0;
+            for (int64_t s = 0; s < S; s++) total += table[o * S + s] * joint[s];
+            if (o == o_seen) seen_at[seen++] = fill;
+            p[fill++] = total;
+            const int last = k == M - 1 && o == m->num_obs[k] - 1;
+            if (fill < CHUNK && !last) continue;
+            tick_log(p, lp, fill, EPS);
+            for (int64_t j = 0; j < fill; j++) plogp += p[j] * lp[j];
+            for (int64_t j = 0; j < seen; j++) surprise -= lp[seen_at[j]];
+            fill = seen = 0;
         }
     }
     st->measures[i] = surprise;
@@ -522,25 +531,28 @@ INLINE void measure_predictions(const tick_model *m, tick_state *st, const block
 /* Sampled agent i (lane b), once the block's posteriors are in sc->cur and its log prior in
  * sc->log_prior: the belief change sum_f KL(q_f || prior_f) and the free energy (the change less
  * the accuracy sum_s q(s) sum_m ln(A_m(o_m | s) + eps)), into measures[2 K + i], measures[3 K +
- * i]; an int8 group's posteriors as it keeps them (float32), as health reads them. */
+ * i]; an int8 group's posteriors as it keeps them (float32), as health reads them. The logs by
+ * tick_log, a factor's and a modality's row at once. */
 INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_scratch *sc,
                               int64_t b, int64_t i, const int64_t *offset, int64_t width) {
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double q[MAX_F * MAX_S];
-    double joint[MAX_S], change = 0.0, accuracy = 0.0;
-    for (int64_t j = 0; j < width; j++) {
-        const double v = m->state_f32 ? (double)(float)sc->cur[j][b] : sc->cur[j][b];
-        q[j] = v;
-        change += v * (log(v + EPS) - sc->log_prior[j][b]);
+    double q[MAX_F * MAX_S], logs[MAX_S], log_lik[MAX_S], joint[MAX_S];
+    double change = 0.0, accuracy = 0.0;
+    for (int64_t j = 0; j < width; j++)
+        q[j] = m->state_f32 ? (double)(float)sc->cur[j][b] : sc->cur[j][b];
+    for (int64_t f = 0; f < m->factors; f++) {  /* a factor's logs at once */
+        const int64_t s_f = m->num_states[f];
+        tick_log(q + offset[f], logs, s_f, EPS);
+        for (int64_t j = 0; j < s_f; j++)
+            change += q[offset[f] + j] * (logs[j] - sc->log_prior[offset[f] + j][b]);
     }
     measured_joint(m, q, 1, offset, joint);
-    for (int64_t s = 0; s < S; s++) {
-        double log_lik = 0.0;
-        for (int64_t k = 0; k < M; k++)
-            log_lik += log(measured_table(m, k, n)[st->obs[n * M + k] * S + s] + EPS);
-        accuracy += joint[s] * log_lik;
+    for (int64_t k = 0; k < M; k++) {  /* a modality's observed row's logs at once */
+        tick_log(measured_table(m, k, n) + st->obs[n * M + k] * S, logs, S, EPS);
+        for (int64_t s = 0; s < S; s++) log_lik[s] = k == 0 ? logs[s] : log_lik[s] + logs[s];
     }
+    for (int64_t s = 0; s < S; s++) accuracy += joint[s] * log_lik[s];
     st->measures[2 * K + i] = change - accuracy;
     st->measures[3 * K + i] = change;
 }
