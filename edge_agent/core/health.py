@@ -56,6 +56,7 @@ __all__ = [
     "LEARNING_HEALTH",
     "AifHealth",
     "ExcessTap",
+    "InTick",
     "Likelihood",
     "TickPrior",
     "health_agents",
@@ -115,6 +116,12 @@ TickPrior = Sequence[np.ndarray] | Callable[[IntArray], Sequence[np.ndarray]] | 
 ``prior[f] (N, S_f)`` (kept by the last tick); or ``prior(rows)``, the prior of the agents
 ``rows`` made again (a group that keeps none); or None: the tick's inference makes it (each
 agent's own tables), and :meth:`AifHealth.after` is given it."""
+
+InTick = Callable[[IntArray], np.ndarray]
+"""``in_tick(rows)``: the tick about to run measures the agents ``rows`` itself (the compiled
+tick: :meth:`~edge_agent.core.tick_paths.CompiledTick.measure`), the :data:`~edge_agent.aif.
+health.TICK_MEASURES` ``(4, r)`` it writes returned (read once the tick is stepped, in place of
+:func:`~edge_agent.aif.health.tick_measures` of the prior and posteriors)."""
 
 ExcessTap = Callable[[int, np.ndarray], None]
 """``tap(clock, excess)``: a measured tick's number (the group's health clock) and the excess
@@ -190,6 +197,8 @@ class AifHealth:
         self._tap: ExcessTap | None = None
         self._obs: IntArray | None = None
         self._prior: list[np.ndarray] | None = None
+        #: This tick's measures ``(4, r)`` as the tick wrote them (``before``'s ``in_tick``).
+        self._measured: np.ndarray | None = None
         self._held = 0  # measured ticks held (see _Held), not yet measured
         self._hold: _Held | None = None
         #: Whether a small sample's measured ticks are held (False: each measured when it
@@ -279,9 +288,13 @@ class AifHealth:
         """The agents this tick measures (moved by one each tick, within the group)."""
         return self._rows
 
-    def before(self, obs: IntArray, prior: TickPrior) -> None:
+    def before(self, obs: IntArray, prior: TickPrior, in_tick: InTick | None = None) -> None:
         """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with
-        (:data:`TickPrior`); the sampled rows are copied (the tick overwrites the prior)."""
+        (:data:`TickPrior`); the sampled rows are copied (the tick overwrites the prior).
+        ``in_tick``: the tick measures the sampled rows itself (:data:`InTick`: the compiled
+        tick's), taken by a group that holds no measured ticks (:func:`held_ticks` 0: a group of
+        more than :data:`HELD_SHARE` times its sample); a small group's are measured with numpy,
+        held or not, as before."""
         n = obs.shape[0]
         if n != self.n_agents:
             self.resize(n)
@@ -301,6 +314,10 @@ class AifHealth:
             self._obs = hold.obs[self._held]
             return
         self._obs = obs[rows]
+        if in_tick is not None and hold is None:  # (a group that holds measures with numpy)
+            self._measured = in_tick(rows)
+            self._prior = None
+            return
         if callable(prior):
             self._prior = [np.asarray(p, dtype=np.float64) for p in prior(rows)]
         elif prior is not None:
@@ -320,8 +337,8 @@ class AifHealth:
         :data:`Likelihood`): measure the sampled agents and fold the measures into the window
         and the drift detector. ``made``: the prior as the tick made it, ``made[f] (N, S_f)``,
         read where :meth:`before` was told none."""
-        obs, prior = self._obs, self._prior
-        self._obs = self._prior = None
+        obs, prior, measured = self._obs, self._prior, self._measured
+        self._obs = self._prior = self._measured = None
         window = self.window
         window.add_steps(self.n_agents)
         if obs is None:
@@ -340,7 +357,7 @@ class AifHealth:
             if t + 1 == hold.ticks:
                 self.flush()
             return
-        if prior is None and made:
+        if measured is None and prior is None and made:
             prior = [np.asarray(p[rows], dtype=np.float64) for p in made]
         names: list[str] = []
         values: list[np.ndarray] = []
@@ -350,12 +367,15 @@ class AifHealth:
         if self.lnC:
             names.append("preference")
             values.append(kernels_health.preference(self.lnC, obs))
-        if prior is None:
-            if names:
-                window.add_rows(names, np.stack(values))
-            return
-        post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-        measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
+        if measured is None:
+            if prior is None:
+                if names:
+                    window.add_rows(names, np.stack(values))
+                return
+            post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
+            measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
+        elif self._tap is not None:  # (the tick's array is written again at the next)
+            measured = measured.copy()
         window.add_rows([*names, *kernels_health.TICK_MEASURES], np.vstack([*values, measured]))
         excess = measured[1]
         if self._tap is not None:

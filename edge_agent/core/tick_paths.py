@@ -223,10 +223,25 @@ class CompiledTick:
         self._kernel, self._fused = kernel, fused
         self._state, self._stepper, self._recorder = state, stepper, recorder
         self._remade = partial(stepper.remade_prior, state)
+        #: The health measures the pass writes on a measured tick ``(4, r)`` (made once per
+        #: sample size: 32 bytes a sampled agent), and whether the next run writes them.
+        self._measures = np.zeros((4, 0))
+        self._measuring = False
 
     def tick_prior(self) -> TickPrior:
         """The state's prior (made again for the sampled agents where none is kept)."""
         return self._state.prior if self._state.keeps_prior else self._remade
+
+    def measure(self, rows: IntArray) -> np.ndarray:
+        """The next run measures health's sampled agents ``rows`` (ascending, int64) in the
+        pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by
+        it. Soft evidence (numpy's blocks) is never measured: health is told it only with
+        integer outcomes."""
+        if self._measures.shape[1] != len(rows):
+            self._measures = np.zeros((4, len(rows)))
+        self._kernel.measure(rows, self._measures)
+        self._measuring = True
+        return self._measures
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
             who_plans: WhoPlans, ticks: int) -> None:
@@ -234,6 +249,14 @@ class CompiledTick:
         if obs is None:  # soft evidence: numpy's blocks
             self._fused.run(obs, soft, now, record, who_plans=who_plans, ticks=ticks)
             return
+        try:
+            self._run(obs, now, record)
+        finally:
+            if self._measuring:
+                self._kernel.unmeasure()
+                self._measuring = False
+
+    def _run(self, obs: IntArray, now: float | None, record: bool) -> None:
         state = self._state
         if state.keeps_prior:
             self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,

@@ -157,6 +157,9 @@ class _State(ctypes.Structure):
         ("q_pi", _p),  # void *: (N, P)
         ("next_prior", _p),  # void *const *: (F)
         ("qs_prev", _p),  # void *const *: (F)
+        ("measure_rows", _p),  # const int64_t *: (K)
+        ("measure_count", _i64),  # int64_t: K
+        ("measures", _p),  # double *: (4, K)
     ]
 
 
@@ -581,6 +584,8 @@ class NativeTick:
         self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
         self._bound_ids: tuple[int, ...] = ()
         self._has_prior = False
+        #: health's sampled agents and their measures' array while a run measures them
+        self._measured: tuple[np.ndarray, ...] = ()
         self._obs = np.zeros((0, len(self.num_obs)), dtype=np.int64)
         #: The last run's agents and flags, as set in the model (set again when they change).
         self._flags: tuple[int, bool, bool, bool] = (-1, True, False, False)
@@ -762,6 +767,26 @@ class NativeTick:
             model.n, model.learn, model.normalise_all, model.prior_given = map(int, flags)
             self.n, self._flags = n, flags
         self._tick(self._model_ref, self._state_ref)
+
+    def measure(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """The next runs (:meth:`run`) measure health's sampled agents ``rows`` (``(K,)`` int64,
+        ascending, each below the agents run): each one's surprise, excess surprise, free energy
+        and belief change (:func:`edge_agent.aif.health.tick_measures`' rows, under the tables
+        before the tick's update) written into ``out`` ``(4, K)`` float64, until
+        :meth:`unmeasure`. Both arrays are read and written in place (kept alive here)."""
+        k = len(rows)
+        if out.shape != (4, k):
+            raise ValueError(f"measures of shape {out.shape} for {k} agents")
+        st = self._state
+        st.measure_rows = _addr(rows, np.int64, size=k)
+        st.measures = _addr(out, size=4 * k)
+        st.measure_count = k
+        self._measured = (rows, out)
+
+    def unmeasure(self) -> None:
+        """The next runs (:meth:`run`) measure nobody (the default)."""
+        self._state.measure_count = 0
+        self._measured = ()
 
     @property
     def _held(self) -> int:

@@ -490,6 +490,88 @@ INLINE void likelihood_lanes(
     }
 }
 
+/* Health's measures of a sampled agent (tick_state.measure_rows; edge_agent/aif/health.py's
+ * tick_measures, scalar: a few dozen agents a measured tick): the table agent n infers with
+ * (A_float where given: the float tables an int8 group's twin measures with). */
+INLINE const double *measured_table(const tick_model *m, int64_t k, int64_t n) {
+    if (m->A_float != NULL && m->A_float[k] != NULL) return m->A_float[k];
+    return m->A[k] + n * m->A_agent_stride[k];
+}
+
+/* The joint over the states of the factors' values v[(offset[f] + i) * stride] (a block's
+ * lanes: &lanes[0][b], BLK), C order (last factor fastest), into out. */
+INLINE void measured_joint(const tick_model *m, const double *v, int64_t stride,
+                           const int64_t *offset, double *out) {
+    for (int64_t s = 0; s < m->joint; s++) {
+        double p = v[(offset[0] + m->state_index[s]) * stride];
+        for (int64_t f = 1; f < m->factors; f++)
+            p *= v[(offset[f] + m->state_index[f * m->joint + s]) * stride];
+        out[s] = p;
+    }
+}
+
+/* Sampled agent i (lane b): its surprise -sum_m ln p(o_m) and excess surprise (less the
+ * predicted distributions' entropy), p(o_m) = sum_s A_m(o_m | s) prior(s), from the block's
+ * prior (sc->log_prior's lanes before their log) into measures[0 K + i], measures[K + i]. The
+ * outcomes' probabilities of every modality one after the other in a buffer, their logs taken
+ * by tick_log (the tick's vector log) a buffer at a time. */
+INLINE void measure_predictions(const tick_model *m, tick_state *st, const block_scratch *sc,
+                                int64_t b, int64_t i, const int64_t *offset) {
+    enum { CHUNK = 64 };
+    const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
+    const int64_t n = st->measure_rows[i];
+    double joint[MAX_S], p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0;
+    int64_t seen_at[MAX_M], seen = 0, fill = 0;
+    measured_joint(m, &sc->log_prior[0][b], BLK, offset, joint);
+    for (int64_t k = 0; k < M; k++) {
+        const double *table = measured_table(m, k, n);
+        const int64_t o_seen = st->obs[n * M + k];
+        for (int64_t o = 0; o < m->num_obs[k]; o++) {
+            double total = 0.0;
+            for (int64_t s = 0; s < S; s++) total += table[o * S + s] * joint[s];
+            if (o == o_seen) seen_at[seen++] = fill;
+            p[fill++] = total;
+            const int last = k == M - 1 && o == m->num_obs[k] - 1;
+            if (fill < CHUNK && !last) continue;
+            tick_log(p, lp, fill, EPS);
+            for (int64_t j = 0; j < fill; j++) plogp += p[j] * lp[j];
+            for (int64_t j = 0; j < seen; j++) surprise -= lp[seen_at[j]];
+            fill = seen = 0;
+        }
+    }
+    st->measures[i] = surprise;
+    st->measures[K + i] = surprise + plogp;
+}
+
+/* Sampled agent i (lane b), once the block's posteriors are in sc->cur and its log prior in
+ * sc->log_prior: the belief change sum_f KL(q_f || prior_f) and the free energy (the change less
+ * the accuracy sum_s q(s) sum_m ln(A_m(o_m | s) + eps)), into measures[2 K + i], measures[3 K +
+ * i]; an int8 group's posteriors as it keeps them (float32), as health reads them. The logs by
+ * tick_log, a factor's and a modality's row at once. */
+INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_scratch *sc,
+                              int64_t b, int64_t i, const int64_t *offset, int64_t width) {
+    const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
+    const int64_t n = st->measure_rows[i];
+    double q[MAX_F * MAX_S], logs[MAX_S], log_lik[MAX_S], joint[MAX_S];
+    double change = 0.0, accuracy = 0.0;
+    for (int64_t j = 0; j < width; j++)
+        q[j] = m->state_f32 ? (double)(float)sc->cur[j][b] : sc->cur[j][b];
+    for (int64_t f = 0; f < m->factors; f++) {  /* a factor's logs at once */
+        const int64_t s_f = m->num_states[f];
+        tick_log(q + offset[f], logs, s_f, EPS);
+        for (int64_t j = 0; j < s_f; j++)
+            change += q[offset[f] + j] * (logs[j] - sc->log_prior[offset[f] + j][b]);
+    }
+    measured_joint(m, q, 1, offset, joint);
+    for (int64_t k = 0; k < M; k++) {  /* a modality's observed row's logs at once */
+        tick_log(measured_table(m, k, n) + st->obs[n * M + k] * S, logs, S, EPS);
+        for (int64_t s = 0; s < S; s++) log_lik[s] = k == 0 ? logs[s] : log_lik[s] + logs[s];
+    }
+    for (int64_t s = 0; s < S; s++) accuracy += joint[s] * log_lik[s];
+    st->measures[2 * K + i] = change - accuracy;
+    st->measures[3 * K + i] = change;
+}
+
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
  * past count repeat agent first, computed and never written back): prior, posterior (left in
  * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
@@ -497,7 +579,7 @@ INLINE void likelihood_lanes(
  * (the table follows once every block has, in edge_tick). */
 INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                         int64_t count, const int64_t *offset, int64_t width,
-                        uint8_t taken[MAX_F][MAX_U], int tabled) {
+                        uint8_t taken[MAX_F][MAX_U], int tabled, int64_t *measured) {
     const int64_t F = m->factors, M = m->modalities, S = m->joint, f32 = m->state_f32;
     int64_t agent[BLK], acted[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
@@ -546,10 +628,19 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             continue;
         }
     }
+    /* health's sampled agents of the block (measure_rows ascending: those from *measured on
+     * below first + count): their predictions under the prior, before its log */
+    int64_t from = *measured, to = from;
+    while (to < st->measure_count && st->measure_rows[to] < first + count) to++;
+    *measured = to;
+    for (int64_t i = from; i < to; i++)
+        measure_predictions(m, st, sc, st->measure_rows[i] - first, i, offset);
     if (m->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
     if (m->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
     infer_states(m, sc, offset, tabled);
+    for (int64_t i = from; i < to; i++)
+        measure_posterior(m, st, sc, st->measure_rows[i] - first, i, offset, width);
 
     /* learning, agent by agent: the counts of the outcome seen gain the posterior; each agent
      * its own counts: its table becomes their expectation, kept in the block's layout for
@@ -1098,11 +1189,11 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
 static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch *sc,
                              const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* (shared counts only) */
-    int64_t shared_tables = 1;
+    int64_t shared_tables = 1, measured = 0;  /* health's sampled agents done so far */
     for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, sc, first, count, offset, width, taken, 1);
+        infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured);
         plan_block(m, st, sc, first, count, offset, shared_tables && first > 0);
     }
 }
@@ -1112,9 +1203,10 @@ static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch 
 static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scratch *sc,
                                 const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* the actions some agent learned */
+    int64_t measured = 0;  /* health's sampled agents done so far */
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, sc, first, count, offset, width, taken, 0);
+        infer_block(m, st, sc, first, count, offset, width, taken, 0, &measured);
         for (int64_t b = 0; b < count; b++)
             for (int64_t f = 0; f < m->factors; f++)
                 for (int64_t i = 0; i < m->num_states[f]; i++)

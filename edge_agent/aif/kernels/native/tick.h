@@ -184,7 +184,15 @@ typedef struct {
     X(void *const *, next_prior)    /* (F): (N, S_f) B of the action chosen times the     \
                                      * posterior, written; NULL: not kept */              \
     X(void *const *, qs_prev)       /* (F): (N, S_f) the posteriors a learned B learns    \
-                                     * from (the last tick's), this tick's written; NULL */
+                                     * from (the last tick's), this tick's written; NULL */ \
+    X(const int64_t *, measure_rows) /* (K): the agents health measures this tick, in      \
+                                     * ascending order (repeats allowed) */               \
+    X(int64_t, measure_count)       /* K; 0: none measured (measure_rows, measures unread) */ \
+    X(double *, measures)           /* (4, K): each measured agent's surprise, excess      \
+                                     * surprise, free energy and belief change            \
+                                     * (edge_agent/aif/health.py's tick_measures, under    \
+                                     * the tables before the tick's update: A_float where \
+                                     * given), written */
 
 typedef struct {
     TICK_STATE_FIELDS(TICK_DECLARE_FIELD)

@@ -103,6 +103,24 @@ def test_the_groups_passes_learning_transitions_run_clean_under_the_sanitizers()
     assert "Sanitizer" not in done.stderr, report
 
 
+#: Health measured in the pass (tests/unit/core/test_health_in_tick.py): 13 agents (a block
+#: and a part), each world and precision, the prior kept; and the T-maze int8 of 1,000, the
+#: pass alone and the group's health.
+HEALTH_SUITE = REPO / "tests" / "unit" / "core" / "test_health_in_tick.py"
+HEALTH_CASES = "(kept and 13) or (kept and tmaze and int8 and (1000 or large))"
+
+
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
+def test_health_measured_in_the_pass_runs_clean_under_the_sanitizers() -> None:
+    done = _under_sanitizers(native_builds.build("sanitized"), "-k", HEALTH_CASES,
+                             suite=HEALTH_SUITE)
+    report = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, report
+    assert re.search(r"\b8 passed\b", done.stdout), report
+    assert "Sanitizer" not in done.stderr, report
+
+
 # The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
 @pytest.mark.timeout(1800)
 def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) -> None:
