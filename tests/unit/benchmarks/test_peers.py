@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -201,6 +202,34 @@ def _one_agent_worlds() -> list[tuple[str, int]]:
     return [("grid10", 0), ("grid2f", 0), ("tmaze", 0), ("reversal", 1), ("reversal", 3)]
 
 
+def _assert_alike(x: ClosedLoopWorld, y: ClosedLoopWorld, got: tuple[np.ndarray, ...],
+                  want: tuple[np.ndarray, ...]) -> None:
+    """Two worlds' step returned the same arrays (``got``, ``want``) and left the same states,
+    episode steps and trial counts."""
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(x.states, y.states)
+    np.testing.assert_array_equal(x.episode_steps, y.episode_steps)
+    np.testing.assert_array_equal(x.trials, y.trials)
+
+
+def _workload(world: str, tmp_path: Path, reverse_every: int, agents: int) -> dict[str, Any]:
+    """The benchmark's workload of ``world`` ("reversal": the reversal T-maze, its rewarded arm
+    swapping every ``reverse_every`` trials, its observations written for ``agents``)."""
+    from bench_learning_peers import write_workload as write_reversal
+
+    path = tmp_path / f"{world}.npz"
+    if world == "reversal":
+        write_reversal("tmaze", "A", 1, agents, path)
+    else:
+        bench_peers.write_workload(world, path)
+    w = load_workload(str(path))
+    if world == "reversal":
+        w["reverse_every"] = reverse_every
+    return w
+
+
 @pytest.mark.parametrize(("world", "reverse_every"), _one_agent_worlds())
 def test_a_world_of_one_agent_steps_as_the_batched_world_does(
     world: str, reverse_every: int, tmp_path: Path
@@ -208,16 +237,7 @@ def test_a_world_of_one_agent_steps_as_the_batched_world_does(
     """A world of one agent steps in Python scalars (``_step_one``): the same observations,
     episode starts, states, trial counts and scores as the batched step of the same world, and
     the same random numbers left after (the reversal T-maze's phases included)."""
-    from bench_learning_peers import write_workload as write_reversal
-
-    path = tmp_path / f"{world}.npz"
-    if world == "reversal":
-        write_reversal("tmaze", "A", 1, 1, path)
-    else:
-        bench_peers.write_workload(world, path)
-    w = load_workload(str(path))
-    if world == "reversal":
-        w["reverse_every"] = reverse_every
+    w = _workload(world, tmp_path, reverse_every, 1)
     controls = [b.shape[2] for b in w["B"]]
     for seed in (0, 1):
         scalar, batched = ClosedLoopWorld(w, 1, seed=seed), ClosedLoopWorld(w, 1, seed=seed)
@@ -225,12 +245,7 @@ def test_a_world_of_one_agent_steps_as_the_batched_world_does(
         got, want = scalar.reset(), batched.reset()
         rng = np.random.default_rng(seed)
         for _ in range(400):
-            for a, b in zip(got, want, strict=True):
-                assert a.dtype == b.dtype
-                np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(scalar.states, batched.states)
-            np.testing.assert_array_equal(scalar.episode_steps, batched.episode_steps)
-            np.testing.assert_array_equal(scalar.trials, batched.trials)
+            _assert_alike(scalar, batched, got, want)
             actions = np.array([[rng.integers(0, u) for u in controls]], dtype=np.int64)
             got, want = scalar.step(actions), batched.step(actions)
         assert scalar.scores == batched.scores
@@ -254,16 +269,7 @@ def test_skipping_the_uniforms_no_draw_reads_changes_nothing(
     others (runs of any length here, of ``SKIP_AT_LEAST`` in the benchmark): the same
     observations, episode starts, states, trials and scores as a world that makes them all, for
     many seeds, group sizes and actions, and the same generator after."""
-    from bench_learning_peers import write_workload as write_reversal
-
-    path = tmp_path / f"{world}.npz"
-    if world == "reversal":
-        write_reversal("tmaze", "A", 1, 4, path)
-    else:
-        bench_peers.write_workload(world, path)
-    w = load_workload(str(path))
-    if world == "reversal":
-        w["reverse_every"] = 2  # the phases change within the run
+    w = _workload(world, tmp_path, 2, 4)  # the phases change within the run
     controls = [b.shape[2] for b in w["B"]]
     skipped_any = False
     for seed in range(12):
@@ -275,12 +281,7 @@ def test_skipping_the_uniforms_no_draw_reads_changes_nothing(
         rng = np.random.default_rng(100 + seed)
         got, want = fast.reset(), full.reset()
         for _ in range(40):
-            for a, b in zip(got, want, strict=True):
-                assert a.dtype == b.dtype
-                np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(fast.states, full.states)
-            np.testing.assert_array_equal(fast.episode_steps, full.episode_steps)
-            np.testing.assert_array_equal(fast.trials, full.trials)
+            _assert_alike(fast, full, got, want)
             actions = np.stack([rng.integers(0, u, n) for u in controls], axis=1)
             got, want = fast.step(actions), full.step(actions)
         assert fast.scores == full.scores

@@ -58,6 +58,14 @@ def _under_sanitizers(library: Path, *args: str,
         cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=1200)
 
 
+def _assert_clean(done: subprocess.CompletedProcess[str], passed: int) -> None:
+    """The sanitized run passed exactly ``passed`` cases and no sanitizer reported."""
+    report = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, report
+    assert re.search(rf"\b{passed} passed\b", done.stdout), report
+    assert "Sanitizer" not in done.stderr, report
+
+
 # The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
 @pytest.mark.timeout(1800)
 def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sanitizers() -> None:
@@ -67,8 +75,6 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     assert "__asan_report" in symbols
     assert "__ubsan_handle" in symbols
     done = _under_sanitizers(library, "-k", "sanitized")
-    report = done.stdout[-4000:] + done.stderr[-4000:]
-    assert done.returncode == 0, report
     # each world and agents: every scope learning, and a frozen group at either precision
     # planning one-step policies, and two-step ones (three worlds); a frozen model's likelihood
     # table against the product and its logs; its first-step table against the step made,
@@ -78,8 +84,7 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
              + len(FROZEN_L2_WORLDS) * len(frozen_l2_sizes("sanitized")) * 2
              + 3 + len(SIZES))
-    assert re.search(rf"\b{cases} passed\b", done.stdout), report
-    assert "Sanitizer" not in done.stderr, report
+    _assert_clean(done, cases)
 
 
 #: The groups' compiled passes learning ``B`` (tests/unit/core/test_native_pass.py), 13 agents
@@ -97,10 +102,7 @@ PASS_CASES = ("(transitions_is_the_numpy_stages and 13-reach-False-grid10)"
 def test_the_groups_passes_learning_transitions_run_clean_under_the_sanitizers() -> None:
     done = _under_sanitizers(native_builds.build("sanitized"), "-k", PASS_CASES,
                              suite=PASS_SUITE)
-    report = done.stdout[-4000:] + done.stderr[-4000:]
-    assert done.returncode == 0, report
-    assert re.search(r"\b4 passed\b", done.stdout), report
-    assert "Sanitizer" not in done.stderr, report
+    _assert_clean(done, 4)
 
 
 #: Health measured in the pass (tests/unit/core/test_health_in_tick.py): 13 agents (a block
@@ -115,10 +117,7 @@ HEALTH_CASES = "(kept and 13) or (kept and tmaze and int8 and (1000 or large))"
 def test_health_measured_in_the_pass_runs_clean_under_the_sanitizers() -> None:
     done = _under_sanitizers(native_builds.build("sanitized"), "-k", HEALTH_CASES,
                              suite=HEALTH_SUITE)
-    report = done.stdout[-4000:] + done.stderr[-4000:]
-    assert done.returncode == 0, report
-    assert re.search(r"\b8 passed\b", done.stdout), report
-    assert "Sanitizer" not in done.stderr, report
+    _assert_clean(done, 8)
 
 
 # The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
