@@ -536,8 +536,7 @@ class AifAgentGroup:
             state.check_behind(self.name)
         path, health = self.path, self.health
         if health is not None and o is not None:
-            health.before(o, path.tick_prior(),
-                          path.measure if isinstance(path, CompiledTick) else None)
+            health.before(o, path.tick_prior(), path.in_tick)
         path.run(o, soft, now, record and self.recorder is not None, who_plans=who_plans,
                  ticks=self.ticks)
         if health is not None:

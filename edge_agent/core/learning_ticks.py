@@ -31,7 +31,7 @@ import numpy as np
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
-from edge_agent.core.health import TickPrior
+from edge_agent.core.health import InTick, TickPrior
 from edge_agent.core.tick_paths import FusedTick, Obs, Soft, TickPath, WhoPlans, record_row
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class StagesTick:
     """A learning tick in pymdp's order, stage by stage through ``stages``: every agent infers
     its states, learns (the tables refreshed, installed by ``installer``), then plans and acts
     with the current tables."""
+
+    in_tick: InTick | None = None  # health measures with numpy
 
     def __init__(
         self,
@@ -103,6 +105,8 @@ class SharedLearningTick:
     refresh is due, or the agents seek novelty: :meth:`GroupLearning.learns_before_planning
     <edge_agent.core.learning.GroupLearning.learns_before_planning>`), which runs ``stages``."""
 
+    in_tick: InTick | None = None  # health measures with numpy
+
     def __init__(
         self,
         fused: FusedTick,
@@ -149,6 +153,8 @@ class PassTick:
     infers, learns (``learn``: not frozen), the tables follow, it plans and acts; then the
     learning keeps what the pass does not (:meth:`GroupLearning.learned_in_pass
     <edge_agent.core.learning.GroupLearning.learned_in_pass>`)."""
+
+    in_tick: InTick | None = None  # health measures with numpy
 
     def __init__(
         self,

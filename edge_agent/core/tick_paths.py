@@ -55,7 +55,7 @@ from edge_agent.aif import kernels
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
-from edge_agent.core.health import TickPrior
+from edge_agent.core.health import InTick, TickPrior
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.native.binding import NativeTick
@@ -87,6 +87,12 @@ __all__ = [
 
 class TickPath(Protocol):
     """One way of stepping a group's tick (see the module doc)."""
+
+    @property
+    def in_tick(self) -> InTick | None:
+        """How the tick measures health's sampled agents itself (None: health measures them
+        with numpy from the prior and posteriors; see :data:`~edge_agent.core.health.InTick`)."""
+        ...
 
     def tick_prior(self) -> TickPrior:
         """The prior the agents predict this tick's outcomes with, before the tick (see
@@ -164,6 +170,8 @@ class FusedTick:
     outcomes; soft evidence is stepped here), else here by ``blocks`` (``seed``: the workers'
     generators' seed, once they were started)."""
 
+    in_tick: InTick | None = None  # health measures with numpy
+
     def __init__(
         self,
         blocks: BlockTicks,
@@ -232,6 +240,11 @@ class CompiledTick:
         """The state's prior (made again for the sampled agents where none is kept)."""
         return self._state.prior if self._state.keeps_prior else self._remade
 
+    @property
+    def in_tick(self) -> InTick | None:
+        """:meth:`measure`: the pass measures health's sampled agents."""
+        return self.measure
+
     def measure(self, rows: IntArray) -> np.ndarray:
         """The next run measures health's sampled agents ``rows`` (ascending, int64) in the
         pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by
@@ -287,6 +300,8 @@ class PolicyTick:
     the agents that must plan plan (:meth:`PolicyTicks.plan
     <edge_agent.core.planning_pass.PolicyTicks.plan>`); each pass on the ``workers`` when they
     run."""
+
+    in_tick: InTick | None = None  # health measures with numpy
 
     def __init__(
         self,
