@@ -181,3 +181,15 @@ def test_a_group_that_holds_its_ticks_measures_them_with_numpy(n: int) -> None:
         obs = env.step(group.step(obs, now=float(t)))
     assert asked == []
     assert group.health.close().measures["surprise"].n > 0
+
+
+@pytest.mark.parametrize("rows", [[-1, 3], [5, 2], [0, 9, 8]], ids=["negative", "down", "late"])
+def test_the_pass_refuses_rows_it_would_read_outside_their_block(rows: list[int]) -> None:
+    """The pass reads a measured row in its agent's block, from the block's first agent: a row
+    below 0 or out of order is refused before any run, and the kernel measures nobody."""
+    group = _group("tmaze", 13, "float64", health=False)
+    path = group.path
+    assert isinstance(path, CompiledTick)
+    with pytest.raises(ValueError, match="ascending and at least 0"):
+        path.measure(np.array(rows, dtype=np.int64))
+    group.step(make_env("tmaze", 13, seed=3).reset())  # runs, measuring nobody

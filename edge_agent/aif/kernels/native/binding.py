@@ -777,6 +777,10 @@ class NativeTick:
         k = len(rows)
         if out.shape != (4, k):
             raise ValueError(f"measures of shape {out.shape} for {k} agents")
+        # the pass reads each row in its agent's block, from its block's first agent: a row
+        # below 0 or out of order would be read out of the block's lanes
+        if k and (rows[0] < 0 or bool((rows[1:] < rows[:-1]).any())):
+            raise ValueError("measured rows must be ascending and at least 0")
         st = self._state
         st.measure_rows = _addr(rows, np.int64, size=k)
         st.measures = _addr(out, size=4 * k)
