@@ -172,11 +172,14 @@ def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first row of each distinct row of ``rows`` ``(P, F)``, in order of appearance, and
     each row's distinct row (np.unique would sort them, and import numpy.ma)."""
     seen: dict[bytes, int] = {}
-    inverse = np.array([seen.setdefault(row.tobytes(), len(seen)) for row in rows],
-                       dtype=np.int64)
-    first = np.array([int(np.flatnonzero(inverse == j)[0]) for j in range(len(seen))],
-                     dtype=np.int64)
-    return first, inverse
+    first: list[int] = []
+    inverse = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        j = seen.setdefault(row.tobytes(), len(seen))
+        if j == len(first):  # a row not seen before: its first
+            first.append(i)
+        inverse[i] = j
+    return np.array(first, dtype=np.int64), inverse
 
 
 def two_steps(policies: np.ndarray, transitions: Sequence[np.ndarray]) -> TwoSteps:
