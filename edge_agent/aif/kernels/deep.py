@@ -309,6 +309,19 @@ def _evaluate_dense(
     np.subtract(vals, negH[:, 0], out=vals)
 
 
+def _row_sums(x: np.ndarray, ones: np.ndarray, out: np.ndarray) -> None:
+    """``out = x @ ones``: the sums of ``x``'s rows (a few terms each) by BLAS's gemv, ten times
+    numpy's reduction over rows this short. ``x`` is finite by construction (products of the
+    model's finite tables and beliefs, the logs of beliefs plus ``eps``), so the invalid-operation
+    flag cannot come from the sums: OpenBLAS 0.3.31 (numpy 2.4.6's) raised it once in CI on a
+    finite 1,275 x 5 gemv, in a test that passed beside it under numpy 2.5.5's OpenBLAS on the
+    same machine (not reproduced here, with signalling NaNs or infinities around both operands,
+    any kernel or thread count). numpy ignores the flag in matmul itself where it finds a BLAS
+    that raises it (``ignore_floating_point_errors_in_matmul``); its probe missed this one."""
+    with np.errstate(invalid="ignore"):
+        np.matmul(x, ones, out=out)
+
+
 def _evaluate_local(
     cm: CompiledModel,
     plan: DeepPlan,
@@ -348,7 +361,7 @@ def _evaluate_local(
     nh = dblk.l_nh
     lp.neg_entropy.take(obs, axis=0, out=dblk.l_nh_rows, mode="clip")
     np.multiply(nh, dblk.l_pred2, out=nh)
-    np.matmul(nh, lp.ones_kt, out=dblk.tmp_rows)
+    _row_sums(nh, lp.ones_kt, dblk.tmp_rows)
     np.add(vals, dblk.tmp_am, out=vals)
     # Predicted outcomes on the outcome slots, then their entropy.
     lp.qo_table.take(obs, axis=0, out=dblk.l_Q, mode="clip")
@@ -357,5 +370,5 @@ def _evaluate_local(
     np.add(qo, fp.eps, out=lq)
     np.log(lq, out=lq)
     np.multiply(lq, qo, out=lq)
-    np.matmul(lq, lp.ones_kr, out=dblk.tmp_rows)
+    _row_sums(lq, lp.ones_kr, dblk.tmp_rows)
     np.subtract(vals, dblk.tmp_am, out=vals)
