@@ -210,6 +210,18 @@ class TickPass(Protocol):
         :meth:`AgentStepping.likelihood`)."""
         ...
 
+    #: Whether the next tick measures health's sampled agents (:meth:`measure` told it).
+    measuring: bool
+
+    def measure(self, rows: IntArray) -> np.ndarray:
+        """The next tick measures health's sampled agents ``rows`` in the pass (see
+        :data:`~edge_agent.core.health.InTick`)."""
+        ...
+
+    def unmeasure(self) -> None:
+        """The next ticks measure nobody."""
+        ...
+
 
 class AgentStepping(Protocol):
     """How agents infer, plan and act, stage by stage: in place in the group's ``state``, with

@@ -152,9 +152,8 @@ class PassTick:
     """The whole learning tick in one compiled pass (``tick_pass``, its scope's): every agent
     infers, learns (``learn``: not frozen), the tables follow, it plans and acts; then the
     learning keeps what the pass does not (:meth:`GroupLearning.learned_in_pass
-    <edge_agent.core.learning.GroupLearning.learned_in_pass>`)."""
-
-    in_tick: InTick | None = None  # health measures with numpy
+    <edge_agent.core.learning.GroupLearning.learned_in_pass>`). The pass measures health's
+    sampled agents (:attr:`in_tick`)."""
 
     def __init__(
         self,
@@ -174,10 +173,23 @@ class PassTick:
         """The state's prior, or None where the pass makes it (each agent's own tables)."""
         return None if self._pass.makes_prior else self._state.prior
 
+    @property
+    def in_tick(self) -> InTick | None:
+        """:meth:`TickPass.measure <edge_agent.core.learning.TickPass.measure>`: the pass
+        measures health's sampled agents."""
+        return self._pass.measure
+
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
             who_plans: WhoPlans, ticks: int) -> None:
         """See :meth:`TickPath.run` (integer outcomes only)."""
         del soft, who_plans, ticks
+        try:
+            self._run(obs, now, record)
+        finally:
+            if self._pass.measuring:
+                self._pass.unmeasure()
+
+    def _run(self, obs: Obs, now: float | None, record: bool) -> None:
         assert obs is not None  # a group that learns refuses soft evidence
         tick_pass, learning, state = self._pass, self._learning, self._state
         prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model,

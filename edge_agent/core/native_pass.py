@@ -206,6 +206,26 @@ class _CompiledPass:
         self._kernel = kernel
         #: This tick's p(o_m) under the prior and the tables before the update (the surprise's).
         self._p_obs = np.zeros((n_agents, num_modalities))
+        #: The health measures the pass writes on a measured tick ``(4, r)`` (made once per
+        #: sample size: 32 bytes a sampled agent), and whether the next tick writes them.
+        self._measures = np.zeros((4, 0))
+        self.measuring = False
+
+    def measure(self, rows: IntArray) -> np.ndarray:
+        """The next tick measures health's sampled agents ``rows`` (ascending, int64) in the
+        pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by it
+        (a learned ``A`` that learns: under the tables after the tick's update, those health's
+        likelihood reads once the tick is stepped); :meth:`unmeasure` after the tick."""
+        if self._measures.shape[1] != len(rows):
+            self._measures = np.zeros((4, len(rows)))
+        self._kernel.measure(rows, self._measures)
+        self.measuring = True
+        return self._measures
+
+    def unmeasure(self) -> None:
+        """The next ticks measure nobody (the tick told :meth:`measure` is stepped)."""
+        self._kernel.unmeasure()
+        self.measuring = False
 
     def _bind_transitions(self, values: list[np.ndarray], pB: DirichletCounts,
                           has_action: np.ndarray, *, learn: bool) -> bool:

@@ -491,10 +491,10 @@ INLINE void likelihood_lanes(
 }
 
 /* Health's measures of a sampled agent (tick_state.measure_rows; edge_agent/aif/health.py's
- * tick_measures, scalar: a few dozen agents a measured tick): the table agent n infers with
- * (A_float where given: the float tables an int8 group's twin measures with). */
+ * tick_measures, scalar: a few dozen agents a measured tick): the table agent n infers with, as
+ * health's likelihood reads it (an int8 group's its codes decoded, not A_float: the float
+ * tables are learning's surprise's, not health's). */
 INLINE const double *measured_table(const tick_model *m, int64_t k, int64_t n) {
-    if (m->A_float != NULL && m->A_float[k] != NULL) return m->A_float[k];
     return m->A[k] + n * m->A_agent_stride[k];
 }
 
@@ -515,14 +515,13 @@ INLINE void measured_joint(const tick_model *m, const double *v, int64_t stride,
  * prior (sc->log_prior's lanes before their log) into measures[0 K + i], measures[K + i]. The
  * outcomes' probabilities of every modality one after the other in a buffer, their logs taken
  * by tick_log (the tick's vector log) a buffer at a time. */
-INLINE void measure_predictions(const tick_model *m, tick_state *st, const block_scratch *sc,
-                                int64_t b, int64_t i, const int64_t *offset) {
+INLINE void predicted_measures(const tick_model *m, tick_state *st, int64_t i,
+                               const double *joint) {
     enum { CHUNK = 64 };
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double joint[MAX_S], p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0;
+    double p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0;
     int64_t seen_at[MAX_M], seen = 0, fill = 0;
-    measured_joint(m, &sc->log_prior[0][b], BLK, offset, joint);
     for (int64_t k = 0; k < M; k++) {
         const double *table = measured_table(m, k, n);
         const int64_t o_seen = st->obs[n * M + k];
@@ -542,25 +541,30 @@ INLINE void measure_predictions(const tick_model *m, tick_state *st, const block
     st->measures[i] = surprise;
     st->measures[K + i] = surprise + plogp;
 }
+INLINE void measure_predictions(const tick_model *m, tick_state *st, const block_scratch *sc,
+                                int64_t b, int64_t i, const int64_t *offset) {
+    double joint[MAX_S];
+    measured_joint(m, &sc->log_prior[0][b], BLK, offset, joint);
+    predicted_measures(m, st, i, joint);
+}
 
 /* Sampled agent i (lane b), once the block's posteriors are in sc->cur and its log prior in
  * sc->log_prior: the belief change sum_f KL(q_f || prior_f) and the free energy (the change less
  * the accuracy sum_s q(s) sum_m ln(A_m(o_m | s) + eps)), into measures[2 K + i], measures[3 K +
  * i]; an int8 group's posteriors as it keeps them (float32), as health reads them. The logs by
  * tick_log, a factor's and a modality's row at once. */
-INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_scratch *sc,
-                              int64_t b, int64_t i, const int64_t *offset, int64_t width) {
+INLINE void posterior_measures(const tick_model *m, tick_state *st, int64_t i,
+                               const double *q, const double *log_prior, int64_t stride,
+                               const int64_t *offset) {
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double q[MAX_F * MAX_S], logs[MAX_S], log_lik[MAX_S], joint[MAX_S];
+    double logs[MAX_S], log_lik[MAX_S], joint[MAX_S];
     double change = 0.0, accuracy = 0.0;
-    for (int64_t j = 0; j < width; j++)
-        q[j] = m->state_f32 ? (double)(float)sc->cur[j][b] : sc->cur[j][b];
     for (int64_t f = 0; f < m->factors; f++) {  /* a factor's logs at once */
         const int64_t s_f = m->num_states[f];
         tick_log(q + offset[f], logs, s_f, EPS);
         for (int64_t j = 0; j < s_f; j++)
-            change += q[offset[f] + j] * (logs[j] - sc->log_prior[offset[f] + j][b]);
+            change += q[offset[f] + j] * (logs[j] - log_prior[(offset[f] + j) * stride]);
     }
     measured_joint(m, q, 1, offset, joint);
     for (int64_t k = 0; k < M; k++) {  /* a modality's observed row's logs at once */
@@ -570,6 +574,44 @@ INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_s
     for (int64_t s = 0; s < S; s++) accuracy += joint[s] * log_lik[s];
     st->measures[2 * K + i] = change - accuracy;
     st->measures[3 * K + i] = change;
+}
+INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_scratch *sc,
+                              int64_t b, int64_t i, const int64_t *offset, int64_t width) {
+    double q[MAX_F * MAX_S];
+    for (int64_t j = 0; j < width; j++)
+        q[j] = m->state_f32 ? (double)(float)sc->cur[j][b] : sc->cur[j][b];
+    posterior_measures(m, st, i, q, &sc->log_prior[0][b], BLK, offset);
+}
+
+/* Whether the pass measures health's sampled agents once the tables followed this tick's
+ * update (a learned likelihood that learns: health reads the tables after the tick, as its
+ * numpy measures read the group's likelihood once the tick is stepped), from the state's
+ * prior and posteriors (measure_stored), rather than in infer_block's lanes. */
+INLINE int measures_after_update(const tick_model *m, const tick_state *st) {
+    int64_t learns_A = 0;
+    for (int64_t k = 0; k < m->modalities; k++) learns_A |= m->pA[k] != NULL;
+    return m->learn && learns_A && st->prior != NULL;
+}
+
+/* Every sampled agent's measures from the tick's prior (st->prior: the one the pass made or was
+ * given, before its log) and posteriors (st->qs) as the state has them after the tick, under
+ * the tables now (measures_after_update). */
+static void measure_stored(const tick_model *m, tick_state *st, const int64_t *offset,
+                           int64_t width) {
+    const int64_t f32 = m->state_f32;
+    double prior[MAX_F * MAX_S], q[MAX_F * MAX_S], joint[MAX_S];
+    for (int64_t i = 0; i < st->measure_count; i++) {
+        const int64_t n = st->measure_rows[i];
+        for (int64_t f = 0; f < m->factors; f++)
+            for (int64_t j = 0; j < m->num_states[f]; j++) {
+                prior[offset[f] + j] = state_get(st->prior[f], n * m->num_states[f] + j, f32);
+                q[offset[f] + j] = state_get(st->qs[f], n * m->num_states[f] + j, f32);
+            }
+        measured_joint(m, prior, 1, offset, joint);
+        predicted_measures(m, st, i, joint);
+        tick_log_inplace(prior, width, EPS);  /* (read no more: its log in its place) */
+        posterior_measures(m, st, i, q, prior, 1, offset);
+    }
 }
 
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
@@ -1189,13 +1231,16 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
 static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch *sc,
                              const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* (shared counts only) */
-    int64_t shared_tables = 1, measured = 0;  /* health's sampled agents done so far */
+    /* health's sampled agents done so far (all, where they are measured after the update) */
+    const int after_update = measures_after_update(m, st);
+    int64_t shared_tables = 1, measured = after_update ? st->measure_count : 0;
     for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured);
         plan_block(m, st, sc, first, count, offset, shared_tables && first > 0);
     }
+    if (after_update) measure_stored(m, st, offset, width);
 }
 
 /* Shared counts: every agent infers and teaches them, the tables follow, every agent plans
@@ -1203,7 +1248,9 @@ static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch 
 static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scratch *sc,
                                 const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* the actions some agent learned */
-    int64_t measured = 0;  /* health's sampled agents done so far */
+    /* health's sampled agents done so far (all, where they are measured after the update) */
+    const int after_update = measures_after_update(m, st);
+    int64_t measured = after_update ? st->measure_count : 0;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, sc, first, count, offset, width, taken, 0, &measured);
@@ -1226,6 +1273,7 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
                 }
         }
     }
+    if (after_update) measure_stored(m, st, offset, width);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         load_block(m, st, sc, first, count, offset, first == 0);

@@ -191,8 +191,9 @@ typedef struct {
     X(double *, measures)           /* (4, K): each measured agent's surprise, excess      \
                                      * surprise, free energy and belief change            \
                                      * (edge_agent/aif/health.py's tick_measures, under    \
-                                     * the tables before the tick's update: A_float where \
-                                     * given), written */
+                                     * the tables the agents inferred with; a learned A    \
+                                     * that learns: those after the tick's update, as      \
+                                     * health reads them), written */
 
 typedef struct {
     TICK_STATE_FIELDS(TICK_DECLARE_FIELD)
