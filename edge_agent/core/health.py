@@ -292,9 +292,9 @@ class AifHealth:
         """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with
         (:data:`TickPrior`); the sampled rows are copied (the tick overwrites the prior).
         ``in_tick``: the tick measures the sampled rows itself (:data:`InTick`: the compiled
-        tick's), taken by a group that holds no measured ticks (:func:`held_ticks` 0: a group of
-        more than :data:`HELD_SHARE` times its sample); a small group's are measured with numpy,
-        held or not, as before."""
+        tick's and the learning pass's), taken whatever the group's size: a group that holds
+        its measured ticks holds none on such a path (ticks held on another path before are
+        measured first); groups stepping numpy hold theirs, as before."""
         n = obs.shape[0]
         if n != self.n_agents:
             self.resize(n)
@@ -308,16 +308,19 @@ class AifHealth:
             np.add(self._base, offset, out=self._rows)
             np.minimum(self._rows, n - 1, out=self._rows)
         rows = self._rows
+        if in_tick is not None:  # measured in the tick, held or not
+            if self._held:  # (ticks held on another path first, in their order)
+                self.flush()
+            self._obs = obs[rows]
+            self._measured = in_tick(rows)
+            self._prior = None
+            return
         hold = self._hold
         if hold is not None and self._tap is None and self.holds:
             self._prior = hold.before(self._held, obs, rows, prior)
             self._obs = hold.obs[self._held]
             return
         self._obs = obs[rows]
-        if in_tick is not None and hold is None:  # (a group that holds measures with numpy)
-            self._measured = in_tick(rows)
-            self._prior = None
-            return
         if callable(prior):
             self._prior = [np.asarray(p, dtype=np.float64) for p in prior(rows)]
         elif prior is not None:
@@ -345,7 +348,7 @@ class AifHealth:
             return
         rows = self._rows
         hold = self._hold
-        if hold is not None and self._tap is None and self.holds:
+        if measured is None and hold is not None and self._tap is None and self.holds:
             t = self._held
             if q_pi is not None and not hold.fits(q_pi):  # (made before the policies were known)
                 self.flush()

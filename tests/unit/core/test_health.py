@@ -26,6 +26,7 @@ from edge_agent.core.health import (
     AifHealth,
 )
 from edge_agent.core.health_window import HealthSummary
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze import TMazeEnv, tmaze_model
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
@@ -271,7 +272,7 @@ def _reversal_run(
 @pytest.mark.parametrize(("n", "close_every"), [(1, 0), (3, 37), (MIN_HEALTH_AGENTS - 1, 37),
                                               (64, 37), (100, 0)])
 def test_a_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_would(
-    n: int, close_every: int
+    n: int, close_every: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A frozen int8 group in the reversal T-maze (fewer than MIN_HEALTH_AGENTS agents, or a
     sample of 64 and 50 agents held as HELD_BYTES allows), its
@@ -279,12 +280,15 @@ def test_a_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_wo
     and measuring them at once gives the windows (closed every 37 ticks, a window's close
     measures what is held), the drift statistic and the drift / drift_cleared events, in order,
     of measuring each tick when it happens, up to rounding; the events come at most HELD_TICKS
-    measured ticks later."""
+    measured ticks later. On numpy (a group on the compiled tick has its pass measure each
+    measured tick, held nothing: test_health_in_tick.py)."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     runs = []
     for holds in (True, False):
         group = AifAgentGroup(tmaze_reversal_model(), n, precision="int8")
         assert group.health is not None
         assert group.health.nbytes > 0  # it holds
+        assert group.path.in_tick is None  # numpy measures
         runs.append(_reversal_run(group, n, 1200, holds=holds, close_every=close_every))
     (held, held_events), (each, each_events) = runs
     assert len(held) == len(each)
@@ -298,18 +302,20 @@ def test_a_group_measured_a_few_ticks_at_once_reports_what_each_tick_measured_wo
 
 @pytest.mark.parametrize("scope", ["shared", "per_agent"])
 def test_a_learning_group_s_held_ticks_are_measured_with_each_tick_s_own_tables(
-    scope: Literal["shared", "per_agent"],
+    scope: Literal["shared", "per_agent"], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group of 2 agents learning ``pA`` (its tables change every tick: each agent's own, or
-    the shared one written in place): the held ticks measured at once give what each measured
-    with the tables of its own tick gives, up to rounding, and those tables did change between
-    the ticks held together."""
+    the shared one written in place) on numpy: the held ticks measured at once give what each
+    measured with the tables of its own tick gives, up to rounding, and those tables did change
+    between the ticks held together."""
+    monkeypatch.setenv(NATIVE_ENV, "0")
     model = tmaze_reversal_model()
     pA = {1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)}
     runs, tables = [], []
     for holds in (True, False):
         spec = LearningSpec(pA=pA, settings=LearningSettings(scope=scope))
         group = AifAgentGroup(model, 2, precision="float64", learning=spec)
+        assert group.path.in_tick is None  # numpy measures
         seen: list[np.ndarray] = []
         likelihood = group.path.likelihood
 

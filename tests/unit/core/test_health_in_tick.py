@@ -10,7 +10,9 @@ small group, which holds its measured ticks, keeps numpy's."""
 
 from __future__ import annotations
 
+import math
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,15 @@ import pytest
 
 from edge_agent.aif import health as kernels_health
 from edge_agent.aif.kernels.native import binding
+from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.health import HEALTH_EVERY, AifHealth
+from edge_agent.core.health_window import HealthSummary
+from edge_agent.core.learning_ticks import PassTick
 from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.core.tick_paths import CompiledTick
 from edge_agent.sim.registry import builtin_model, make_env
+from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 from tests.support.native_tick import SANITIZED_ENV
 
 
@@ -164,23 +170,101 @@ def test_a_large_group_reports_what_numpy_s_measures_report(
     assert set(asked) == {mine.health.rows().shape[0]}
 
 
-@pytest.mark.parametrize("n", [1, 13, 100])
-def test_a_group_that_holds_its_ticks_measures_them_with_numpy(n: int) -> None:
-    """A small group holds its measured ticks (health.held_ticks): numpy measures them, held
-    or (health.holds False) each when it happens; the pass is never asked."""
-    group = _group("tmaze", n, "int8")
+#: Small groups on the compiled tick or the learning pass (which hold their measured ticks on
+#: numpy): a frozen int8 group, each agent its own ``pA``, a shared int8 ``pA``.
+SMALL = [("frozen", "int8", None), ("per_agent", "float64", "per_agent"),
+         ("shared", "int8", "shared")]
+
+
+def _small_group(scope: str | None, precision: str, n: int) -> AifAgentGroup:
+    model = tmaze_reversal_model()
+    spec = None if scope is None else LearningSpec(
+        pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
+        settings=LearningSettings(scope=scope))  # type: ignore[arg-type]
+    group = AifAgentGroup(model, n, precision=precision,  # type: ignore[arg-type]
+                          learning=spec)
+    assert group.path.in_tick is not None, group.stepping
     assert group.health is not None
-    assert group.health.nbytes > 0
-    asked = _asked(group)
-    env = make_env("tmaze", n, seed=2)
-    obs = env.reset()
-    for t in range(9):
-        obs = env.step(group.step(obs, now=float(t)))
-    group.health.holds = False
-    for t in range(9, 17):
-        obs = env.step(group.step(obs, now=float(t)))
-    assert asked == []
-    assert group.health.close().measures["surprise"].n > 0
+    assert group.health.nbytes > 0  # a small group: it holds on numpy
+    return group
+
+
+def _close_summary(a: HealthSummary, b: HealthSummary, tol: float) -> None:
+    """Two windows' summaries equal up to ``tol`` (relative, at least 1 absolute), p95 too."""
+    assert a.agent_steps == b.agent_steps
+    assert set(a.measures) == set(b.measures)
+    for name, x in a.measures.items():
+        y = b.measures[name]
+        assert x.n == y.n, name
+        for got, want in ((x.mean, y.mean), (x.std, y.std), (x.p95, y.p95)):
+            assert math.isclose(got, want, rel_tol=tol, abs_tol=tol), (name, got, want)
+    assert a.drift is not None
+    assert b.drift is not None
+    assert a.drift.alarm == b.drift.alarm
+    assert math.isclose(a.drift.statistic, b.drift.statistic, rel_tol=tol, abs_tol=tol)
+
+
+@pytest.mark.parametrize("n", [1, 13, 100])
+@pytest.mark.parametrize(("kind", "precision", "scope"), SMALL, ids=[c[0] for c in SMALL])
+def test_a_small_group_s_pass_measures_each_measured_tick(
+    kind: str, precision: str, scope: str | None, n: int
+) -> None:
+    """A small group on the compiled tick or the learning pass holds no measured tick: its pass
+    measures each one (asked on every measured tick, the sample whole), and its windows (closed
+    every 37 ticks), drift statistic and events are those of the same group measured with
+    numpy's held ticks (told no ``in_tick``), up to rounding (``TOL``)."""
+    del kind
+    mine, theirs = (_small_group(scope, precision, n) for _ in range(2))
+    assert mine.health is not None
+    assert theirs.health is not None
+    before = theirs.health.before
+
+    def told(obs: Any, prior: Any, in_tick: Any = None) -> None:
+        del in_tick  # numpy's measures, held
+        before(obs, prior)
+
+    theirs.health.before = told  # type: ignore[method-assign]
+    asked: list[int] = []
+    measure = mine.path.in_tick
+    assert measure is not None
+
+    def counted(rows: Any) -> np.ndarray:
+        asked.append(len(rows))
+        return measure(rows)
+
+    mine.health.before = partial(_with_in_tick, mine.health.before, counted)  # type: ignore[method-assign]
+    runs = []
+    for group in (mine, theirs):
+        env = ReversalTMazeEnv(n, seed=11, reverse_every=50)
+        obs = env.reset()
+        summaries, events = [], []
+        for t in range(300):
+            if env.episode_start.any():
+                group.reset(env.episode_start)
+            obs = env.step(group.step(obs, now=float(t)))
+            events += [(e.kind, float(e.data["statistic"])) for e in group.alerts()]
+            if (t + 1) % 37 == 0:
+                summary = group.health_summary()
+                assert summary is not None
+                summaries.append(summary)
+            if group is mine:
+                assert mine.health._held == 0  # nothing held on the pass
+        runs.append((summaries, events))
+    (got, got_events), (want, want_events) = runs
+    assert len(got) == len(want) == 8
+    for a, b in zip(got, want, strict=True):
+        _close_summary(a, b, TOL[precision])
+    assert [k for k, _ in got_events] == [k for k, _ in want_events]
+    for (_, x), (_, y) in zip(got_events, want_events, strict=True):
+        assert math.isclose(x, y, rel_tol=TOL[precision], abs_tol=TOL[precision])
+    assert len(asked) == 300 // HEALTH_EVERY  # every measured tick
+    assert set(asked) == {mine.health.rows().shape[0]}
+
+
+def _with_in_tick(before: Any, in_tick: Any, obs: Any, prior: Any, given: Any = None) -> None:
+    """``before`` told ``in_tick`` in place of the path's (``given``)."""
+    assert given is not None
+    before(obs, prior, in_tick)
 
 
 @pytest.mark.parametrize("rows", [[-1, 3], [5, 2], [0, 9, 8]], ids=["negative", "down", "late"])
@@ -193,3 +277,82 @@ def test_the_pass_refuses_rows_it_would_read_outside_their_block(rows: list[int]
     with pytest.raises(ValueError, match="ascending and at least 0"):
         path.measure(np.array(rows, dtype=np.int64))
     group.step(make_env("tmaze", 13, seed=3).reset())  # runs, measuring nobody
+
+
+# -- groups that learn (the learning pass: PassTick) -------------------------------------------
+
+#: The learning groups whose pass measures health: (world, learned table, its index, scope,
+#: precision); the benchmark's workloads (benchmarks/bench_learning_peers.py: the learned table's
+#: prior counts its table times 2 plus 0.5 on its support, rate 1).
+LEARNING: list[Learned] = [
+    ("tmaze", "A", 1, "per_agent", "float64"),
+    ("grid10", "B", 0, "per_agent", "float64"),
+    ("tmaze", "A", 1, "shared", "int8"),
+    ("tmaze", "A", 1, "shared", "float64"),
+    ("grid10", "B", 0, "shared", "float64"),
+    ("grid10", "B", 0, "shared", "int8"),
+]
+
+
+#: A learning group: (world, learned table, its index, scope, precision).
+Learned = tuple[str, str, int, str, str]
+
+
+def _learning_group(learned: Learned, n: int, **kwargs: Any) -> AifAgentGroup:
+    world, kind, index, scope, precision = learned
+    model = builtin_model(world)
+    table = (model.A if kind == "A" else model.B)[index]
+    spec = LearningSpec(**{f"p{kind}": {index: table * 2.0 + 0.5 * (table > 0)}},  # type: ignore[arg-type]
+                        refresh_every=1,
+                        settings=LearningSettings(lr_pA=1.0, lr_pB=1.0, scope=scope))  # type: ignore[arg-type]
+    group = AifAgentGroup(model, n, precision=precision, learning=spec,  # type: ignore[arg-type]
+                          **kwargs)
+    assert isinstance(group.path, PassTick), group.stepping
+    return group
+
+
+#: ... at 1, 13, 100 and 1,000 agents, but the int8 shared grid10's above 32 (its learned
+#: columns fixed, numpy's local planner: native_pass.LOCAL_MEASURED).
+LEARNING_SIZES = [(c, n) for c in LEARNING for n in (1, 13, 100, 1000)
+                  if not (c[0] == "grid10" and c[3:] == ("shared", "int8") and n > 32)]
+
+
+@pytest.mark.parametrize(("learned", "n"), LEARNING_SIZES,
+                         ids=["-".join(map(str, (*c, n))) for c, n in LEARNING_SIZES])
+def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: int) -> None:
+    """The pass's measures of a learning group against :func:`tick_measures` of the tick's
+    prior, the posteriors and the likelihood health reads once the tick is stepped (a learned
+    ``A``: its tables after the tick's update), tick by tick, through resets."""
+    group = _learning_group(learned, n, health=False)
+    world, precision = learned[0], learned[4]
+    path = group.path
+    assert isinstance(path, PassTick)
+    state = group.state
+    env = make_env(world, n, seed=5)
+    obs = env.reset()
+    rng = np.random.default_rng(1)
+    for t in range(12):
+        if t % 5 == 4:  # some agents start an episode (their prior D)
+            group.reset(rng.random(n) < 0.5)
+        k = int(rng.integers(1, min(n, 70) + 1))
+        rows = np.sort(rng.integers(0, n, size=k))  # repeats, any block
+        if t % 3 == 0:
+            rows[0], rows[-1] = 0, n - 1
+        prior = path.tick_prior()
+        before = None if prior is None else [np.array(p[rows], dtype=np.float64) for p in prior]
+        o = np.array(obs[rows], dtype=np.int64)
+        assert path.in_tick is not None
+        measured = path.in_tick(rows)
+        actions = group.step(obs, now=float(t))
+        if before is None:  # made by the pass, into the state
+            before = [np.array(p[rows], dtype=np.float64) for p in state.prior]
+        want = kernels_health.tick_measures(
+            before, [np.asarray(q[rows], dtype=np.float64) for q in state.qs],
+            path.likelihood(rows), o)
+        assert measured.shape == (4, k)
+        np.testing.assert_allclose(measured, want, rtol=TOL[precision], atol=TOL[precision])
+        kept = measured.copy()  # the next tick unmeasured: the array stays as this one wrote it
+        obs = env.step(actions)
+        actions = group.step(obs, now=t + 0.5)
+        np.testing.assert_array_equal(measured, kept)
+        obs = env.step(actions)
