@@ -186,6 +186,20 @@ class AifHealth:
         self.fixed_tables = fixed_tables
         self.sample_agents = health_agents(num_states, self.num_obs)
         self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
+        #: ``lnC`` side by side and where each modality's outcomes start (the preference of a
+        #: tick the pass measured: :meth:`_fold_in_tick`).
+        self._lnC_table = np.concatenate(self.lnC) if self.lnC else np.zeros(0)
+        self._lnC_at = np.cumsum((0, *(c.shape[0] for c in self.lnC[:-1])))
+        #: A measured tick's rows as the window takes them (with the policy entropy, without),
+        #: and their buffers (made once per sample size: :meth:`_fold_in_tick`).
+        self._in_tick_names = {
+            planned: (*(("policy_entropy",) if planned else ()),
+                      *(("preference",) if self.lnC else ()), *kernels_health.TICK_MEASURES)
+            for planned in (True, False)
+        }
+        self._block = np.zeros((0, 0))
+        self._squared = np.zeros((0, 0))
+        self._sums = np.zeros((2, 0))
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
         self.window = HealthWindow([*names, *extra_measures])
         self.detector = DriftDetector(drift)
@@ -360,7 +374,10 @@ class AifHealth:
             if t + 1 == hold.ticks:
                 self.flush()
             return
-        if measured is None and prior is None and made:
+        if measured is not None:
+            self._fold_in_tick(obs, q_pi, measured)
+            return
+        if prior is None and made:
             prior = [np.asarray(p[rows], dtype=np.float64) for p in made]
         names: list[str] = []
         values: list[np.ndarray] = []
@@ -370,15 +387,12 @@ class AifHealth:
         if self.lnC:
             names.append("preference")
             values.append(kernels_health.preference(self.lnC, obs))
-        if measured is None:
-            if prior is None:
-                if names:
-                    window.add_rows(names, np.stack(values))
-                return
-            post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-            measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
-        elif self._tap is not None:  # (the tick's array is written again at the next)
-            measured = measured.copy()
+        if prior is None:
+            if names:
+                window.add_rows(names, np.stack(values))
+            return
+        post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
+        measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
         window.add_rows([*names, *kernels_health.TICK_MEASURES], np.vstack([*values, measured]))
         excess = measured[1]
         if self._tap is not None:
@@ -386,6 +400,41 @@ class AifHealth:
         k = excess.shape[0]
         mean = float(excess.sum()) / k
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
+        self._detect(mean, var, k, time.time())
+
+    def _fold_in_tick(self, obs: IntArray, q_pi: np.ndarray | None, measured: np.ndarray) -> None:
+        """:meth:`after` of a tick whose pass measured the sample (``measured`` ``(4, r)``, the
+        path's, written again at its next measured tick): the policy entropy and the preference
+        worked out, then every row into one block and its sums, kept between ticks (the same
+        values as the numpy measures' ``np.vstack`` and :meth:`HealthWindow.add_rows`, summed
+        once for the window and the drift detector: the same numbers up to rounding)."""
+        rows = self._rows
+        k = rows.shape[0]
+        planned = q_pi is not None and q_pi.shape[0] == self.n_agents
+        names = self._in_tick_names[planned]
+        block, squared, sums = self._block, self._squared, self._sums
+        if block.shape != (len(names), k):
+            self._block = block = np.zeros((len(names), k))
+            self._squared = squared = np.zeros((len(names), k))
+            self._sums = sums = np.zeros((2, len(names)))
+        i = 0
+        if planned:
+            assert q_pi is not None
+            block[0] = kernels_health.entropy(q_pi[rows])
+            i = 1
+        if self.lnC:
+            np.add.reduce(self._lnC_table[obs + self._lnC_at], axis=1, out=block[i])
+            i += 1
+        block[i:] = measured
+        totals, squares = sums
+        np.add.reduce(block, axis=1, out=totals)
+        np.add.reduce(np.multiply(block, block, out=squared), axis=1, out=squares)
+        self.window.add_rows_summed(names, block, totals, squares)
+        total, square = float(totals[i + 1]), float(squares[i + 1])  # the excess surprise's
+        if self._tap is not None:
+            self._tap(self._clock - 1, block[i + 1].copy())
+        mean = total / k
+        var = max(0.0, square / k - mean * mean)
         self._detect(mean, var, k, time.time())
 
     def _detect(self, mean: float, var: float, k: int, now: float) -> None:

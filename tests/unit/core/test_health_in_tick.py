@@ -105,15 +105,22 @@ def test_the_pass_measures_what_tick_measures_does(
 
 
 def _recorded(health: AifHealth) -> list[tuple[list[str], np.ndarray]]:
-    """Every block of rows ``health`` adds to its window, recorded (and added)."""
+    """Every block of rows ``health`` adds to its window (summed by the window or by health),
+    recorded (and added)."""
     seen: list[tuple[list[str], np.ndarray]] = []
-    add = health.window.add_rows
+    window = health.window
+    add, add_summed = window.add_rows, window.add_rows_summed
 
     def record(names: Any, values: np.ndarray) -> None:
         seen.append((list(names), np.array(values, copy=True)))
         add(names, values)
 
-    health.window.add_rows = record  # type: ignore[method-assign]
+    def record_summed(names: Any, values: np.ndarray, totals: Any, squares: Any) -> None:
+        seen.append((list(names), np.array(values, copy=True)))
+        add_summed(names, values, totals, squares)
+
+    window.add_rows = record  # type: ignore[method-assign]
+    window.add_rows_summed = record_summed  # type: ignore[method-assign]
     return seen
 
 
