@@ -1,12 +1,15 @@
-"""A message's holder ids made in one batch (issue 55, the twelfth pass): the ledger a merge
-leaves is, to the bit, the one the one-agent-at-a-time holders left (``tests/support/
-old_holders.py``, main's code before the batch), on random instances of many seeds -- cost ties,
+"""A message's holder ids made in one batch, a table's new rows' seqs in one call (issue 55,
+the twelfth pass): the ledger a merge leaves is, to the bit, the one the one-agent-at-a-time
+holders left (``tests/support/
+old_merge.py``, main's code before the batch), on random instances of many seeds -- cost ties,
 duplicate and stale messages, a peer's bids replaced, consumed agents, dead sessions, a full
 board -- and on a formation of real engines on the in-memory broker."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import numpy as np
@@ -14,7 +17,9 @@ import pytest
 
 from edge_agent.coordination.ledger import Bid, TaskBoard
 from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskSpec
-from tests.support.old_holders import OldHoldersBoard, old_holders
+from tests.support.old_merge import old_merge
+
+T = TypeVar("T")
 
 TASKS = ["T", "U", "V", "s", "r"]
 """T, U, V team tasks, s and r one-agent tasks."""
@@ -116,21 +121,27 @@ def apply(board: TaskBoard, op: tuple[object, ...]) -> object:
     return board.add_release(rel)
 
 
+def on_old(f: Callable[[], T]) -> T:
+    """``f()`` with the merge as before the pass (boards made in it are only used in it)."""
+    with old_merge():
+        return f()
+
+
 @pytest.mark.parametrize("seed", range(400))
 def test_a_batched_merge_leaves_the_ledger_one_agent_at_a_time_left(seed: int) -> None:
     ops, bounds = random_ops(seed)
-    new, old = TaskBoard(**bounds), OldHoldersBoard(**bounds)
+    new, old = TaskBoard(**bounds), on_old(lambda: TaskBoard(**bounds))
     for spec in specs():
-        assert new.add_spec(spec) == old.add_spec(spec)
+        assert new.add_spec(spec) == on_old(lambda spec=spec: old.add_spec(spec))
     for i, op in enumerate(ops):
-        assert apply(new, op) == apply(old, op)
+        assert apply(new, op) == on_old(lambda op=op: apply(old, op))
         if i % 7 == 6:  # the awards cached between merges, as an engine's ticks do
-            assert state(new) == state(old)
-    assert state(new) == state(old)
+            assert state(new) == on_old(lambda: state(old))
+    assert state(new) == on_old(lambda: state(old))
     probes = [Bid(t, 0, n, g, a, 1.0, 1, 3, r, False)
               for t in TASKS for n in ("n0", "n1", "x") for g in ("g", "h")
               for a in (0, 2, 11, 1 << 63, -1) for r in (0, 1)]  # fmt: skip
-    assert [new.knows(b) for b in probes] == [old.knows(b) for b in probes]
+    assert [new.knows(b) for b in probes] == on_old(lambda: [old.knows(b) for b in probes])
 
 
 def test_a_full_board_makes_the_holders_there_is_room_for() -> None:
@@ -173,7 +184,7 @@ def test_a_formation_s_ledgers_are_the_one_agent_at_a_time_ones(tmp_path: Path) 
             fleet.close()
 
     new = run(tmp_path / "new")
-    with old_holders():
+    with old_merge():
         old = run(tmp_path / "old")
     assert new == old
     formed = new[-1][0]["teams"]

@@ -1,8 +1,9 @@
-"""The ledger's holder ids as main made them before the batched merge (ec728b6a): a dict of
-``(node id, group id, agent)`` tuples, made one agent at a time, and the per-``(node, group)``
-sorted maps kept only by :meth:`TaskBoard._holders_of`. The oracle the batched merge is compared
-with to the bit (tests/unit/coordination/test_batched_holders.py), and what the formation's
-one-process A/B puts back (:func:`old_holders`)."""
+"""A bid message's merge as main did it before the twelfth pass (ec728b6a): holder ids in a
+dict of ``(node id, group id, agent)`` tuples, made one agent at a time, the per-``(node,
+group)`` sorted maps kept only by :meth:`TaskBoard._holders_of`, and a bid table's new rows'
+seqs made a chunk at a time. The oracle the batched merge is compared with to the bit
+(tests/unit/coordination/test_batched_holders.py), and what the formation's one-process A/B
+puts back (:func:`old_merge`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination import board_state
+from edge_agent.coordination.bid_table import BidTable
 from edge_agent.coordination.board_state import BoardState
 from edge_agent.coordination.ledger import TaskBoard
 
@@ -100,28 +102,46 @@ def _holder_id(self: TaskBoard, n: int, g: int, agent: int) -> int | None:
     return _dict(self).get((n, g, agent))
 
 
-class OldHoldersBoard(TaskBoard):
-    """A :class:`TaskBoard` whose holder ids are made and looked up as before the batch."""
+def _flush(self: BidTable) -> None:
+    if not self._pending and not self._chunks:
+        return
+    pending, chunks = self._pending, self._chunks
+    self._pending, self._chunks = {}, []
+    keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
+    costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
+    seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
+    held = [np.fromiter((r[2] for r in pending.values()), bool, len(pending))]
+    for k, c, s, h in chunks:
+        keys.append(k)
+        costs.append(c)
+        seqs.append(np.full(k.size, s, dtype=np.int64))
+        held.append(h)
+    all_keys = np.concatenate(keys)
+    order = np.argsort(all_keys)
+    self._insert(
+        all_keys[order],
+        np.concatenate(costs)[order],
+        np.concatenate(seqs)[order],
+        np.concatenate(held)[order].astype(bool),
+    )
 
-    _new_holders = _new_holders  # type: ignore[assignment]
-    _holders_of = _holders_of
-    _holder_id = _holder_id
+
+_PATCHES = [(TaskBoard, "_new_holders", _new_holders), (TaskBoard, "_holders_of", _holders_of),
+            (TaskBoard, "_holder_id", _holder_id), (BidTable, "_flush", _flush)]  # fmt: skip
 
 
 @contextmanager
-def old_holders() -> Iterator[None]:
-    """Every :class:`TaskBoard` made and merged as before the batch while inside (one process's
+def old_merge() -> Iterator[None]:
+    """Every :class:`TaskBoard` made and merged as before the pass while inside (one process's
     A/B: boards made inside must only be used inside)."""
-    saved = {name: TaskBoard.__dict__.get(name) for name in ("_new_holders", "_holders_of",
-                                                             "_holder_id")}  # fmt: skip
-    TaskBoard._new_holders = _new_holders  # type: ignore[method-assign,assignment]
-    TaskBoard._holders_of = _holders_of  # type: ignore[method-assign]
-    TaskBoard._holder_id = _holder_id  # type: ignore[method-assign]
+    saved = [(cls, name, cls.__dict__.get(name)) for cls, name, _ in _PATCHES]
+    for cls, name, f in _PATCHES:
+        setattr(cls, name, f)
     try:
         yield
     finally:
-        for name, value in saved.items():
+        for cls, name, value in saved:
             if value is None:
-                delattr(TaskBoard, name)
+                delattr(cls, name)
             else:
-                setattr(TaskBoard, name, value)
+                setattr(cls, name, value)
