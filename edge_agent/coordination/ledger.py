@@ -269,13 +269,21 @@ class TaskBoard(BoardState):
         key = seq_key(bdseq, bseq)
         changed = False
         usable: list[BidTable | None] = []
+        floors, closed, fact_floor = self.floor, self.closed, self._fact_floor
         for task, epoch in zip(tasks, epochs, strict=True):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
-            ok, raised = self._accepts_epoch(task, epoch)
-            changed |= raised
-            if not ok:
-                usable.append(None)
-                continue
+            # The open round, already noted (a formation's every message after the first):
+            # accepted, nothing raised nor noted, as _accepts_epoch says, without the call.
+            if not (
+                floors.get(task) == epoch
+                and closed.get(task, -1) < epoch
+                and fact_floor.get(task, -1) >= epoch
+            ):
+                ok, raised = self._accepts_epoch(task, epoch)
+                changed |= raised
+                if not ok:
+                    usable.append(None)
+                    continue
             per = self.bids.get(task)  # (a table made only when the task has none)
             if per is None:
                 per = self.bids[task] = BidTable()

@@ -1,13 +1,14 @@
-"""A bid message's merge as main did it before the twelfth pass (ec728b6a): holder ids in a
-dict of ``(node id, group id, agent)`` tuples, made one agent at a time, the per-``(node,
-group)`` sorted maps kept only by :meth:`TaskBoard._holders_of`, and a bid table's new rows'
-seqs made a chunk at a time. The oracle the batched merge is compared with to the bit
-(tests/unit/coordination/test_batched_holders.py), and what the formation's one-process A/B
-puts back (:func:`old_merge`)."""
+"""A bid message's merge as main did it before the twelfth pass (ec728b6a): ``add_bids`` as it
+was (every task's epoch checked by a call), holder ids in a dict of ``(node id, group id,
+agent)`` tuples made one agent at a time, the per-``(node, group)`` sorted maps kept only by
+:meth:`TaskBoard._holders_of`, and a bid table's new rows' seqs made a chunk at a time. The
+oracle the batched merge is compared with to the bit (tests/unit/coordination/
+test_batched_holders.py), and what the formation's one-process A/B puts back
+(:func:`old_merge`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,7 +16,13 @@ from numpy.typing import NDArray
 
 from edge_agent.coordination import board_state
 from edge_agent.coordination.bid_table import BidTable
-from edge_agent.coordination.board_state import BoardState
+from edge_agent.coordination.board_state import (
+    MAX_SESSION,
+    ROLE_SPAN,
+    BoardState,
+    _int64s,
+    seq_key,
+)
 from edge_agent.coordination.ledger import TaskBoard
 
 _NO_INTS = np.empty(0, dtype=np.int64)
@@ -102,6 +109,97 @@ def _holder_id(self: TaskBoard, n: int, g: int, agent: int) -> int | None:
     return _dict(self).get((n, g, agent))
 
 
+def _add_bids(  # noqa: PLR0917 (main's signature)
+    self: TaskBoard,
+    node: str,
+    group: str,
+    bdseq: int,
+    bseq: int,
+    tasks: Sequence[str],
+    *,
+    epochs: Sequence[int],
+    task_index: Sequence[int] | NDArray[np.integer],
+    agents: Sequence[int] | NDArray[np.integer],
+    costs: Sequence[float] | NDArray[np.floating],
+    roles: Sequence[int] | NDArray[np.integer] | None = None,
+    holds: Sequence[bool] | NDArray[np.bool_] | None = None,
+) -> bool:
+    """Merge one node's bid message (columnar, as :class:`TaskBids` carries it); ``roles``
+    and ``holds`` per bid for team tasks (0 and False when None)."""
+    if bdseq > MAX_SESSION:
+        self.stale_bids += len(task_index)
+        return False
+    key = seq_key(bdseq, bseq)
+    changed = False
+    usable: list[BidTable | None] = []
+    for task, epoch in zip(tasks, epochs, strict=True):
+        # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
+        ok, raised = self._accepts_epoch(task, epoch)
+        changed |= raised
+        if not ok:
+            usable.append(None)
+            continue
+        per = self.bids.get(task)  # (a table made only when the task has none)
+        if per is None:
+            per = self.bids[task] = BidTable()
+        usable.append(per)
+    node_id = self._node(node)
+    n = len(task_index)
+    if node_id is None or self._node_dead.data[node_id] >= bdseq:
+        self.stale_bids += n
+        return changed
+    if n == 0:
+        return changed
+    self._settle()
+    t_of = _int64s(task_index)
+    role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
+    held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
+    agent = _int64s(agents)
+    ok_task = np.array([per is not None for per in usable], dtype=bool)
+    rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+    first_new = len(_dict(self))
+    h = self._holders_of(node, group, agent[rows])
+    fresh = h >= 0
+    fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
+    rows, h = rows[fresh], h[fresh]
+    slot = h * ROLE_SPAN + role[rows]
+    cost = np.asarray(costs, dtype=np.float64)[rows]
+    t_rows = t_of[rows]
+    by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
+    bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+    # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
+    # agents are new to the ledger (holder ids made by this message: no table has a row of
+    # them), their slots distinct and their costs finite: a node's first bids.
+    new = (h >= first_new) & np.isfinite(cost)
+    by_slot = np.lexsort((slot, t_rows))
+    twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
+        t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
+    )
+    new[by_slot[1:][twice]] = False
+    all_new = (
+        np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
+    )
+    inserted = 0
+    # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+    slot, cost, held = slot[by_task], cost[by_task], held[rows[by_task]]
+    starts: list[int] = np.r_[0, bounds].tolist() if by_task.size else []
+    ends = [*starts[1:], int(by_task.size)] if starts else []
+    first_task = t_rows[by_task[starts]].tolist() if starts else []
+    for j, (lo, hi, t) in enumerate(zip(starts, ends, first_task, strict=True)):
+        per = usable[t]
+        if per is None:  # not reached: the rows are of usable tasks
+            continue
+        merge = per.add_new if all_new[j] else per.merge
+        merged = merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids)
+        self.n_bids += merged.added
+        self.overflow += merged.refused
+        inserted += merged.changed
+    self.stale_bids += n - inserted
+    if inserted:
+        self._changed()
+    return changed or inserted > 0
+
+
 def _flush(self: BidTable) -> None:
     if not self._pending and not self._chunks:
         return
@@ -126,7 +224,8 @@ def _flush(self: BidTable) -> None:
     )
 
 
-_PATCHES = [(TaskBoard, "_new_holders", _new_holders), (TaskBoard, "_holders_of", _holders_of),
+_PATCHES = [(TaskBoard, "add_bids", _add_bids),
+            (TaskBoard, "_new_holders", _new_holders), (TaskBoard, "_holders_of", _holders_of),
             (TaskBoard, "_holder_id", _holder_id), (BidTable, "_flush", _flush)]  # fmt: skip
 
 

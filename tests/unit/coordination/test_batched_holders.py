@@ -52,7 +52,7 @@ def state(board: TaskBoard) -> dict[str, object]:
         "columns": [c.data[:n].tolist() for c in columns],
         "tables": {t: [a.tolist() for a in per.arrays()] for t, per in sorted(board.bids.items())},
         "counts": (board.n_bids, board.overflow, board.stale_bids, board.version),
-        "floor": dict(board.floor),
+        "floor": (dict(board.floor), dict(board._fact_floor), dict(board.closed)),
         "award": board.award(),
         "teams": board.teams(),
         "digest": board.digest(),
