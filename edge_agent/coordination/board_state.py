@@ -346,6 +346,10 @@ class BoardState:
         self._agent_maps: dict[tuple[int, int], tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
         """Per ``(node id, group id)``, its agents that are holders (sorted) and their ids: every
         holder is in one (:meth:`_new_holders` keeps them)."""
+        self._id_of: dict[tuple[int, int], dict[int, int]] = {}
+        """Per ``(node id, group id)``, its map as a dict, made when one holder is looked up
+        (:meth:`_holder_id`: a sync's relayed bids, a bid at a time) and dropped when the map
+        grows."""
         self._unsettled = False
         """Consumed agents or dead sessions came since bids were last dropped for them
         (:meth:`_settle`)."""
@@ -396,11 +400,11 @@ class BoardState:
 
     def _holder_id(self, n: int, g: int, agent: int) -> int | None:
         """The holder id of agent ``agent`` of node id ``n``'s group id ``g`` (None: none)."""
-        known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
-        if not -(1 << 63) <= agent < 1 << 63:
-            return None
-        at = int(np.searchsorted(known, agent))
-        return int(ids[at]) if at < known.size and int(known[at]) == agent else None
+        id_of = self._id_of.get((n, g))
+        if id_of is None:
+            known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
+            id_of = self._id_of[(n, g)] = dict(zip(known.tolist(), ids.tolist(), strict=True))
+        return id_of.get(agent)
 
     def _new_holders(
         self, node: str, group: str, agents: Sequence[int] | NDArray[np.int64]
@@ -447,6 +451,7 @@ class BoardState:
         merged = np.concatenate([known, new])
         order = np.argsort(merged, kind="stable")
         self._agent_maps[(n, g)] = (merged[order], np.concatenate([ids, made])[order])
+        self._id_of.pop((n, g), None)
         return np.concatenate([old_agents, new]), np.concatenate([old_ids, made])
 
     def _holder_name(self, h: int) -> tuple[str, str, int]:
