@@ -181,11 +181,17 @@ class BidTable:
         costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
         seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
         held = [np.fromiter((r[2] for r in pending.values()), bool, len(pending))]
-        for k, c, s, h in chunks:
+        for k, c, _, h in chunks:
             keys.append(k)
             costs.append(c)
-            seqs.append(np.full(k.size, s, dtype=np.int64))
             held.append(h)
+        if chunks:  # each chunk's one seq, repeated over its rows in one call
+            seqs.append(
+                np.repeat(
+                    np.fromiter((ch[2] for ch in chunks), np.int64, len(chunks)),
+                    np.fromiter((ch[0].size for ch in chunks), np.int64, len(chunks)),
+                )
+            )
         all_keys = np.concatenate(keys)
         order = np.argsort(all_keys)
         self._insert(

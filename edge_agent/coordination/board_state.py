@@ -341,9 +341,15 @@ class BoardState:
         self._hash = _SetHash()
         self._nodes = _Intern()
         self._groups = _Intern()
-        self._holders: dict[tuple[int, int, int], int] = {}
+        self._n_holders = 0
+        """Holder ids made (they are dense: ``0 ... _n_holders - 1``, never dropped)."""
         self._agent_maps: dict[tuple[int, int], tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
-        """Per ``(node id, group id)``, its agents known as holders (sorted) and their ids."""
+        """Per ``(node id, group id)``, its agents that are holders (sorted) and their ids: every
+        holder is in one (:meth:`_new_holders` keeps them)."""
+        self._id_of: dict[tuple[int, int], dict[int, int]] = {}
+        """Per ``(node id, group id)``, its map as a dict, made when one holder is looked up
+        (:meth:`_holder_id`: a sync's relayed bids, a bid at a time) and dropped when the map
+        grows."""
         self._unsettled = False
         """Consumed agents or dead sessions came since bids were last dropped for them
         (:meth:`_settle`)."""
@@ -392,51 +398,61 @@ class BoardState:
         _, ids = self._new_holders(node, group, [agent])
         return int(ids[0]) if ids.size else None
 
+    def _holder_id(self, n: int, g: int, agent: int) -> int | None:
+        """The holder id of agent ``agent`` of node id ``n``'s group id ``g`` (None: none)."""
+        id_of = self._id_of.get((n, g))
+        if id_of is None:
+            known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
+            id_of = self._id_of[(n, g)] = dict(zip(known.tolist(), ids.tolist(), strict=True))
+        return id_of.get(agent)
+
     def _new_holders(
-        self, node: str, group: str, agents: list[int]
+        self, node: str, group: str, agents: Sequence[int] | NDArray[np.int64]
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """Holder ids for ``node/group``'s distinct ``agents``, made for those that have none
-        in one step (their ids, hashes and columns at once; a full board counts the rest in
-        ``overflow``): ``(agents, ids)`` of each that has one or there was room for (arrays: a
-        formation's peers bring thousands)."""
+        in one batch (looked up in the group's sorted map, their ids, hashes and columns made
+        as arrays; a full board counts the rest in ``overflow``): ``(agents, ids)`` of each
+        that has one or there was room for, those that had one first, then the new ones in
+        the order given (arrays: a formation's peers bring thousands). The ids are made in the
+        order given, so every merge order of the same facts makes the same ids as before."""
         n = self._node(node)
         if n is None:
             return _NO_INTS, _NO_INTS
         g = self._groups(group)
-        keys = [(n, g, a) for a in agents]
-        if not self._holders.keys().isdisjoint(keys):
-            # Some made by another path (a consumed fact, one bid): kept as they are.
-            have = [(a, h) for a in agents if (h := self._holders.get((n, g, a))) is not None]
-            known = {a for a, _ in have}
-            made, made_ids = self._new_holders(node, group, [a for a in agents if a not in known])
-            return (
-                np.concatenate([np.array([a for a, _ in have], dtype=np.int64), made]),
-                np.concatenate([np.array([h for _, h in have], dtype=np.int64), made_ids]),
-            )
-        room = max(0, self.max_holders - len(self._holders))
-        if len(agents) > room:
-            self.overflow += len(agents) - room
-            agents, keys = agents[:room], keys[:room]
-        if not agents:
-            return _NO_INTS, _NO_INTS
-        first = len(self._holders)
-        ids = range(first, first + len(agents))
-        self._holders.update(zip(keys, ids, strict=True))
-        end = first + len(agents)
-        hashes = holder_hashes(node, group, agents)
+        want = np.asarray(agents, dtype=np.int64).reshape(-1)
+        known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
+        at = np.searchsorted(known, want)
+        have = at < known.size
+        have[have] = known[at[have]] == want[have]
+        old_agents, old_ids = want[have], ids[at[have]]
+        new = want[~have]
+        room = max(0, self.max_holders - self._n_holders)
+        if new.size > room:
+            self.overflow += new.size - room
+            new = new[:room]
+        if not new.size:
+            return old_agents, old_ids
+        first = self._n_holders
+        end = self._n_holders = first + new.size
+        made = np.arange(first, end, dtype=np.int64)
+        names = new.tolist()
         consumed: list[int] | int = (
-            [self.consumed.get((node, group, a), -1) for a in agents] if self.consumed else -1
+            [self.consumed.get((node, group, a), -1) for a in names] if self.consumed else -1
         )
         for arr, values in (
             (self._holder_node, n),
             (self._holder_group, g),
-            (self._holder_agent, agents),
+            (self._holder_agent, new),
             (self._holder_consumed, consumed),
-            (self._holder_hash, hashes.view(np.int64)),
+            (self._holder_hash, holder_hashes(node, group, names).view(np.int64)),
         ):
             arr.ensure(end)
             arr.data[first:end] = values
-        return self._holder_agent.data[first:end].copy(), np.arange(first, end, dtype=np.int64)
+        merged = np.concatenate([known, new])
+        order = np.argsort(merged, kind="stable")
+        self._agent_maps[(n, g)] = (merged[order], np.concatenate([ids, made])[order])
+        self._id_of.pop((n, g), None)
+        return np.concatenate([old_agents, new]), np.concatenate([old_ids, made])
 
     def _holder_name(self, h: int) -> tuple[str, str, int]:
         return (
@@ -500,7 +516,7 @@ class BoardState:
         if self.consumed.get((bid.node, bid.group, bid.agent), -1) >= key:
             return True
         n, g = self._nodes.ids.get(bid.node), self._groups.ids.get(bid.group)
-        h = None if n is None or g is None else self._holders.get((n, g, bid.agent))
+        h = None if n is None or g is None else self._holder_id(n, g, bid.agent)
         per = self.bids.get(bid.task)
         if h is None or per is None:
             return False
@@ -613,7 +629,8 @@ class BoardState:
             rank = {int(h): c for c, h in enumerate(holders.tolist())}
             for bid in single.values():
                 n, g = self._nodes.ids[bid.node], self._groups.ids[bid.group]
-                c = rank.get(self._holders[(n, g, bid.agent)])
+                h = self._holder_id(n, g, bid.agent)
+                c = None if h is None else rank.get(h)
                 if c is not None:
                     busy[c] = True
         # Members that only took slots the last fill gave them change nothing it computes
@@ -700,7 +717,7 @@ class BoardState:
         holder = keys // ROLE_SPAN
         # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
         # order, and an array indexed by id maps each to its column.
-        seen = np.zeros(len(self._holders), dtype=bool)
+        seen = np.zeros(self._n_holders, dtype=bool)
         seen[holder] = True
         uniq = np.flatnonzero(seen)
         canon = uniq[

@@ -269,13 +269,21 @@ class TaskBoard(BoardState):
         key = seq_key(bdseq, bseq)
         changed = False
         usable: list[BidTable | None] = []
+        floors, closed, fact_floor = self.floor, self.closed, self._fact_floor
         for task, epoch in zip(tasks, epochs, strict=True):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
-            ok, raised = self._accepts_epoch(task, epoch)
-            changed |= raised
-            if not ok:
-                usable.append(None)
-                continue
+            # The open round, already noted (a formation's every message after the first):
+            # accepted, nothing raised nor noted, as _accepts_epoch says, without the call.
+            if not (
+                floors.get(task) == epoch
+                and closed.get(task, -1) < epoch
+                and fact_floor.get(task, -1) >= epoch
+            ):
+                ok, raised = self._accepts_epoch(task, epoch)
+                changed |= raised
+                if not ok:
+                    usable.append(None)
+                    continue
             per = self.bids.get(task)  # (a table made only when the task has none)
             if per is None:
                 per = self.bids[task] = BidTable()
@@ -294,7 +302,7 @@ class TaskBoard(BoardState):
         agent = _int64s(agents)
         ok_task = np.array([per is not None for per in usable], dtype=bool)
         rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
-        first_new = len(self._holders)
+        first_new = self._n_holders
         h = self._holders_of(node, group, agent[rows])
         fresh = h >= 0
         fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
@@ -348,12 +356,8 @@ class TaskBoard(BoardState):
         found[found] = known[at[found]] == agents[found]
         if not found.all():
             new, first = np.unique(agents[~found], return_index=True)
-            made, made_ids = self._new_holders(node, group, new[np.argsort(first)].tolist())
-            if made.size:
-                merged = np.concatenate([known, made])
-                order = np.argsort(merged, kind="stable")
-                known, ids = merged[order], np.concatenate([ids, made_ids])[order]
-                self._agent_maps[(n, g)] = (known, ids)
+            self._new_holders(node, group, new[np.argsort(first)])
+            known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
             at = np.searchsorted(known, agents)
             found = at < known.size
             found[found] = known[at[found]] == agents[found]

@@ -1,0 +1,246 @@
+"""A bid message's merge as main did it before the twelfth pass (ec728b6a): ``add_bids`` as it
+was (every task's epoch checked by a call), holder ids in a dict of ``(node id, group id,
+agent)`` tuples made one agent at a time, the per-``(node, group)`` sorted maps kept only by
+:meth:`TaskBoard._holders_of`, and a bid table's new rows' seqs made a chunk at a time. The
+oracle the batched merge is compared with to the bit (tests/unit/coordination/
+test_batched_holders.py), and what the formation's one-process A/B puts back
+(:func:`old_merge`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.coordination import board_state
+from edge_agent.coordination.bid_table import BidTable
+from edge_agent.coordination.board_state import (
+    MAX_SESSION,
+    ROLE_SPAN,
+    BoardState,
+    _int64s,
+    seq_key,
+)
+from edge_agent.coordination.ledger import TaskBoard
+
+_NO_INTS = np.empty(0, dtype=np.int64)
+
+
+def _dict(board: BoardState) -> dict[tuple[int, int, int], int]:
+    holders: dict[tuple[int, int, int], int] | None = board.__dict__.get("_old_holders")
+    if holders is None:
+        holders = board.__dict__["_old_holders"] = {}
+    return holders
+
+
+def _new_holders(
+    self: TaskBoard, node: str, group: str, agents: list[int] | NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    agents = [int(a) for a in agents]
+    holders = _dict(self)
+    n = self._node(node)
+    if n is None:
+        return _NO_INTS, _NO_INTS
+    g = self._groups(group)
+    keys = [(n, g, a) for a in agents]
+    if not holders.keys().isdisjoint(keys):
+        have = [(a, h) for a in agents if (h := holders.get((n, g, a))) is not None]
+        known = {a for a, _ in have}
+        made, made_ids = _new_holders(self, node, group, [a for a in agents if a not in known])
+        return (
+            np.concatenate([np.array([a for a, _ in have], dtype=np.int64), made]),
+            np.concatenate([np.array([h for _, h in have], dtype=np.int64), made_ids]),
+        )
+    room = max(0, self.max_holders - len(holders))
+    if len(agents) > room:
+        self.overflow += len(agents) - room
+        agents, keys = agents[:room], keys[:room]
+    if not agents:
+        return _NO_INTS, _NO_INTS
+    first = len(holders)
+    ids = range(first, first + len(agents))
+    holders.update(zip(keys, ids, strict=True))
+    self._n_holders = len(holders)
+    end = first + len(agents)
+    hashes = board_state.holder_hashes(node, group, agents)
+    consumed: list[int] | int = (
+        [self.consumed.get((node, group, a), -1) for a in agents] if self.consumed else -1
+    )
+    for arr, values in (
+        (self._holder_node, n),
+        (self._holder_group, g),
+        (self._holder_agent, agents),
+        (self._holder_consumed, consumed),
+        (self._holder_hash, hashes.view(np.int64)),
+    ):
+        arr.ensure(end)
+        arr.data[first:end] = values
+    return self._holder_agent.data[first:end].copy(), np.arange(first, end, dtype=np.int64)
+
+
+def _holders_of(
+    self: TaskBoard, node: str, group: str, agents: NDArray[np.int64]
+) -> NDArray[np.int64]:
+    maps = self.__dict__.setdefault("_old_agent_maps", {})
+    n, g = self._nodes.ids[node], self._groups(group)
+    known, ids = maps.get((n, g), (_NO_INTS, _NO_INTS))
+    at = np.searchsorted(known, agents)
+    found = at < known.size
+    found[found] = known[at[found]] == agents[found]
+    if not found.all():
+        new, first = np.unique(agents[~found], return_index=True)
+        made, made_ids = _new_holders(self, node, group, new[np.argsort(first)].tolist())
+        if made.size:
+            merged = np.concatenate([known, made])
+            order = np.argsort(merged, kind="stable")
+            known, ids = merged[order], np.concatenate([ids, made_ids])[order]
+            maps[(n, g)] = (known, ids)
+        at = np.searchsorted(known, agents)
+        found = at < known.size
+        found[found] = known[at[found]] == agents[found]
+    out = np.full(agents.size, -1, dtype=np.int64)
+    out[found] = ids[at[found]]
+    return out
+
+
+def _holder_id(self: TaskBoard, n: int, g: int, agent: int) -> int | None:
+    return _dict(self).get((n, g, agent))
+
+
+def _add_bids(  # noqa: PLR0917 (main's signature)
+    self: TaskBoard,
+    node: str,
+    group: str,
+    bdseq: int,
+    bseq: int,
+    tasks: Sequence[str],
+    *,
+    epochs: Sequence[int],
+    task_index: Sequence[int] | NDArray[np.integer],
+    agents: Sequence[int] | NDArray[np.integer],
+    costs: Sequence[float] | NDArray[np.floating],
+    roles: Sequence[int] | NDArray[np.integer] | None = None,
+    holds: Sequence[bool] | NDArray[np.bool_] | None = None,
+) -> bool:
+    """Merge one node's bid message (columnar, as :class:`TaskBids` carries it); ``roles``
+    and ``holds`` per bid for team tasks (0 and False when None)."""
+    if bdseq > MAX_SESSION:
+        self.stale_bids += len(task_index)
+        return False
+    key = seq_key(bdseq, bseq)
+    changed = False
+    usable: list[BidTable | None] = []
+    for task, epoch in zip(tasks, epochs, strict=True):
+        # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
+        ok, raised = self._accepts_epoch(task, epoch)
+        changed |= raised
+        if not ok:
+            usable.append(None)
+            continue
+        per = self.bids.get(task)  # (a table made only when the task has none)
+        if per is None:
+            per = self.bids[task] = BidTable()
+        usable.append(per)
+    node_id = self._node(node)
+    n = len(task_index)
+    if node_id is None or self._node_dead.data[node_id] >= bdseq:
+        self.stale_bids += n
+        return changed
+    if n == 0:
+        return changed
+    self._settle()
+    t_of = _int64s(task_index)
+    role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
+    held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
+    agent = _int64s(agents)
+    ok_task = np.array([per is not None for per in usable], dtype=bool)
+    rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+    first_new = len(_dict(self))
+    h = self._holders_of(node, group, agent[rows])
+    fresh = h >= 0
+    fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
+    rows, h = rows[fresh], h[fresh]
+    slot = h * ROLE_SPAN + role[rows]
+    cost = np.asarray(costs, dtype=np.float64)[rows]
+    t_rows = t_of[rows]
+    by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
+    bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+    # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
+    # agents are new to the ledger (holder ids made by this message: no table has a row of
+    # them), their slots distinct and their costs finite: a node's first bids.
+    new = (h >= first_new) & np.isfinite(cost)
+    by_slot = np.lexsort((slot, t_rows))
+    twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
+        t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
+    )
+    new[by_slot[1:][twice]] = False
+    all_new = (
+        np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
+    )
+    inserted = 0
+    # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+    slot, cost, held = slot[by_task], cost[by_task], held[rows[by_task]]
+    starts: list[int] = np.r_[0, bounds].tolist() if by_task.size else []
+    ends = [*starts[1:], int(by_task.size)] if starts else []
+    first_task = t_rows[by_task[starts]].tolist() if starts else []
+    for j, (lo, hi, t) in enumerate(zip(starts, ends, first_task, strict=True)):
+        per = usable[t]
+        if per is None:  # not reached: the rows are of usable tasks
+            continue
+        merge = per.add_new if all_new[j] else per.merge
+        merged = merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids)
+        self.n_bids += merged.added
+        self.overflow += merged.refused
+        inserted += merged.changed
+    self.stale_bids += n - inserted
+    if inserted:
+        self._changed()
+    return changed or inserted > 0
+
+
+def _flush(self: BidTable) -> None:
+    if not self._pending and not self._chunks:
+        return
+    pending, chunks = self._pending, self._chunks
+    self._pending, self._chunks = {}, []
+    keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
+    costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
+    seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
+    held = [np.fromiter((r[2] for r in pending.values()), bool, len(pending))]
+    for k, c, s, h in chunks:
+        keys.append(k)
+        costs.append(c)
+        seqs.append(np.full(k.size, s, dtype=np.int64))
+        held.append(h)
+    all_keys = np.concatenate(keys)
+    order = np.argsort(all_keys)
+    self._insert(
+        all_keys[order],
+        np.concatenate(costs)[order],
+        np.concatenate(seqs)[order],
+        np.concatenate(held)[order].astype(bool),
+    )
+
+
+_PATCHES = [(TaskBoard, "add_bids", _add_bids),
+            (TaskBoard, "_new_holders", _new_holders), (TaskBoard, "_holders_of", _holders_of),
+            (TaskBoard, "_holder_id", _holder_id), (BidTable, "_flush", _flush)]  # fmt: skip
+
+
+@contextmanager
+def old_merge() -> Iterator[None]:
+    """Every :class:`TaskBoard` made and merged as before the pass while inside (one process's
+    A/B: boards made inside must only be used inside)."""
+    saved = [(cls, name, cls.__dict__.get(name)) for cls, name, _ in _PATCHES]
+    for cls, name, f in _PATCHES:
+        setattr(cls, name, f)
+    try:
+        yield
+    finally:
+        for cls, name, value in saved:
+            if value is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, value)

@@ -1,0 +1,195 @@
+"""A message's holder ids made in one batch, a table's new rows' seqs in one call (issue 55,
+the twelfth pass): the ledger a merge leaves is, to the bit, the one the one-agent-at-a-time
+holders left (``tests/support/
+old_merge.py``, main's code before the batch), on random instances of many seeds -- cost ties,
+duplicate and stale messages, a peer's bids replaced, consumed agents, dead sessions, a full
+board -- and on a formation of real engines on the in-memory broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import numpy as np
+import pytest
+
+from edge_agent.coordination.ledger import Bid, TaskBoard
+from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskSpec
+from tests.support.old_merge import old_merge
+
+T = TypeVar("T")
+
+TASKS = ["T", "U", "V", "s", "r"]
+"""T, U, V team tasks, s and r one-agent tasks."""
+
+
+PROBES = [Bid(t, 0, n, g, a, 1.0, 1, 3, r, False)
+          for t in TASKS for n in ("n0", "n1", "x") for g in ("g", "h")
+          for a in (0, 2, 11, 1 << 63, -1) for r in (0, 1)]  # fmt: skip
+"""Bids :meth:`TaskBoard.knows` is asked about (agents of every holder map, and none)."""
+
+
+def specs() -> list[TaskSpec]:
+    def spec(task: str, team: int | None, roles: list[Role] | None = None) -> TaskSpec:
+        return TaskSpec(
+            task=task, epoch=0, capability="grid", goal_state=1, announced_by="hub",
+            team=team if team is not None else msgspec.UNSET,
+            roles=roles if roles is not None else msgspec.UNSET,
+        )  # fmt: skip
+
+    return [
+        spec("T", 3, [Role(capability="grid", count=1, goal_state=4)]),
+        spec("U", 2),
+        spec("V", 4, [Role(capability="grid", count=2, goal_state=7)]),
+        spec("s", None),
+        spec("r", None),
+    ]
+
+
+def state(board: TaskBoard) -> dict[str, object]:
+    """Everything the ledger keeps of its holders and bids, and what it computes from them."""
+    n = board._n_holders
+    columns = (board._holder_node, board._holder_group, board._holder_agent,
+               board._holder_consumed, board._holder_hash)  # fmt: skip
+    return {
+        "holders": n,
+        "columns": [c.data[:n].tolist() for c in columns],
+        "tables": {t: [a.tolist() for a in per.arrays()] for t, per in sorted(board.bids.items())},
+        "counts": (board.n_bids, board.overflow, board.stale_bids, board.version),
+        "floor": (dict(board.floor), dict(board._fact_floor), dict(board.closed)),
+        "award": board.award(),
+        "teams": board.teams(),
+        "digest": board.digest(),
+        "refills": board.refills,
+        "knows": [board.knows(b) for b in PROBES],
+    }
+
+
+def random_ops(seed: int) -> tuple[list[tuple[object, ...]], dict[str, int]]:
+    """A random history of one ledger's facts, and the board's bounds."""
+    rng = np.random.default_rng(seed)
+    nodes = [f"n{i}" for i in range(int(rng.integers(1, 5)))]
+    groups = ["g", "h"][: int(rng.integers(1, 3))]
+    most_agent = int(rng.choice([3, 12, 60]))
+    ops: list[tuple[object, ...]] = []
+    sent: list[tuple[object, ...]] = []
+    for _ in range(int(rng.integers(5, 40))):
+        kind = rng.random()
+        if kind < 0.6 or not sent:
+            node, group = str(rng.choice(nodes)), str(rng.choice(groups))
+            tasks = sorted({str(t) for t in rng.choice(TASKS, int(rng.integers(1, 4)))})
+            rows = int(rng.integers(0, 40))
+            msg = (
+                "bids", node, group, int(rng.integers(0, 3)), int(rng.integers(0, 6)), tasks,
+                [int(rng.integers(0, 2)) for _ in tasks],
+                rng.integers(0, len(tasks), rows).tolist(),
+                rng.integers(0, most_agent, rows).tolist(),  # agents repeat: duplicate slots
+                rng.choice([0.0, 0.5, 1.0, 2.0], rows).tolist(),  # ties
+                rng.integers(0, 3, rows).tolist(),
+                (rng.random(rows) < 0.3).tolist(),
+            )  # fmt: skip
+            ops.append(msg)
+            sent.append(msg)
+        elif kind < 0.75:
+            ops.append(sent[int(rng.integers(0, len(sent)))])  # a duplicate, maybe stale now
+        elif kind < 0.85:
+            ops.append(("consumed", str(rng.choice(nodes)), str(rng.choice(groups)),
+                        int(rng.integers(0, most_agent)), int(rng.integers(0, 3)),
+                        int(rng.integers(0, 8))))  # fmt: skip
+        elif kind < 0.92:
+            ops.append(("dead", str(rng.choice(nodes)), int(rng.integers(0, 2))))
+        else:
+            ops.append(("release", str(rng.choice(["T", "U", "V"])), str(rng.choice(nodes)),
+                        str(rng.choice(groups)), int(rng.integers(0, most_agent)),
+                        int(rng.integers(0, 3)), int(rng.integers(0, 8)),
+                        int(rng.integers(0, 2))))  # fmt: skip
+    full = rng.random() < 0.3
+    bounds = {"max_bids": int(rng.integers(4, 40)), "max_consumed": int(rng.integers(1, 8))}
+    return ops, bounds if full else {}
+
+
+def apply(board: TaskBoard, op: tuple[object, ...]) -> object:
+    kind = op[0]
+    if kind == "bids":
+        _, node, group, bdseq, bseq, tasks, epochs, index, agents, costs, roles, holds = op
+        return board.add_bids(
+            node, group, bdseq, bseq, tasks, epochs=epochs, task_index=index,  # type: ignore[arg-type]
+            agents=agents, costs=costs, roles=roles, holds=holds,  # type: ignore[arg-type]
+        )  # fmt: skip
+    if kind == "consumed":
+        return board.add_consumed(*op[1:])  # type: ignore[arg-type]
+    if kind == "dead":
+        return board.add_dead(*op[1:])  # type: ignore[arg-type]
+    _, task, node, group, agent, bdseq, bseq, role = op
+    rel = Release(task=task, epoch=0, node=node, group=group, agent=agent, bdseq=bdseq,
+                  bseq=bseq, status=ReleaseStatus.ABANDONED, role=role)  # type: ignore[arg-type]  # fmt: skip
+    return board.add_release(rel)
+
+
+def on_old(f: Callable[[], T]) -> T:
+    """``f()`` with the merge as before the pass (boards made in it are only used in it)."""
+    with old_merge():
+        return f()
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_a_batched_merge_leaves_the_ledger_one_agent_at_a_time_left(seed: int) -> None:
+    ops, bounds = random_ops(seed)
+    new, old = TaskBoard(**bounds), on_old(lambda: TaskBoard(**bounds))
+    for spec in specs():
+        assert new.add_spec(spec) == on_old(lambda spec=spec: old.add_spec(spec))
+    for i, op in enumerate(ops):
+        assert apply(new, op) == on_old(lambda op=op: apply(old, op))
+        if i % 7 == 6:  # the awards cached between merges, as an engine's ticks do
+            assert state(new) == on_old(lambda: state(old))
+    assert state(new) == on_old(lambda: state(old))
+
+
+def test_a_full_board_makes_the_holders_there_is_room_for() -> None:
+    """The bound on holders: the first agents of a message get ids, the rest are counted."""
+    board = TaskBoard(max_bids=3, max_consumed=2)  # room for 5 holders
+    board.add_spec(specs()[1])
+    board.add_bids("n0", "g", 0, 1, ["U"], epochs=[0], task_index=[0] * 8,
+                   agents=[7, 1, 9, 3, 5, 2, 8, 4], costs=[1.0] * 8)  # fmt: skip
+    n = board._n_holders
+    assert n == 5
+    assert board._holder_agent.data[:n].tolist() == [7, 1, 9, 3, 5]
+    assert board._holder_id(0, 0, 9) == 2
+    assert board._holder_id(0, 0, 2) is None
+    assert board.overflow >= 3
+
+
+def test_a_formation_s_ledgers_are_the_one_agent_at_a_time_ones(tmp_path: Path) -> None:
+    """Five engines of 100 agents form ten teams and five one-agent tasks on the in-memory
+    broker, once with the batched holders and once with the old: every node's ledger the same
+    after every tick."""
+    from tests.support.coordination_harness import GroupSpec, SimFleet
+    from tests.unit.coordination.test_engine import GRID, grid_tasks, settings
+
+    team_specs = [msgspec.structs.replace(s, team=int(2 + i % 4)) for i, s in
+                  enumerate(grid_tasks(10, seed=3, prefix="team"))]  # fmt: skip
+    one = grid_tasks(5, seed=4, prefix="one")
+
+    def run(sub: Path) -> list[list[dict[str, object]]]:
+        fleet = SimFleet(sub, 5, {"grid": GroupSpec(GRID, 100, capabilities=("grid",))},
+                         settings())  # fmt: skip
+        try:
+            fleet.tick(3)
+            fleet.nodes[0].engine.announce(team_specs + one)
+            seen = []
+            for _ in range(12):
+                fleet.tick()
+                seen.append([state(n.engine.board) for n in fleet.nodes])
+            return seen
+        finally:
+            fleet.close()
+
+    new = run(tmp_path / "new")
+    with old_merge():
+        old = run(tmp_path / "old")
+    assert new == old
+    formed = new[-1][0]["teams"]
+    assert isinstance(formed, dict)
+    assert len(formed) == 10
