@@ -367,3 +367,22 @@ def test_the_benchmark_runs_in_its_smoke_mode(script: str) -> None:
         assert found, f"{script}: no record {match} among\n" + "\n".join(map(str, records))
         missing = [k for k in keys if not any(k in r for r in found)]
         assert not missing, f"{script}: record {match} lacks {missing}: {found[0]}"
+
+
+def test_the_merge_a_b_runs_small_and_finds_the_two_ledgers_equal() -> None:
+    """benchmarks/ab_coordination_merge.py (the twelfth pass's A/B, not a stored benchmark) on a
+    small formation: both merges timed by part, and the old and the new ledgers compared (it
+    exits non-zero where they differ)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ab_coordination_merge.py"),
+         "--nodes", "3", "--agents", "30", "--tasks", "5", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
+    records = json_lines(done.stdout)
+    assert sorted(r["holders"] for r in records) == ["new", "old"], records
+    for r in records:
+        assert r["ticks"] > 0, r
+        assert "TaskBoard.add_bids" in r["ms_per_node"], r
+    assert "BoardState._new_holders" in next(r for r in records if r["holders"] == "new")[
+        "ms_per_node"]
