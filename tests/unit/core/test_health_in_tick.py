@@ -58,6 +58,18 @@ def _group(world: str, n: int, precision: str, **kwargs: Any) -> AifAgentGroup:
     return group
 
 
+def _sampled_rows(group: AifAgentGroup, n: int, t: int, rng: np.random.Generator) -> np.ndarray:
+    """Tick ``t``'s rows to measure (sorted, repeats, any block; the first and the last agent
+    every third tick), some agents starting an episode (their prior D) every fifth."""
+    if t % 5 == 4:
+        group.reset(rng.random(n) < 0.5)
+    k = int(rng.integers(1, min(n, 70) + 1))
+    rows = np.sort(rng.integers(0, n, size=k))
+    if t % 3 == 0:
+        rows[0], rows[-1] = 0, n - 1
+    return rows
+
+
 #: The worlds and sizes whose groups take the compiled tick (1,000 grid10 agents step numpy's
 #: local planner: native_pass.LOCAL_MEASURED).
 SIZES = [(w, n) for w in ("tmaze", "grid10", "grid2f") for n in (1, 13, 1000)
@@ -78,12 +90,8 @@ def test_the_pass_measures_what_tick_measures_does(
     obs = env.reset()
     rng = np.random.default_rng(1)
     for t in range(12):
-        if t % 5 == 4:  # some agents start an episode (their prior D)
-            group.reset(rng.random(n) < 0.5)
-        k = int(rng.integers(1, min(n, 70) + 1))
-        rows = np.sort(rng.integers(0, n, size=k))  # repeats, any block
-        if t % 3 == 0:
-            rows[0], rows[-1] = 0, n - 1
+        rows = _sampled_rows(group, n, t, rng)
+        k = rows.shape[0]
         prior = path.tick_prior()
         assert prior is not None
         before = prior(rows) if callable(prior) else [
@@ -339,12 +347,8 @@ def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: i
     obs = env.reset()
     rng = np.random.default_rng(1)
     for t in range(12):
-        if t % 5 == 4:  # some agents start an episode (their prior D)
-            group.reset(rng.random(n) < 0.5)
-        k = int(rng.integers(1, min(n, 70) + 1))
-        rows = np.sort(rng.integers(0, n, size=k))  # repeats, any block
-        if t % 3 == 0:
-            rows[0], rows[-1] = 0, n - 1
+        rows = _sampled_rows(group, n, t, rng)
+        k = rows.shape[0]
         prior = path.tick_prior()
         before = None if prior is None else [np.array(p[rows], dtype=np.float64) for p in prior]
         o = np.array(obs[rows], dtype=np.int64)
