@@ -213,6 +213,15 @@ class AifHealth:
         self._prior: list[np.ndarray] | None = None
         #: This tick's measures ``(4, r)`` as the tick wrote them (``before``'s ``in_tick``).
         self._measured: np.ndarray | None = None
+        #: A tick that learns ``A``, measured when it happens: its outcome rows and predictions
+        #: under the tables inferred with (:func:`~edge_agent.aif.health.predictions`, worked
+        #: out by :meth:`before`) ...
+        self._predicted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        #: ... or, where the tick makes the prior, the sampled agents' tables before it, copied
+        #: into these buffers (one per modality, made once per sample size and tables' shape;
+        #: :meth:`_keep_tables`), and whether this tick's are in them.
+        self._tables_before: list[np.ndarray] = []
+        self._kept = False
         self._held = 0  # measured ticks held (see _Held), not yet measured
         self._hold: _Held | None = None
         #: Whether a small sample's measured ticks are held (False: each measured when it
@@ -302,16 +311,26 @@ class AifHealth:
         """The agents this tick measures (moved by one each tick, within the group)."""
         return self._rows
 
-    def before(self, obs: IntArray, prior: TickPrior, in_tick: InTick | None = None) -> None:
+    def before(
+        self, obs: IntArray, prior: TickPrior, in_tick: InTick | None = None,
+        likelihood: Likelihood | None = None,
+    ) -> None:
         """This tick's outcomes ``obs (N, M)`` and the prior the agents predicted them with
         (:data:`TickPrior`); the sampled rows are copied (the tick overwrites the prior).
         ``in_tick``: the tick measures the sampled rows itself (:data:`InTick`: the compiled
         tick's and the learning pass's), taken whatever the group's size: a group that holds
         its measured ticks holds none on such a path (ticks held on another path before are
-        measured first); groups stepping numpy hold theirs, as before."""
+        measured first); groups stepping numpy hold theirs, as before. ``likelihood``: the
+        tick may change the ``A`` the agents infer with (``pA`` learns; :data:`Likelihood`,
+        read now, before the tick): what of the measures depends on it is worked out now
+        (:func:`~edge_agent.aif.health.predictions`), or, where the tick makes the prior
+        (None), the sampled agents' tables are copied to work it out once the prior is made,
+        so that the surprise is the model's prediction error under the tables the agents
+        inferred with, not those the tick learned from the outcome measured."""
         n = obs.shape[0]
         if n != self.n_agents:
             self.resize(n)
+        self._predicted, self._kept = None, False  # (a tick that raised left them)
         clock = self._clock
         self._clock += 1
         fresh, self._fresh = self._fresh, False
@@ -333,6 +352,11 @@ class AifHealth:
         if hold is not None and self._tap is None and self.holds:
             self._prior = hold.before(self._held, obs, rows, prior)
             self._obs = hold.obs[self._held]
+            if likelihood is not None:
+                if self._prior is not None:
+                    hold.predict_before(self._held, likelihood(rows))
+                else:
+                    self._keep_tables(likelihood(rows))
             return
         self._obs = obs[rows]
         if callable(prior):
@@ -341,6 +365,35 @@ class AifHealth:
             self._prior = [np.asarray(p[rows], dtype=np.float64) for p in prior]
         else:
             self._prior = None
+        if likelihood is None:
+            return
+        if self._prior is None:
+            self._keep_tables(likelihood(rows))
+            return
+        seen = kernels_health.outcome_rows(self.num_obs, self._obs)
+        p, picked = kernels_health.predictions(
+            kernels_health.joint_beliefs(self._prior), likelihood(rows), seen)
+        self._predicted = (seen, p, picked)
+
+    def _keep_tables(self, tables: Sequence[np.ndarray]) -> None:
+        """The sampled agents' ``tables`` (their likelihood before the tick) copied into
+        :attr:`_tables_before` (made again only when the sample's size or the tables' shapes
+        or dtypes change: ``rows * sum_m O_m * S`` values an agent's own, ``sum_m O_m * S``
+        shared, in the tables' dtype)."""
+        kept = self._tables_before
+        if (len(kept) != len(tables)
+                or any(k.shape != t.shape or k.dtype != t.dtype
+                       for k, t in zip(kept, tables, strict=True))):
+            self._tables_before = kept = [np.empty_like(t) for t in tables]
+        for k, t in zip(kept, tables, strict=True):
+            np.copyto(k, t)
+        self._kept = True
+
+    def _kept_tables(self, rows: IntArray) -> Sequence[np.ndarray]:
+        """The :data:`Likelihood` of the tables :meth:`_keep_tables` kept (of the sampled
+        ``rows``)."""
+        del rows
+        return self._tables_before
 
     def after(
         self,
@@ -352,10 +405,15 @@ class AifHealth:
         """The tick is stepped: its posteriors ``qs[f] (N, S_f)`` and policy posterior ``q_pi
         (N, P)`` (None: not planned), and the likelihood the agents inferred with (see
         :data:`Likelihood`): measure the sampled agents and fold the measures into the window
-        and the drift detector. ``made``: the prior as the tick made it, ``made[f] (N, S_f)``,
-        read where :meth:`before` was told none."""
+        and the drift detector (read where :meth:`before` was given none: a tick whose ``A``
+        learns is measured under the tables before it). ``made``: the prior as the tick made
+        it, ``made[f] (N, S_f)``, read where :meth:`before` was told none."""
         obs, prior, measured = self._obs, self._prior, self._measured
-        self._obs = self._prior = self._measured = None
+        predicted = self._predicted
+        self._obs = self._prior = self._measured = self._predicted = None
+        if self._kept:  # (the tables before the tick: see before)
+            self._kept = False
+            likelihood = self._kept_tables
         window = self.window
         window.add_steps(self.n_agents)
         if obs is None:
@@ -392,7 +450,11 @@ class AifHealth:
                 window.add_rows(names, np.stack(values))
             return
         post = [np.asarray(q[rows], dtype=np.float64) for q in qs]
-        measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
+        if predicted is not None:  # (worked out before the tick: its A learns)
+            seen, p, picked = predicted
+            measured = kernels_health.measures_of(prior, post, p, picked, seen)
+        else:
+            measured = kernels_health.tick_measures(prior, post, likelihood(rows), obs)
         window.add_rows([*names, *kernels_health.TICK_MEASURES], np.vstack([*values, measured]))
         excess = measured[1]
         if self._tap is not None:
@@ -535,7 +597,9 @@ class _Held:
     between ticks (each agent's own, or a shared table written in place by a refresh), so its
     ticks work it out at the tick (the predicted outcome distributions and the observed
     outcomes' likelihood rows, :func:`~edge_agent.aif.health.predictions`, a few dozen floats
-    an agent, not its tables: a 10 x 10 grid's are 80 KB); ``fixed_tables`` (a group that does
+    an agent, not its tables: a 10 x 10 grid's are 80 KB): before the tick where it learns
+    ``A`` (:meth:`predict_before`; where the tick makes the prior, once it is made, from the
+    tables :meth:`AifHealth.before` copied), after it otherwise; ``fixed_tables`` (a group that does
     not learn, whose tables are never written: a new model is new arrays) keeps a reference to
     each tick's tables instead and works it out at the flush, for every tick held on the same
     tables at once (its buffers hold no predictions: they are the flush's temporaries). The
@@ -560,6 +624,9 @@ class _Held:
         self.seen = np.zeros((kept, r, m), dtype=np.intp)  # rows of the tables side by side
         self.p = np.zeros((kept, r, sum(num_obs)))
         self.picked = np.zeros((kept, r, m, math.prod(num_states)))
+        #: A slot whose predictions :meth:`predict_before` made before its tick (its ``A``
+        #: learns): :meth:`after` keeps them.
+        self.predicted = [False] * t
         self.times = [0.0] * t  # each tick's wall clock (the drift detector's)
         self.has_prior = [False] * t  # measured (a tick without its prior: only its outcomes)
         self.has_policy = [False] * t
@@ -607,6 +674,10 @@ class _Held:
         self.q_pi = np.zeros((self.ticks, self.rows, num_policies))
         for b in (self.obs, *self.prior):
             b[0] = b[t]
+        if self.predicted[t]:
+            self.predicted[t] = False
+            self.predicted[0] = True
+            self.seen[0], self.p[0], self.picked[0] = self.seen[t], self.p[t], self.picked[t]
 
     def after(
         self, t: int, rows: IntArray, *, given: bool, qs: Sequence[np.ndarray],
@@ -629,10 +700,20 @@ class _Held:
             return
         for q, slot in zip(qs, self.qs, strict=True):
             _take(q, rows, slot[t])
+        if self.predicted[t]:  # (made before the tick: predict_before)
+            self.predicted[t] = False
+            return
         if self.fixed_tables:
             self.tables[t] = likelihood(rows)
             return
         self._predict(t, likelihood(rows))
+
+    def predict_before(self, t: int, tables: Sequence[np.ndarray]) -> None:
+        """Tick ``t``'s predictions with the ``tables`` its agents infer with, before the
+        tick (its prior in its slot: :meth:`before`; a tick that learns ``A`` changes them)."""
+        assert not self.fixed_tables  # (a group whose tables are fixed keeps them instead)
+        self._predict(t, tables)
+        self.predicted[t] = True
 
     def _predictions(
         self, t: int, tables: Sequence[np.ndarray]

@@ -397,6 +397,13 @@ class GroupLearning:
         )
 
     # -- the tick's calls --------------------------------------------------------------------------
+    @property
+    def learns_likelihood(self) -> bool:
+        """Whether a tick can change the ``A`` its agents inferred with (``pA`` learns, not
+        frozen): health then works out what depends on ``A`` before the tick
+        (:meth:`AifHealth.before <edge_agent.core.health.AifHealth.before>`)."""
+        return self._learner.pA is not None and not self.frozen
+
     def learns_before_planning(self) -> bool:
         """Whether an every-tick group's next tick must learn between inference and planning:
         the tables change in it (a refresh is due, or the agents seek novelty; always for agents

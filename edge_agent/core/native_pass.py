@@ -214,8 +214,8 @@ class _CompiledPass:
     def measure(self, rows: IntArray) -> np.ndarray:
         """The next tick measures health's sampled agents ``rows`` (ascending, int64) in the
         pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by it
-        (a learned ``A`` that learns: under the tables after the tick's update, those health's
-        likelihood reads once the tick is stepped); :meth:`unmeasure` after the tick."""
+        under the tables the agents inferred with (a learned ``A`` that learns: before the
+        tick's update); :meth:`unmeasure` after the tick."""
         if self._measures.shape[1] != len(rows):
             self._measures = np.zeros((4, len(rows)))
         self._kernel.measure(rows, self._measures)

@@ -234,9 +234,9 @@ def test_a_small_group_s_pass_measures_each_measured_tick(
     assert theirs.health is not None
     before = theirs.health.before
 
-    def told(obs: Any, prior: Any, in_tick: Any = None) -> None:
-        del in_tick  # numpy's measures, held
-        before(obs, prior)
+    def told(obs: Any, prior: Any, in_tick: Any = None, likelihood: Any = None) -> None:
+        del in_tick  # numpy's measures, held (a learned A's worked out before the tick)
+        before(obs, prior, likelihood=likelihood)
 
     theirs.health.before = told  # type: ignore[method-assign]
     asked: list[int] = []
@@ -276,10 +276,11 @@ def test_a_small_group_s_pass_measures_each_measured_tick(
     assert set(asked) == {mine.health.rows().shape[0]}
 
 
-def _with_in_tick(before: Any, in_tick: Any, obs: Any, prior: Any, given: Any = None) -> None:
+def _with_in_tick(before: Any, in_tick: Any, obs: Any, prior: Any, given: Any = None, *,
+                  likelihood: Any = None) -> None:
     """``before`` told ``in_tick`` in place of the path's (``given``)."""
     assert given is not None
-    before(obs, prior, in_tick)
+    before(obs, prior, in_tick, likelihood=likelihood)
 
 
 @pytest.mark.parametrize("rows", [[-1, 3], [5, 2], [0, 9, 8]], ids=["negative", "down", "late"])
@@ -336,8 +337,8 @@ LEARNING_SIZES = [(c, n) for c in LEARNING for n in (1, 13, 100, 1000)
                          ids=["-".join(map(str, (*c, n))) for c, n in LEARNING_SIZES])
 def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: int) -> None:
     """The pass's measures of a learning group against :func:`tick_measures` of the tick's
-    prior, the posteriors and the likelihood health reads once the tick is stepped (a learned
-    ``A``: its tables after the tick's update), tick by tick, through resets."""
+    prior, the posteriors and the likelihood the agents inferred with (a learned ``A``: its
+    tables before the tick's update, copied before the step), tick by tick, through resets."""
     group = _learning_group(learned, n, health=False)
     world, precision = learned[0], learned[4]
     path = group.path
@@ -352,14 +353,14 @@ def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: i
         prior = path.tick_prior()
         before = None if prior is None else [np.array(p[rows], dtype=np.float64) for p in prior]
         o = np.array(obs[rows], dtype=np.int64)
+        tables = [np.array(a) for a in path.likelihood(rows)]  # (the step learns from o)
         assert path.in_tick is not None
         measured = path.in_tick(rows)
         actions = group.step(obs, now=float(t))
         if before is None:  # made by the pass, into the state
             before = [np.array(p[rows], dtype=np.float64) for p in state.prior]
         want = kernels_health.tick_measures(
-            before, [np.asarray(q[rows], dtype=np.float64) for q in state.qs],
-            path.likelihood(rows), o)
+            before, [np.asarray(q[rows], dtype=np.float64) for q in state.qs], tables, o)
         assert measured.shape == (4, k)
         np.testing.assert_allclose(measured, want, rtol=TOL[precision], atol=TOL[precision])
         kept = measured.copy()  # the next tick unmeasured: the array stays as this one wrote it

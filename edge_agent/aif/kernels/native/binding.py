@@ -772,9 +772,8 @@ class NativeTick:
         """The next runs (:meth:`run`) measure health's sampled agents ``rows`` (``(K,)`` int64,
         ascending, each below the agents run): each one's surprise, excess surprise, free energy
         and belief change (:func:`edge_agent.aif.health.tick_measures`' rows, under the tables
-        the agents inferred with; a learned ``A`` that learns: after the tick's update, the
-        tables health's likelihood reads once the tick is stepped) written into ``out`` ``(4,
-        K)`` float64, until
+        the agents inferred with: a learned ``A`` that learns, before the tick's update) written
+        into ``out`` ``(4, K)`` float64, until
         :meth:`unmeasure`. Both arrays are read and written in place (kept alive here)."""
         k = len(rows)
         if out.shape != (4, k):

@@ -583,37 +583,6 @@ INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_s
     posterior_measures(m, st, i, q, &sc->log_prior[0][b], BLK, offset);
 }
 
-/* Whether the pass measures health's sampled agents once the tables followed this tick's
- * update (a learned likelihood that learns: health reads the tables after the tick, as its
- * numpy measures read the group's likelihood once the tick is stepped), from the state's
- * prior and posteriors (measure_stored), rather than in infer_block's lanes. */
-INLINE int measures_after_update(const tick_model *m, const tick_state *st) {
-    int64_t learns_A = 0;
-    for (int64_t k = 0; k < m->modalities; k++) learns_A |= m->pA[k] != NULL;
-    return m->learn && learns_A && st->prior != NULL;
-}
-
-/* Every sampled agent's measures from the tick's prior (st->prior: the one the pass made or was
- * given, before its log) and posteriors (st->qs) as the state has them after the tick, under
- * the tables now (measures_after_update). */
-static void measure_stored(const tick_model *m, tick_state *st, const int64_t *offset,
-                           int64_t width) {
-    const int64_t f32 = m->state_f32;
-    double prior[MAX_F * MAX_S], q[MAX_F * MAX_S], joint[MAX_S];
-    for (int64_t i = 0; i < st->measure_count; i++) {
-        const int64_t n = st->measure_rows[i];
-        for (int64_t f = 0; f < m->factors; f++)
-            for (int64_t j = 0; j < m->num_states[f]; j++) {
-                prior[offset[f] + j] = state_get(st->prior[f], n * m->num_states[f] + j, f32);
-                q[offset[f] + j] = state_get(st->qs[f], n * m->num_states[f] + j, f32);
-            }
-        measured_joint(m, prior, 1, offset, joint);
-        predicted_measures(m, st, i, joint);
-        tick_log_inplace(prior, width, EPS);  /* (read no more: its log in its place) */
-        posterior_measures(m, st, i, q, prior, 1, offset);
-    }
-}
-
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
  * past count repeat agent first, computed and never written back): prior, posterior (left in
  * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
@@ -1231,16 +1200,15 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
 static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch *sc,
                              const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* (shared counts only) */
-    /* health's sampled agents done so far (all, where they are measured after the update) */
-    const int after_update = measures_after_update(m, st);
-    int64_t shared_tables = 1, measured = after_update ? st->measure_count : 0;
+    /* health's sampled agents done so far (in infer_block, before the agent's update: under
+     * the tables it inferred with) */
+    int64_t shared_tables = 1, measured = 0;
     for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured);
         plan_block(m, st, sc, first, count, offset, shared_tables && first > 0);
     }
-    if (after_update) measure_stored(m, st, offset, width);
 }
 
 /* Shared counts: every agent infers and teaches them, the tables follow, every agent plans
@@ -1248,9 +1216,9 @@ static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch 
 static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scratch *sc,
                                 const int64_t *offset, int64_t width) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* the actions some agent learned */
-    /* health's sampled agents done so far (all, where they are measured after the update) */
-    const int after_update = measures_after_update(m, st);
-    int64_t measured = after_update ? st->measure_count : 0;
+    /* health's sampled agents done so far (in infer_block, before the counts' tables follow:
+     * under the tables every agent inferred with) */
+    int64_t measured = 0;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, sc, first, count, offset, width, taken, 0, &measured);
@@ -1273,7 +1241,6 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
                 }
         }
     }
-    if (after_update) measure_stored(m, st, offset, width);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         load_block(m, st, sc, first, count, offset, first == 0);

@@ -192,8 +192,8 @@ typedef struct {
                                      * surprise, free energy and belief change            \
                                      * (edge_agent/aif/health.py's tick_measures, under    \
                                      * the tables the agents inferred with; a learned A    \
-                                     * that learns: those after the tick's update, as      \
-                                     * health reads them), written */
+                                     * that learns: those before the tick's update, in     \
+                                     * infer_block), written */
 
 typedef struct {
     TICK_STATE_FIELDS(TICK_DECLARE_FIELD)
