@@ -536,11 +536,11 @@ class AifAgentGroup:
             state.check_behind(self.name)
         path, health = self.path, self.health
         if health is not None and o is not None:
-            if learning is not None and learning.learns_likelihood:  # (the tick changes A:
-                # what depends on it worked out under the tables the agents infer with)
-                health.before(o, path.tick_prior(), path.in_tick, likelihood=path.likelihood)
-            else:
-                health.before(o, path.tick_prior(), path.in_tick)
+            # (a tick that changes A: what depends on it worked out now, under the tables the
+            # agents infer with)
+            learns_a = learning is not None and learning.learns_likelihood
+            health.before(o, path.tick_prior(), path.in_tick,
+                          likelihood=path.likelihood if learns_a else None)
         path.run(o, soft, now, record and self.recorder is not None, who_plans=who_plans,
                  ticks=self.ticks)
         if health is not None:

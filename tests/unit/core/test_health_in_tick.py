@@ -159,9 +159,9 @@ def test_a_large_group_reports_what_numpy_s_measures_report(
     assert theirs.health is not None
     before = theirs.health.before
 
-    def told(obs: Any, prior: Any, in_tick: Any = None) -> None:
+    def told(obs: Any, prior: Any, in_tick: Any = None, likelihood: Any = None) -> None:
         del in_tick  # numpy's measures
-        before(obs, prior)
+        before(obs, prior, likelihood=likelihood)
 
     theirs.health.before = told  # type: ignore[method-assign]
     asked = _asked(mine)
