@@ -316,8 +316,9 @@ def _row_sums(x: np.ndarray, ones: np.ndarray, out: np.ndarray) -> None:
     flag cannot come from the sums: OpenBLAS 0.3.31 (numpy 2.4.6's) raised it once in CI on a
     finite 1,275 x 5 gemv, in a test that passed beside it under numpy 2.5.5's OpenBLAS on the
     same machine (not reproduced here, with signalling NaNs or infinities around both operands,
-    any kernel or thread count). numpy ignores the flag in matmul itself where it finds a BLAS
-    that raises it (``ignore_floating_point_errors_in_matmul``); its probe missed this one."""
+    any kernel or thread count), as it had on the one-step local planner's same two sums
+    (:mod:`.local`, ignored there too). numpy ignores the flag in matmul itself where it finds
+    a BLAS that raises it (``ignore_floating_point_errors_in_matmul``); its probe missed this."""
     with np.errstate(invalid="ignore"):
         np.matmul(x, ones, out=out)
 
