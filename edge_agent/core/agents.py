@@ -263,6 +263,7 @@ class AifAgentGroup:
             extra_measures=() if self.learning is None else LEARNING_HEALTH,
             num_policies=cm.num_policies,
             fixed_tables=self.learning is None,  # (a learning group's change between ticks)
+            own_tables=() if self.learning is None else self.learning.own_tables,
         )
         self.memory.reserve_learning()
 

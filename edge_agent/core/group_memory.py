@@ -167,14 +167,19 @@ class GroupMemory:
         )
 
     def health_nbytes(self, n_agents: int) -> int:
-        """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in
-        (:meth:`AifHealth.nbytes_for <edge_agent.core.health.AifHealth.nbytes_for>`, a group
-        that does not learn keeping no predictions; 0 for a group without health)."""
+        """Bytes of the buffers a group of ``n_agents`` measures its health sample in: its
+        held measured ticks, a tick its pass measured, the tables each agent learns for itself
+        kept before a tick (:meth:`AifHealth.nbytes_for
+        <edge_agent.core.health.AifHealth.nbytes_for>`, a group that does not learn keeping no
+        predictions; 0 for a group without health)."""
         if not self.health:
             return 0
         cm = self._stepper.cm
+        learning = self.learning
         return AifHealth.nbytes_for(n_agents, cm.num_states, cm.num_obs, cm.num_policies,
-                                    fixed_tables=self.learning is None)
+                                    fixed_tables=learning is None,
+                                    own_tables=() if learning is None else learning.own_tables,
+                                    preference=bool(cm.lnC))
 
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,

@@ -176,6 +176,7 @@ class AifHealth:
         extra_measures: Sequence[str] = (),
         num_policies: int = 0,
         fixed_tables: bool = False,
+        own_tables: Sequence[int] = (),
     ) -> None:
         self.group = group
         self.num_states = tuple(int(s) for s in num_states)
@@ -184,6 +185,10 @@ class AifHealth:
         #: The likelihood's arrays are never written (a group that does not learn: a new model
         #: is new arrays): a held tick keeps a reference to them (see :class:`_Held`).
         self.fixed_tables = fixed_tables
+        #: The modalities whose ``A`` each agent learns for itself (per-agent ``pA``): their
+        #: sampled agents' tables are kept before a tick whose prior the tick makes
+        #: (:meth:`_keep_tables`), in buffers made with the sample (:meth:`nbytes_for`).
+        self.own_tables = tuple(int(m) for m in own_tables)
         self.sample_agents = health_agents(num_states, self.num_obs)
         self.lnC = tuple(np.asarray(c, dtype=np.float64) for c in lnC)
         #: ``lnC`` side by side and where each modality's outcomes start (the preference of a
@@ -221,6 +226,9 @@ class AifHealth:
         #: into these buffers (one per modality, made once per sample size and tables' shape;
         #: :meth:`_keep_tables`), and whether this tick's are in them.
         self._tables_before: list[np.ndarray] = []
+        self._own_at = {m: i for i, m in enumerate(self.own_tables)}
+        self._shared_before: dict[int, np.ndarray] = {}
+        self._kept_list: list[np.ndarray] = []
         self._kept = False
         self._held = 0  # measured ticks held (see _Held), not yet measured
         self._hold: _Held | None = None
@@ -255,17 +263,24 @@ class AifHealth:
                                    fixed_tables=self.fixed_tables, ticks=ticks)
         else:
             self._hold = None
+        w = len(self._in_tick_names[True])
+        if self._block.shape != (w, r):  # (a tick the pass measured: _fold_in_tick)
+            self._block, self._squared = np.zeros((w, r)), np.zeros((w, r))
+            self._sums = np.zeros((2, w))
+        S = math.prod(self.num_states)
+        if [t.shape for t in self._tables_before] != [(r, self.num_obs[m], S)
+                                                       for m in self.own_tables]:
+            self._tables_before = [np.zeros((r, self.num_obs[m], S)) for m in self.own_tables]
 
     @staticmethod
-    def nbytes_for(
+    def held_nbytes_for(
         n_agents: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
         *, fixed_tables: bool = False,
     ) -> int:
         """Bytes of the buffers a group of ``n_agents`` holds its measured ticks in (0: it
         holds none, each measured tick is measured when it happens; ``fixed_tables``: a group
         that does not learn, see :class:`_Held`)."""
-        step = max(1, -(-n_agents // health_agents(num_states, num_obs)))
-        r = -(-n_agents // step)  # the sampled rows, as resize spreads them
+        r = AifHealth._sampled(n_agents, num_states, num_obs)
         ticks = held_ticks(r, n_agents, num_states, num_obs, num_policies,
                            fixed_tables=fixed_tables)
         if not ticks:
@@ -273,10 +288,35 @@ class AifHealth:
         return _Held.nbytes_for(r, num_states, num_obs, num_policies,
                                 fixed_tables=fixed_tables, ticks=ticks)
 
+    @staticmethod
+    def nbytes_for(
+        n_agents: int, num_states: Sequence[int], num_obs: Sequence[int], num_policies: int,
+        *, fixed_tables: bool = False, own_tables: Sequence[int] = (), preference: bool = True,
+    ) -> int:
+        """Bytes of the buffers a group of ``n_agents`` measures its sample in: the held
+        measured ticks' (:meth:`held_nbytes_for`), a tick the pass measured
+        (:meth:`_fold_in_tick`: its rows, their squares and sums; ``preference``: the model
+        reports one) and, for the modalities ``own_tables`` whose ``A`` each agent learns, the
+        sampled agents' tables kept before a tick (:meth:`_keep_tables`)."""
+        r = AifHealth._sampled(n_agents, num_states, num_obs)
+        w = 1 + int(preference) + len(kernels_health.TICK_MEASURES)
+        own = 8 * r * sum(int(num_obs[m]) for m in own_tables) * math.prod(num_states)
+        return 8 * (2 * w * r + 2 * w) + own + AifHealth.held_nbytes_for(
+            n_agents, num_states, num_obs, num_policies, fixed_tables=fixed_tables)
+
+    @staticmethod
+    def _sampled(n_agents: int, num_states: Sequence[int], num_obs: Sequence[int]) -> int:
+        """The sampled rows of a group of ``n_agents``, as :meth:`resize` spreads them."""
+        step = max(1, -(-n_agents // health_agents(num_states, num_obs)))
+        return -(-n_agents // step)
+
     @property
     def nbytes(self) -> int:
-        """Bytes of the buffers made for held measured ticks (0: none)."""
-        return 0 if self._hold is None else self._hold.nbytes
+        """Bytes of the buffers made for measuring the sample (:meth:`nbytes_for`)."""
+        arrays = (self._block, self._squared, self._sums, *self._tables_before,
+                  *self._shared_before.values())
+        held = 0 if self._hold is None else self._hold.nbytes
+        return held + sum(a.nbytes for a in arrays)
 
     # -- the shadow's tap -------------------------------------------------------------------------
     @property
@@ -376,24 +416,36 @@ class AifHealth:
         self._predicted = (seen, p, picked)
 
     def _keep_tables(self, tables: Sequence[np.ndarray]) -> None:
-        """The sampled agents' ``tables`` (their likelihood before the tick) copied into
-        :attr:`_tables_before` (made again only when the sample's size or the tables' shapes
-        or dtypes change: ``rows * sum_m O_m * S`` values an agent's own, ``sum_m O_m * S``
-        shared, in the tables' dtype)."""
-        kept = self._tables_before
-        if (len(kept) != len(tables)
-                or any(k.shape != t.shape or k.dtype != t.dtype
-                       for k, t in zip(kept, tables, strict=True))):
-            self._tables_before = kept = [np.empty_like(t) for t in tables]
-        for k, t in zip(kept, tables, strict=True):
-            np.copyto(k, t)
+        """The sampled agents' ``tables`` (their likelihood before the tick, a modality each)
+        copied: a modality whose ``A`` each agent learns (:attr:`own_tables`) into the buffers
+        made with the sample (``rows * O_m * S``, :meth:`resize`); beside those, the others are
+        the model's, which no tick writes (kept as they are); a group whose agents learn no
+        table of their own (shared counts) has each copied into a buffer of its own (``O_m *
+        S``, made at its first tick)."""
+        kept = self._kept_list
+        if len(kept) != len(tables):
+            self._kept_list = kept = list(tables)
+        for m, t in enumerate(tables):
+            i = self._own_at.get(m)
+            if i is None and self.own_tables:
+                kept[m] = t
+                continue
+            buf = self._tables_before[i] if i is not None else self._shared_before.get(m)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = np.empty_like(t)  # (a dtype or shape the buffers were not made for)
+                if i is not None:
+                    self._tables_before[i] = buf
+                else:
+                    self._shared_before[m] = buf
+            np.copyto(buf, t)
+            kept[m] = buf
         self._kept = True
 
     def _kept_tables(self, rows: IntArray) -> Sequence[np.ndarray]:
         """The :data:`Likelihood` of the tables :meth:`_keep_tables` kept (of the sampled
         ``rows``)."""
         del rows
-        return self._tables_before
+        return self._kept_list
 
     def after(
         self,
@@ -474,11 +526,8 @@ class AifHealth:
         k = rows.shape[0]
         planned = q_pi is not None and q_pi.shape[0] == self.n_agents
         names = self._in_tick_names[planned]
-        block, squared, sums = self._block, self._squared, self._sums
-        if block.shape != (len(names), k):
-            self._block = block = np.zeros((len(names), k))
-            self._squared = squared = np.zeros((len(names), k))
-            self._sums = sums = np.zeros((2, len(names)))
+        w = len(names)  # (the buffers' first rows: made by resize for the most rows)
+        block, squared, sums = self._block[:w], self._squared[:w], self._sums[:, :w]
         i = 0
         if planned:
             assert q_pi is not None

@@ -404,6 +404,14 @@ class GroupLearning:
         (:meth:`AifHealth.before <edge_agent.core.health.AifHealth.before>`)."""
         return self._learner.pA is not None and not self.frozen
 
+    @property
+    def own_tables(self) -> tuple[int, ...]:
+        """The modalities whose ``A`` each agent learns for itself (per-agent ``pA``; empty
+        otherwise): health keeps their sampled agents' tables before a tick
+        (:class:`~edge_agent.core.health.AifHealth`'s ``own_tables``)."""
+        pA = self._learner.pA
+        return tuple(pA.tables) if pA is not None and pA.scope == "per_agent" else ()
+
     def learns_before_planning(self) -> bool:
         """Whether an every-tick group's next tick must learn between inference and planning:
         the tables change in it (a refresh is due, or the agents seek novelty; always for agents

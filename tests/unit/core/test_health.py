@@ -385,14 +385,15 @@ def test_held_ticks_are_measured_on_resize_and_when_a_tap_is_set() -> None:
     assert told == [(clock, 3), (clock + HEALTH_EVERY, 3)]
     for fixed_tables in (False, True):
         large = _direct(MIN_HEALTH_AGENTS, fixed_tables=fixed_tables)
-        kept = AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5,
-                                    fixed_tables=fixed_tables)
-        assert large.nbytes == kept
+        assert large.nbytes == AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5,
+                                                    fixed_tables=fixed_tables)
+        kept = AifHealth.held_nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5,
+                                         fixed_tables=fixed_tables)
         assert 0 < kept <= HELD_BYTES
-    assert (AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5, fixed_tables=True)
-            < AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5))
+    assert (AifHealth.held_nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5, fixed_tables=True)
+            < AifHealth.held_nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 5))
     # 8 agents' policy posteriors of 1,000 policies: 64 KB a tick, fewer than 2 fit
-    assert AifHealth.nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 1000) == 0
+    assert AifHealth.held_nbytes_for(MIN_HEALTH_AGENTS, (2, 3), (2, 4), 1000) == 0
     assert _direct(MIN_HEALTH_AGENTS).nbytes > 0
 
 
@@ -442,8 +443,10 @@ def test_a_group_larger_than_held_share_times_its_sample_holds_none() -> None:
                             (tmaze, 1000, False)):
         group = AifAgentGroup(model, n, precision="int8")
         cm = group.cm
-        nbytes = AifHealth.nbytes_for(n, cm.num_states, cm.num_obs, cm.num_policies,
-                                      fixed_tables=True)
-        assert (nbytes > 0) == holds, (n, nbytes)
+        held = AifHealth.held_nbytes_for(n, cm.num_states, cm.num_obs, cm.num_policies,
+                                         fixed_tables=True)
+        assert (held > 0) == holds, (n, held)
         assert group.health is not None
-        assert group.health.nbytes == nbytes
+        assert group.health.nbytes == AifHealth.nbytes_for(
+            n, cm.num_states, cm.num_obs, cm.num_policies, fixed_tables=True,
+            preference=bool(cm.lnC)) > held

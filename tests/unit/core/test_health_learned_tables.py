@@ -89,6 +89,8 @@ def test_a_learning_group_is_measured_under_the_tables_it_inferred_with(
     group = _group(case, n, path, monkeypatch)
     health = group.health
     assert health is not None
+    planned = group.memory.health_nbytes(n)
+    assert health.nbytes == planned  # (every buffer made with the group)
     got = _tick_rows(health)
     env = make_env(case[0], n, seed=7)
     obs = env.reset()
@@ -113,6 +115,13 @@ def test_a_learning_group_is_measured_under_the_tables_it_inferred_with(
                 [a[rows] if a.ndim == 3 else a for a in tables], o[rows]))
         obs = env.step(actions)
     health.flush()
+    # The tables kept before a tick are in the budget: made with the group, never again.
+    assert health.nbytes == planned
+    if case[1:] == ("A", 1, "per_agent"):
+        r = health.rows().shape[0]
+        cm = group.cm
+        assert health.own_tables == (1,)
+        assert planned >= 8 * r * cm.num_obs[1] * int(np.prod(cm.num_states))
     got_all, want_all = np.concatenate(got, axis=1), np.concatenate(want, axis=1)
     assert got_all.shape == want_all.shape
     np.testing.assert_allclose(got_all, want_all, rtol=TOL, atol=TOL)
