@@ -222,12 +222,12 @@ class AifHealth:
         #: under the tables inferred with (:func:`~edge_agent.aif.health.predictions`, worked
         #: out by :meth:`before`) ...
         self._predicted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        #: ... or, where the tick makes the prior, the sampled agents' tables before it, copied
-        #: into these buffers (one per modality, made once per sample size and tables' shape;
-        #: :meth:`_keep_tables`), and whether this tick's are in them.
+        #: ... or, where the tick makes the prior, the sampled agents' own tables before it,
+        #: copied into these buffers (one per modality of :attr:`own_tables`, made by
+        #: :meth:`resize`), the likelihood they make with the model's others
+        #: (:meth:`_keep_tables`), and whether this tick's are in them.
         self._tables_before: list[np.ndarray] = []
         self._own_at = {m: i for i, m in enumerate(self.own_tables)}
-        self._shared_before: dict[int, np.ndarray] = {}
         self._kept_list: list[np.ndarray] = []
         self._kept = False
         self._held = 0  # measured ticks held (see _Held), not yet measured
@@ -313,8 +313,7 @@ class AifHealth:
     @property
     def nbytes(self) -> int:
         """Bytes of the buffers made for measuring the sample (:meth:`nbytes_for`)."""
-        arrays = (self._block, self._squared, self._sums, *self._tables_before,
-                  *self._shared_before.values())
+        arrays = (self._block, self._squared, self._sums, *self._tables_before)
         held = 0 if self._hold is None else self._hold.nbytes
         return held + sum(a.nbytes for a in arrays)
 
@@ -416,27 +415,19 @@ class AifHealth:
         self._predicted = (seen, p, picked)
 
     def _keep_tables(self, tables: Sequence[np.ndarray]) -> None:
-        """The sampled agents' ``tables`` (their likelihood before the tick, a modality each)
-        copied: a modality whose ``A`` each agent learns (:attr:`own_tables`) into the buffers
-        made with the sample (``rows * O_m * S``, :meth:`resize`); beside those, the others are
-        the model's, which no tick writes (kept as they are); a group whose agents learn no
-        table of their own (shared counts) has each copied into a buffer of its own (``O_m *
-        S``, made at its first tick)."""
+        """The sampled agents' ``tables`` (their likelihood before the tick, a modality each):
+        those of a modality whose ``A`` each agent learns (:attr:`own_tables`) copied into the
+        buffers made with the sample (``rows * O_m * S``, :meth:`resize`), the others kept as
+        they are (the model's, which no tick writes). Only a group whose agents learn their own
+        tables has its prior made by the tick (the per-agent stages; a pass measures in the
+        tick), so it is the only one that comes here."""
+        assert self.own_tables  # (see above)
         kept = self._kept_list
-        if len(kept) != len(tables):
-            self._kept_list = kept = list(tables)
-        for m, t in enumerate(tables):
-            i = self._own_at.get(m)
-            if i is None and self.own_tables:
-                kept[m] = t
-                continue
-            buf = self._tables_before[i] if i is not None else self._shared_before.get(m)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = np.empty_like(t)  # (a dtype or shape the buffers were not made for)
-                if i is not None:
-                    self._tables_before[i] = buf
-                else:
-                    self._shared_before[m] = buf
+        kept[:] = tables
+        for m, i in self._own_at.items():
+            t, buf = tables[m], self._tables_before[i]
+            if buf.shape != t.shape or buf.dtype != t.dtype:
+                self._tables_before[i] = buf = np.empty_like(t)  # (not as resize made them)
             np.copyto(buf, t)
             kept[m] = buf
         self._kept = True
