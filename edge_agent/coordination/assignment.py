@@ -20,14 +20,29 @@ agent the same), in CSR form: ``edges.indptr[g]:edges.indptr[g + 1]`` are the co
 the rows matched are the first maximal set, in row order, that can be matched at once (the
 greedy basis of the transversal matroid: a row has no augmenting path later if it has none now),
 at least cost. Pure: no I/O, no clock.
+
+The search and the potentials' update are also compiled, in the compiled tick's library
+(``edge_agent/aif/kernels/native/assignment.c``: the same integers, the same ties, so the same
+columns and potentials to the bit): an :class:`Assignment` made where :func:`unavailable` says
+None adds its rows there (:meth:`Assignment.add_slots` as many rows in one call), and this
+module's Python is the reference twin the tests compare it with, and the path without a C
+compiler (or with ``EDGE_AGENT_NATIVE_TICK=0`` in the environment, read when an assignment is
+made). Its arrays are the same numpy arrays either way (:meth:`Assignment.save`,
+:meth:`Assignment.restore`, :meth:`Assignment.unique` read and write them in Python).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
+
+from edge_agent.aif.kernels.native import binding
+from edge_agent.core.native_pass import NATIVE_ENV
 
 IntArray = NDArray[np.int64]
 
@@ -42,6 +57,36 @@ MAX_ROWS: Final = 1 << 12
 """Rows one assignment holds at most (team slots filled in one award)."""
 _INF: Final = np.int64(1 << 62)
 _NONE: Final = np.empty(0, dtype=np.int64)
+SYMBOL: Final = "edge_assign_add_slots"
+"""The library's function the compiled assignment calls (``assignment.h``)."""
+_ARRAYS: Final = 11  # the arrays it takes, in assignment.h's order
+
+
+def unavailable(library: ctypes.CDLL | None = None) -> str | None:
+    """Why an :class:`Assignment` made now would search in Python (None: in the compiled
+    library; ``library``: that library instead of the package's)."""
+    if os.environ.get(NATIVE_ENV) == "0":
+        return f"{NATIVE_ENV}=0 in the environment"
+    if library is None:
+        refused = binding.unavailable()
+        if refused is not None:
+            return refused
+        library = binding.load()
+    if not hasattr(library, SYMBOL):
+        return (f"the compiled tick exports no {SYMBOL} (built from older sources): "
+                "reinstall edge-agent (scripts/bootstrap.sh in a checkout)")
+    return None
+
+
+def _compiled(library: ctypes.CDLL | None) -> Callable[..., int] | None:
+    """The compiled search, typed (None: :func:`unavailable` says why not)."""
+    if unavailable(library) is not None:
+        return None
+    lib = library or binding.load()
+    add_slots = lib.edge_assign_add_slots
+    add_slots.argtypes = [ctypes.c_void_p, *[ctypes.c_int64] * 5]
+    add_slots.restype = ctypes.c_int64
+    return add_slots
 
 
 def _one_per_list(frontier: IntArray, row_list: IntArray, u: IntArray) -> list[int]:
@@ -97,16 +142,28 @@ class Saved(NamedTuple):
 class Assignment:
     """Rows added one at a time (:meth:`add`) to a least-cost assignment over ``edges``.
 
-    ``capacity``: the most rows it will hold; ``n_cols``: columns are ``0 ... n_cols - 1``.
+    ``capacity``: the most rows it will hold; ``n_cols``: columns are ``0 ... n_cols - 1``;
+    ``native``: False for the Python twin, True for the compiled search (``library``: that
+    build instead of the package's), None (the default) for the compiled one where
+    :func:`unavailable` says None.
     """
 
-    def __init__(self, edges: Edges, n_cols: int, capacity: int) -> None:
-        self.indptr = edges.indptr
+    def __init__(
+        self,
+        edges: Edges,
+        n_cols: int,
+        capacity: int,
+        *,
+        native: bool | None = None,
+        library: ctypes.CDLL | None = None,
+    ) -> None:
+        self.indptr = np.ascontiguousarray(edges.indptr, dtype=np.int64)
         self._bounds: list[int] = edges.indptr.tolist()  # a search's slices, as Python ints
-        self.cols = edges.cols
+        self.cols = np.ascontiguousarray(edges.cols, dtype=np.int64)
         # Non-negative costs (a constant shift changes no choice: every matching of the rows
         # matched has as many edges), so reduced costs start non-negative at zero potentials.
-        self.costs = edges.costs - edges.costs.min() if edges.costs.size else edges.costs
+        costs = np.asarray(edges.costs, dtype=np.int64)
+        self.costs = costs - costs.min() if costs.size else costs.copy()
         self.n_cols = n_cols
         self.rows = 0
         self.row_list = np.zeros(capacity, dtype=np.int64)
@@ -117,6 +174,37 @@ class Assignment:
         self._spc = np.full(n_cols, _INF, dtype=np.int64)  # a search's path costs (_INF: unseen)
         self._path = np.empty(n_cols, dtype=np.int64)
         self._unique: bool | None = None  # unique()'s answer, until the rows change
+        self._add_slots = None if native is False else _compiled(library)
+        if native and self._add_slots is None:
+            raise RuntimeError(f"no compiled assignment: {unavailable(library)}")
+        self._bind()
+
+    def _bind(self) -> None:
+        """The addresses of the arrays the compiled search works on (written in place, never
+        replaced), and its scratch."""
+        if self._add_slots is not None:
+            self._scratch = np.empty(3 * self.n_cols + 5 * self.row_list.size, dtype=np.int64)
+            held = (self.indptr, self.cols, self.costs, self.row_list, self.u, self.v,
+                    self.col4row, self.row4col, self._spc, self._path, self._scratch)
+            self._arrays = (ctypes.c_void_p * _ARRAYS)(*(a.ctypes.data for a in held))
+
+    def __getstate__(self) -> dict[str, object]:
+        """A copy (``copy.deepcopy`` of a board holding a fill's record) has arrays of its
+        own: the addresses are made again for them (:meth:`__setstate__`)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_arrays", "_scratch")}
+        state["_add_slots"] = self._add_slots is not None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        native = state.pop("_add_slots")
+        self.__dict__.update(state)
+        self._add_slots = _compiled(None) if native else None
+        self._bind()
+
+    @property
+    def native(self) -> bool:
+        """Whether rows are added by the compiled search."""
+        return self._add_slots is not None
 
     def save(self) -> Saved:
         return Saved(self.rows, self.u.copy(), self.v.copy(), self.col4row.copy(),
@@ -137,6 +225,12 @@ class Assignment:
         cur = self.rows
         if cur >= self.row_list.size:
             return -1
+        if self._add_slots is not None:
+            if not self._add_slots(self._arrays, self.n_cols, self.row_list.size, cur, g, 1):
+                return -1
+            self._unique = None
+            self.rows += 1
+            return int(self.col4row[cur])
         self._unique = None
         self.row_list[cur] = g
         self.col4row[cur] = -1
@@ -171,7 +265,15 @@ class Assignment:
         ``i``-th row the ``i``-th of them (each search finds the earlier ones at a distance no
         greater than its own, held by rows of the same list, and no shorter path), leave every
         row's potential at the ``p``-th reduced cost and lower the ``i``-th column's by the
-        difference. The rest are searched one by one."""
+        difference. The rest are searched one by one. (The compiled search adds them all one
+        by one, in one call: the same result.)"""
+        if self._add_slots is not None:
+            added: int = self._add_slots(self._arrays, self.n_cols, self.row_list.size,
+                                         self.rows, g, count)
+            if added:
+                self._unique = None
+                self.rows += added
+            return added
         lo, hi = int(self.indptr[g]), int(self.indptr[g + 1])
         cur = self.rows
         direct = min(count, hi - lo, self.row_list.size - cur)

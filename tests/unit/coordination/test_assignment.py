@@ -17,6 +17,8 @@ from edge_agent.coordination.assignment import (
 )
 
 MISSING = 10**12
+# Each test on the compiled search and on its Python twin (conftest.py).
+pytestmark = pytest.mark.usefixtures("assignment_path")
 
 
 def random_instance(

@@ -16,6 +16,8 @@ from edge_agent.coordination.team_award import (
 )
 
 I64 = np.int64
+# Each test on the compiled search and on its Python twin (conftest.py).
+pytestmark = pytest.mark.usefixtures("assignment_path")
 
 
 def table(task: list[int], slots: list[int], done: list[int] | None = None) -> RoleTable:

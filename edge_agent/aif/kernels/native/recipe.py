@@ -9,6 +9,8 @@ numpy) can be imported. Two kinds of unit, each with its flags (tick.c's top com
   around its model's run (``neural_pass.c``, bound by :mod:`edge_agent.neural.native_pass`):
   :data:`CFLAGS`, ``-O3 -std=c11`` and no ``-march`` (the baseline instruction set; on x86-64
   ``tick.c`` adds an x86-64-v3 version itself, chosen at load time);
+- the team award's assignment (``assignment.c``, bound by
+  :mod:`edge_agent.coordination.assignment`): :data:`CFLAGS` too (integers only);
 - the logs and exps (``tick_vmath.c``): :data:`VMATH_CFLAGS`, the same plus ``-ffast-math``, so
   that gcc calls glibc's vector log/exp (libmvec). The library is linked without it: gcc then
   does not add crtfastmath.o, which would set flush-to-zero for the whole process that loads it.
@@ -37,9 +39,9 @@ CFLAGS = ("-O3", "-std=c11")
 VMATH_CFLAGS = (*CFLAGS, "-ffast-math")
 #: Each unit with its flags, in link order.
 UNITS = (("tick.c", CFLAGS), ("tick_layout.c", CFLAGS), ("tick_vmath.c", VMATH_CFLAGS),
-         ("neural_pass.c", CFLAGS))
+         ("neural_pass.c", CFLAGS), ("assignment.c", CFLAGS))
 #: What the units include (a change rebuilds the library).
-HEADERS = ("tick.h", "tick_vmath.h", "neural_pass.h")
+HEADERS = ("tick.h", "tick_vmath.h", "neural_pass.h", "assignment.h")
 #: Linked with the maths library.
 LIBRARIES = ("m",)
 #: The warnings build the suite checks: every warning gcc's -Wall -Wextra gives and the ones

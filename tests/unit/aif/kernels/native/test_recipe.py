@@ -141,3 +141,18 @@ def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) 
     done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
     assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
     assert "AddressSanitizer: heap-buffer-overflow" in done.stderr
+
+
+#: The team award's compiled assignment against its Python twin (random sparse instances, ties,
+#: roles sharing edge lists, rows with no path, teams taken back, a formation's size).
+ASSIGNMENT_SUITE = REPO / "tests" / "unit" / "coordination" / "test_assignment_native.py"
+
+
+# The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
+@pytest.mark.timeout(1800)
+def test_the_team_award_s_assignment_runs_clean_under_the_sanitizers() -> None:
+    done = _under_sanitizers(native_builds.build("sanitized"), suite=ASSIGNMENT_SUITE)
+    report = done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, report
+    assert re.search(r"\b407 passed\b", done.stdout), report
+    assert "Sanitizer" not in done.stderr, report
