@@ -386,3 +386,23 @@ def test_the_merge_a_b_runs_small_and_finds_the_two_ledgers_equal() -> None:
         assert "TaskBoard.add_bids" in r["ms_per_node"], r
     assert "BoardState._new_holders" in next(r for r in records if r["holders"] == "new")[
         "ms_per_node"]
+
+
+def test_the_assignment_a_b_runs_small_on_both_paths_and_finds_the_ledgers_equal() -> None:
+    """benchmarks/ab_coordination_assignment.py (the thirteenth pass's A/B, not a stored
+    benchmark) on a small formation: the Python search really searches in Python (its
+    ``_search`` timed) and the compiled one never does, and the two ledgers are compared (it
+    exits non-zero where they differ)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ab_coordination_assignment.py"),
+         "--nodes", "3", "--agents", "30", "--tasks", "5", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr[-4000:]}"
+    by_path = {r["search"]: r for r in json_lines(done.stdout)}
+    assert sorted(by_path) == ["compiled", "python"], by_path
+    for r in by_path.values():
+        assert r["ticks"] > 0, r
+        assert "Assignment.add_slots" in r["ms_per_node"], r
+    assert "Assignment._search" in by_path["python"]["ms_per_node"], by_path["python"]
+    assert "Assignment._search" not in by_path["compiled"]["ms_per_node"], by_path["compiled"]
