@@ -35,6 +35,7 @@ class Merged(NamedTuple):
 
 
 _EMPTY_I = np.empty(0, dtype=np.int64)
+_MASK64: Final = (1 << 64) - 1
 
 SMALL: Final = 64
 """Up to this many rows a merge compares them in Python (:meth:`BidTable._merge_small`): a
@@ -158,6 +159,19 @@ class BidTable:
                 self.unhashed.append(chunk)
             self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
+
+    def add_hashed(
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, hashed: int
+    ) -> None:
+        """:meth:`add_new` of all the rows (the caller checked the room), whose row hashes
+        the ledger made with the message's (``hashed``, their sum modulo 2**64): added to
+        the table's hash, which stays valid when it was."""
+        self._chunks.append((keys, costs, seq, held))
+        if self.digest is not None:
+            self.digest = (self.digest + hashed) & _MASK64
+        elif self.digest_base is not None:
+            self.digest_base = (self.digest_base + hashed) & _MASK64
+        self.nodes = None
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
         """Put new slots (sorted, none in the columns) among the rows."""
