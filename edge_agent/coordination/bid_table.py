@@ -160,18 +160,20 @@ class BidTable:
             self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
 
-    def add_hashed(
-        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, hashed: int
+    def add_hashed(  # noqa: PLR0917 (add_new's and the two the ledger knows)
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, hashed: int, node: int
     ) -> None:
         """:meth:`add_new` of all the rows (the caller checked the room), whose row hashes
         the ledger made with the message's (``hashed``, their sum modulo 2**64): added to
-        the table's hash, which stays valid when it was."""
+        the table's hash, which stays valid when it was; the holders are of node ``node``,
+        added to ``nodes`` when known."""
         self._chunks.append((keys, costs, seq, held))
         if self.digest is not None:
             self.digest = (self.digest + hashed) & _MASK64
         elif self.digest_base is not None:
             self.digest_base = (self.digest_base + hashed) & _MASK64
-        self.nodes = None
+        if self.nodes is not None and node not in self.nodes:
+            self.nodes = self.nodes | {node}
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
         """Put new slots (sorted, none in the columns) among the rows."""

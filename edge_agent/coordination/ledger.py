@@ -72,6 +72,8 @@ class _TaskRows(NamedTuple):
     held: NDArray[np.bool_]
     key: int
     """The message's seq (:func:`seq_key`)."""
+    node: int
+    """The ledger's id of the message's node (every row's holder is of it)."""
 
 
 __all__ = [
@@ -358,6 +360,7 @@ class TaskBoard(BoardState):
             cost[by_task],
             held[rows[by_task]],
             key,
+            node_id,
         )
         if by_task.size <= self.max_bids - self.n_bids:
             inserted = self._merge_all(rows_of, all_new)
@@ -374,7 +377,7 @@ class TaskBoard(BoardState):
         are, with the digest's hashes of their rows made here for the whole message at once
         (:meth:`_bids_hashes`' rows; :meth:`BidTable.add_hashed`); the others merge. The rows
         that changed a table."""
-        slot, cost, held, key = rows.slot, rows.cost, rows.held, rows.key
+        slot, cost, held, key, node = rows.slot, rows.cost, rows.held, rows.key, rows.node
         starts = rows.starts.tolist()
         ends = [*starts[1:], int(slot.size)]
         sums: list[int] = [0] * len(starts)  # (read only for a task whose rows are new)
@@ -391,11 +394,16 @@ class TaskBoard(BoardState):
             if per is None:  # not reached: the rows are of usable tasks
                 continue
             if fresh:
-                per.add_hashed(slot[lo:hi], cost[lo:hi], key, held[lo:hi], hashed)
+                per.add_hashed(slot[lo:hi], cost[lo:hi], key, held[lo:hi], hashed, node)
                 added += hi - lo
                 inserted += hi - lo
             else:
+                # The rows it changes are of the message's node: its nodes, when known, are
+                # those and that one (bid_by_all asks them of every team round every tick).
+                known = per.nodes
                 merged = per.merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=hi - lo)
+                if merged.changed and known is not None:
+                    per.nodes = known if node in known else known | {node}
                 added += merged.added
                 inserted += merged.changed
         self.n_bids += added

@@ -35,6 +35,10 @@ PROBES = [Bid(t, 0, n, g, a, 1.0, 1, 3, r, False)
 """Bids :meth:`TaskBoard.knows` is asked about (agents of every holder map, and none)."""
 
 
+BY_ALL = [["n0"], ["n1", "n0"], ["n1", "n2", "n3"], ["n0", "n1", "n2", "n3"]]
+"""The nodes :meth:`TaskBoard.bid_by_all` is asked about."""
+
+
 def specs() -> list[TaskSpec]:
     def spec(task: str, team: int | None, roles: list[Role] | None = None) -> TaskSpec:
         return TaskSpec(
@@ -68,6 +72,7 @@ def state(board: TaskBoard) -> dict[str, object]:
         "digest": board.digest(),
         "refills": board.refills,
         "knows": [board.knows(b) for b in PROBES],
+        "by_all": [board.bid_by_all(t, peers) for t in TASKS for peers in BY_ALL],
     }
 
 
