@@ -87,10 +87,12 @@ class BidTable:
         None (the rows are hashed again, all of them)."""
         self.unhashed: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
         """The new slots added since ``digest_base`` (as :meth:`add_new` took them)."""
-        self.nodes: frozenset[int] | None = None
+        self.nodes: frozenset[int] | None = frozenset()
         """The ledger's ids of the nodes these rows' holders are of (None: not computed since
         the rows changed; :meth:`~edge_agent.coordination.board_state.BoardState.bid_by_all`
-        asks it of every team round every tick while a formation's bids come in)."""
+        asks it of every team round every tick while a formation's bids come in). A new
+        table has none, and the ledger's merge keeps the set (the nodes of a message's rows
+        added to it), so a formation's tables need not be flushed to answer."""
 
     def __len__(self) -> int:
         return int(self._keys.size) + len(self._pending) + sum(c[0].size for c in self._chunks)
