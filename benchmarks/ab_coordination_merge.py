@@ -49,6 +49,7 @@ PARTS: list[tuple[Any, str]] = [
     (board_state, "refill"),
     (board_state.BoardState, "digest"),
     (board_state.BoardState, "_bids_hashes"),
+    (board_state.BoardState, "bid_by_all"),
 ]
 
 
