@@ -6,6 +6,11 @@ and every node's final award and digest compared between the two. Not a stored b
 twelfth pass's table in benchmarks/notes/coordination.md.
 
     python benchmarks/ab_coordination_merge.py [--nodes 20] [--agents 500] [--rounds 3]
+        [--warm 3] [--against old|main]
+
+``--against main``: the other side is main's bid admission and merge before the fourteenth
+pass (``main_merge``: a table call a task, the digest hashing new rows later, three calls a
+task in the admission) instead of the merge before the twelfth (``old_merge``, the default).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_coordination_teams as teams
 
 from edge_agent.coordination import board_state, engine_io, ledger, relay_admission
-from tests.support.old_merge import old_merge
+from tests.support.old_merge import main_merge, old_merge
 
 PARTS: list[tuple[Any, str]] = [
     (engine_io.EngineIO, "_on_bids"),
@@ -43,6 +48,8 @@ PARTS: list[tuple[Any, str]] = [
     (board_state, "fill_recorded"),
     (board_state, "refill"),
     (board_state.BoardState, "digest"),
+    (board_state.BoardState, "_bids_hashes"),
+    (board_state.BoardState, "bid_by_all"),
 ]
 
 
@@ -123,19 +130,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warm", type=int, default=3, help="ticks before the announcement")
+    parser.add_argument("--against", choices=("old", "main"), default="old")
     args = parser.parse_args()
+    other = old_merge if args.against == "old" else main_merge
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             results = {}
             for which in ("old", "new"):
                 sub = Path(tmp) / f"{which}{r}"
                 if which == "old":
-                    with old_merge():
-                        row = formation(sub, args.nodes, args.agents, args.tasks, args.seed)
+                    with other():
+                        row = formation(sub, args.nodes, args.agents, args.tasks, args.seed,
+                                        warm=args.warm)  # fmt: skip
                 else:
-                    row = formation(sub, args.nodes, args.agents, args.tasks, args.seed)
+                    row = formation(sub, args.nodes, args.agents, args.tasks, args.seed,
+                                    warm=args.warm)  # fmt: skip
                 results[which] = row.pop("result")
-                print(json.dumps({"round": r, "holders": which, **row}), flush=True)
+                side = which if which == "new" else args.against
+                print(json.dumps({"round": r, "holders": side, **row}), flush=True)
             if results["old"] != results["new"]:
                 raise SystemExit("the old and the new merge's ledgers differ")
     with open("/proc/loadavg") as f:

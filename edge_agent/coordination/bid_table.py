@@ -35,6 +35,7 @@ class Merged(NamedTuple):
 
 
 _EMPTY_I = np.empty(0, dtype=np.int64)
+_MASK64: Final = (1 << 64) - 1
 
 SMALL: Final = 64
 """Up to this many rows a merge compares them in Python (:meth:`BidTable._merge_small`): a
@@ -86,10 +87,12 @@ class BidTable:
         None (the rows are hashed again, all of them)."""
         self.unhashed: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
         """The new slots added since ``digest_base`` (as :meth:`add_new` took them)."""
-        self.nodes: frozenset[int] | None = None
+        self.nodes: frozenset[int] | None = frozenset()
         """The ledger's ids of the nodes these rows' holders are of (None: not computed since
         the rows changed; :meth:`~edge_agent.coordination.board_state.BoardState.bid_by_all`
-        asks it of every team round every tick while a formation's bids come in)."""
+        asks it of every team round every tick while a formation's bids come in). A new
+        table has none, and the ledger's merge keeps the set (the nodes of a message's rows
+        added to it), so a formation's tables need not be flushed to answer."""
 
     def __len__(self) -> int:
         return int(self._keys.size) + len(self._pending) + sum(c[0].size for c in self._chunks)
@@ -158,6 +161,21 @@ class BidTable:
                 self.unhashed.append(chunk)
             self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
+
+    def add_hashed(  # noqa: PLR0917 (add_new's and the two the ledger knows)
+        self, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, hashed: int, node: int
+    ) -> None:
+        """:meth:`add_new` of all the rows (the caller checked the room), whose row hashes
+        the ledger made with the message's (``hashed``, their sum modulo 2**64): added to
+        the table's hash, which stays valid when it was; the holders are of node ``node``,
+        added to ``nodes`` when known."""
+        self._chunks.append((keys, costs, seq, held))
+        if self.digest is not None:
+            self.digest = (self.digest + hashed) & _MASK64
+        elif self.digest_base is not None:
+            self.digest_base = (self.digest_base + hashed) & _MASK64
+        if self.nodes is not None and node not in self.nodes:
+            self.nodes = self.nodes | {node}
 
     def _insert(self, keys: IntArray, costs: FloatArray, seq: IntArray, held: BoolArray) -> None:
         """Put new slots (sorted, none in the columns) among the rows."""

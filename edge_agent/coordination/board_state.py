@@ -289,6 +289,9 @@ class BoardState:
     teams, the digest); :class:`~edge_agent.coordination.ledger.TaskBoard` merges facts into it
     and syncs it."""
 
+    specs_version: int = 0
+    """Counts the changes to ``specs`` (what is kept of them elsewhere is checked by it)."""
+
     def __init__(
         self,
         *,
@@ -894,16 +897,35 @@ class BoardState:
         seqs = np.concatenate([a[2] for _, a, _ in parts])
         held = np.concatenate([a[3] for _, a, _ in parts])
         salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
-        x = self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
-        x = x ^ (costs.view(np.uint64) * _ODD[0]) ^ (seqs.view(np.uint64) * _ODD[1])
-        # A team task's role and hold flag (0 for a one-agent task's bids: their hash is as it
-        # was before teams, so that nodes of both versions agree on one-agent ledgers).
-        slot = (keys % ROLE_SPAN + ROLE_SPAN * held).astype(np.uint64)
-        x = _splitmix(x ^ (slot * _ODD[3]) ^ salt)
+        x = self._row_hashes(keys, costs, seqs.view(np.uint64) * _ODD[1], held, salt)
         starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
         sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
         for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
             per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
+
+    def _row_hashes(
+        self,
+        keys: NDArray[np.int64],
+        costs: NDArray[np.float64],
+        seq_term: NDArray[np.uint64] | np.uint64,
+        held: NDArray[np.bool_],
+        salt: NDArray[np.uint64],
+    ) -> NDArray[np.uint64]:
+        """The digest's hash of each bid row (:meth:`_bids_hashes`): ``seq_term`` is its seq's
+        (as uint64) times ``_ODD[1]``, ``salt`` its task's hash times ``_ODD[2]``."""
+        x = self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
+        x = x ^ (costs.view(np.uint64) * _ODD[0]) ^ seq_term
+        # A team task's role and hold flag (0 for a one-agent task's bids: their hash is as it
+        # was before teams, so that nodes of both versions agree on one-agent ledgers).
+        slot = (keys % ROLE_SPAN + ROLE_SPAN * held).astype(np.uint64)
+        return _splitmix(x ^ (slot * _ODD[3]) ^ salt)
+
+    def _task_salt(self, task: str) -> int:
+        """``task``'s hash in the digest's bid rows, times ``_ODD[2]`` (modulo 2**64)."""
+        th = self._task_hash.get(task)
+        if th is None:
+            th = self._task_hash[task] = stable_hash64(("task", task))
+        return (th * int(_ODD[2])) & _MASK64
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:
@@ -965,4 +987,5 @@ class BoardState:
             del self.floor[task]
             self._fact_floor.pop(task, None)
             self.specs.pop(task, None)
+            self.specs_version += 1
             self.spec_sigs.pop(task, None)

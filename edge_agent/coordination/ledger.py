@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -23,7 +24,9 @@ from numpy.typing import NDArray
 
 from edge_agent.coordination.bid_table import BidTable
 from edge_agent.coordination.board_state import (
+    _MASK64,
     _NO_INTS,
+    _ODD,
     ANNOUNCER,
     AUTHORITY,
     FACTS_PER_PART,
@@ -52,6 +55,26 @@ from edge_agent.coordination.messages import (
     TaskSpec,
     TaskSync,
 )
+
+_ZERO = np.zeros(1, dtype=np.int64)
+
+
+class _TaskRows(NamedTuple):
+    """A bid message's admitted rows in task order (:meth:`TaskBoard.add_bids`)."""
+
+    tasks: list[str]
+    """Each task's name, one per run of rows."""
+    tables: list[BidTable | None]
+    starts: NDArray[np.int64]
+    """Where each task's rows start."""
+    slot: NDArray[np.int64]
+    cost: NDArray[np.float64]
+    held: NDArray[np.bool_]
+    key: int
+    """The message's seq (:func:`seq_key`)."""
+    node: int
+    """The ledger's id of the message's node (every row's holder is of it)."""
+
 
 __all__ = [
     "ANNOUNCER",
@@ -157,6 +180,7 @@ class TaskBoard(BoardState):
         cur = self.specs.get(task)
         if cur is None or spec.order_key() > cur.order_key():
             self.specs[task] = spec
+            self.specs_version += 1
             if signature:
                 self.spec_sigs[task] = signature
             else:
@@ -184,6 +208,7 @@ class TaskBoard(BoardState):
         self.owners[task] = key
         self._set_live(task, False)  # its facts leave the digest; what stays comes back below
         self.specs.pop(task, None)
+        self.specs_version += 1
         self.spec_sigs.pop(task, None)
         limit = round_limit(spec.epoch)
         closed = self.closed.get(task)
@@ -321,30 +346,87 @@ class TaskBoard(BoardState):
             t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
         )
         new[by_slot[1:][twice]] = False
-        all_new = (
-            np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
-        )
-        inserted = 0
+        if not by_task.size:
+            self.stale_bids += n
+            return changed
+        starts = np.concatenate((_ZERO, bounds))
+        all_new = np.logical_and.reduceat(new[by_task], starts)
         # Each task's rows are one slice of the rows in task order (views, not a copy a task).
-        slot, cost, held = slot[by_task], cost[by_task], held[rows[by_task]]
-        starts: list[int] = np.r_[0, bounds].tolist() if by_task.size else []
-        ends = [*starts[1:], int(by_task.size)] if starts else []
-        first_task = t_rows[by_task[starts]].tolist() if starts else []
-        for j, (lo, hi, t) in enumerate(zip(starts, ends, first_task, strict=True)):
-            per = usable[t]
+        rows_of = _TaskRows(
+            [tasks[t] for t in t_rows[by_task[starts]].tolist()],
+            [usable[t] for t in t_rows[by_task[starts]].tolist()],
+            starts,
+            slot[by_task],
+            cost[by_task],
+            held[rows[by_task]],
+            key,
+            node_id,
+        )
+        if by_task.size <= self.max_bids - self.n_bids:
+            inserted = self._merge_all(rows_of, all_new)
+        else:
+            inserted = self._merge_each(rows_of, all_new.tolist())
+        self.stale_bids += n - inserted
+        if inserted:
+            self._changed()
+        return changed or inserted > 0
+
+    def _merge_all(self, rows: _TaskRows, all_new: NDArray[np.bool_]) -> int:
+        """:meth:`add_bids`' rows into their tables when there is room for every one (no
+        task's new slots are cut): the tasks whose rows are all new slots take them as they
+        are, with the digest's hashes of their rows made here for the whole message at once
+        (:meth:`_bids_hashes`' rows; :meth:`BidTable.add_hashed`); the others merge. The rows
+        that changed a table."""
+        slot, cost, held, key, node = rows.slot, rows.cost, rows.held, rows.key, rows.node
+        starts = rows.starts.tolist()
+        ends = [*starts[1:], int(slot.size)]
+        sums: list[int] = [0] * len(starts)  # (read only for a task whose rows are new)
+        if all_new.any():
+            salts = np.array([self._task_salt(t) for t in rows.tasks], dtype=np.uint64)
+            seq_term = np.array([(key * int(_ODD[1])) & _MASK64], dtype=np.uint64)
+            sizes = np.diff(np.append(rows.starts, slot.size))
+            x = self._row_hashes(slot, cost, seq_term, held, np.repeat(salts, sizes))
+            sums = np.add.reduceat(x, rows.starts).tolist()  # uint64: wraps modulo 2**64
+        inserted = added = 0
+        for lo, hi, per, fresh, hashed in zip(
+            starts, ends, rows.tables, all_new.tolist(), sums, strict=True
+        ):
             if per is None:  # not reached: the rows are of usable tasks
                 continue
-            merge = per.add_new if all_new[j] else per.merge
+            if fresh:
+                per.add_hashed(slot[lo:hi], cost[lo:hi], key, held[lo:hi], hashed, node)
+                added += hi - lo
+                inserted += hi - lo
+            else:
+                # The rows it changes are of the message's node: its nodes, when known, are
+                # those and that one (bid_by_all asks them of every team round every tick).
+                known = per.nodes
+                merged = per.merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=hi - lo)
+                if merged.changed and known is not None:
+                    per.nodes = known if node in known else known | {node}
+                added += merged.added
+                inserted += merged.changed
+        self.n_bids += added
+        return inserted
+
+    def _merge_each(self, rows: _TaskRows, all_new: list[bool]) -> int:
+        """:meth:`add_bids`' rows into their tables a task at a time, as the room left allows:
+        the rows that changed a table."""
+        slot, cost, held, key = rows.slot, rows.cost, rows.held, rows.key
+        starts = rows.starts.tolist()
+        ends = [*starts[1:], int(slot.size)]
+        inserted = 0
+        for lo, hi, per, fresh in zip(starts, ends, rows.tables, all_new, strict=True):
+            if per is None:  # not reached: the rows are of usable tasks
+                continue
+            merge = per.add_new if fresh else per.merge
             merged = merge(
                 slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids
             )
             self.n_bids += merged.added
             self.overflow += merged.refused
             inserted += merged.changed
-        self.stale_bids += n - inserted
-        if inserted:
-            self._changed()
-        return changed or inserted > 0
+        return inserted
 
     def _holders_of(self, node: str, group: str, agents: NDArray[np.int64]) -> NDArray[np.int64]:
         """The holder id of each of ``node/group``'s ``agents`` (-1: no room for a new one),

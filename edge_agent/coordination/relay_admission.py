@@ -62,6 +62,9 @@ __all__ = ["MAX_ROUNDS", "AdmittedBids", "RelayAdmission", "Verdict"]
 _NO_ROWS: NDArray[np.int64] = np.empty(0, dtype=np.int64)
 _NO_COSTS: NDArray[np.float64] = np.empty(0, dtype=np.float64)
 
+TASK_LISTS_KEPT = 64
+"""The lists of tasks :meth:`RelayAdmission._task_columns` keeps (all dropped when full)."""
+
 
 class Verdict(Enum):
     """What a node takes of a release its sender sent directly."""
@@ -101,6 +104,11 @@ class RelayAdmission:
         self.max_nodes = max_nodes
         self._born: OrderedDict[str, int] = OrderedDict()
         self._newest: OrderedDict[str, int] = OrderedDict()
+        self._columns: dict[
+            tuple[str, ...], tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]
+        ] = {}
+        """:meth:`_task_columns` per list of tasks, as of ``board.specs_version``."""
+        self._columns_version = -1
 
     # what a node says itself ---------------------------------------------------------------------
     def heard_from(self, node: str, bdseq: int) -> None:
@@ -169,18 +177,21 @@ class RelayAdmission:
         epochs, task_index, agents, costs = body.arrays()
         if not self.bids_allowed(node, bdseq):
             return AdmittedBids([], [], _NO_ROWS, _NO_ROWS, _NO_COSTS), body.n_bids
-        limits = np.array([self.epoch_limit(t) for t in body.tasks], dtype=np.int64)
+        limits, n_roles, is_team = self._task_columns(body.tasks)
         task_ok = epochs.astype(np.int64) <= limits
         roles, holds = body.team_columns()
-        row_ok = (
-            task_ok[task_index]
-            & (costs >= MIN_BID_COST)
-            & self._slot_ok(body.tasks, task_index, roles, holds)
-        )
+        ti = task_index.astype(np.int64)
+        # Rows whose role is one of their task's (as its signed spec here says) and that hold
+        # only a team task's slot: a one-agent task has role 0 and no holds.
+        slot_ok = (roles.astype(np.int64) < n_roles[ti]) & (is_team[ti] | (holds == 0))
+        row_ok = task_ok[task_index] & (costs >= MIN_BID_COST) & slot_ok
         renumber = np.cumsum(task_ok) - 1
         team = body.roles is not msgspec.UNSET or body.holds is not msgspec.UNSET
+        every = bool(task_ok.all())
         admitted = AdmittedBids(
-            tasks=[t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
+            tasks=list(body.tasks)
+            if every
+            else [t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
             epochs=epochs[task_ok].tolist(),
             task_index=renumber[task_index[row_ok]],
             agents=agents[row_ok].astype(np.int64),
@@ -189,6 +200,34 @@ class RelayAdmission:
             holds=holds[row_ok].astype(bool) if team else None,
         )
         return admitted, int(row_ok.size - row_ok.sum())
+
+    def _task_columns(
+        self, tasks: list[str]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+        """Per task of a bid message, from the signed specs this node holds: its
+        :meth:`epoch_limit`, its number of roles (1 without a spec) and whether it is a team
+        task. Kept per list of tasks until a spec changes (a formation's peers bid on the same
+        tasks in the same messages: one look-up of the list instead of three calls a task);
+        at most :data:`TASK_LISTS_KEPT` lists."""
+        board = self.board
+        if self._columns_version != board.specs_version:
+            self._columns.clear()
+            self._columns_version = board.specs_version
+        key = tuple(tasks)
+        cols = self._columns.get(key)
+        if cols is None:
+            specs = [board.specs.get(t) for t in tasks]
+            cols = (
+                np.array(
+                    [-1 if s is None else round_limit(s.epoch) for s in specs], dtype=np.int64
+                ),
+                np.array([1 if s is None else s.n_roles for s in specs], dtype=np.int64),
+                np.array([s is not None and s.is_team for s in specs], dtype=bool),
+            )
+            if len(self._columns) >= TASK_LISTS_KEPT:
+                self._columns.clear()
+            self._columns[key] = cols
+        return cols
 
     def _slot_ok(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
@@ -24,6 +25,14 @@ from edge_agent.coordination.board_state import (
     seq_key,
 )
 from edge_agent.coordination.ledger import TaskBoard
+from edge_agent.coordination.messages import TaskBids
+from edge_agent.coordination.relay_admission import (
+    _NO_COSTS,
+    _NO_ROWS,
+    AdmittedBids,
+    RelayAdmission,
+)
+from edge_agent.coordination.utility import MIN_BID_COST
 
 _NO_INTS = np.empty(0, dtype=np.int64)
 
@@ -244,3 +253,159 @@ def old_merge() -> Iterator[None]:
                 delattr(cls, name)
             else:
                 setattr(cls, name, value)
+
+
+# -- main's merge and admission before the fourteenth pass (58dc0a30) -------------------------
+# add_bids with a BidTable call a task (BidTable.add_new: the digest hashes its rows later) and
+# admit_bids with three calls a task (epoch_limit, the spec's roles, is_team): the oracle of
+# the merge and admission over arrays (test_batched_holders.py), and what
+# benchmarks/ab_coordination_merge.py --against main puts back.
+
+
+def _main_add_bids(  # noqa: PLR0917 (main's)
+    self: TaskBoard,
+    node: str,
+    group: str,
+    bdseq: int,
+    bseq: int,
+    tasks: Sequence[str],
+    *,
+    epochs: Sequence[int],
+    task_index: Sequence[int] | NDArray[np.integer],
+    agents: Sequence[int] | NDArray[np.integer],
+    costs: Sequence[float] | NDArray[np.floating],
+    roles: Sequence[int] | NDArray[np.integer] | None = None,
+    holds: Sequence[bool] | NDArray[np.bool_] | None = None,
+) -> bool:
+    """Merge one node's bid message (columnar, as :class:`TaskBids` carries it); ``roles``
+    and ``holds`` per bid for team tasks (0 and False when None)."""
+    if bdseq > MAX_SESSION:
+        self.stale_bids += len(task_index)
+        return False
+    key = seq_key(bdseq, bseq)
+    changed = False
+    usable: list[BidTable | None] = []
+    floors, closed, fact_floor = self.floor, self.closed, self._fact_floor
+    for task, epoch in zip(tasks, epochs, strict=True):
+        # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
+        # The open round, already noted (a formation's every message after the first):
+        # accepted, nothing raised nor noted, as _accepts_epoch says, without the call.
+        if not (
+            floors.get(task) == epoch
+            and closed.get(task, -1) < epoch
+            and fact_floor.get(task, -1) >= epoch
+        ):
+            ok, raised = self._accepts_epoch(task, epoch)
+            changed |= raised
+            if not ok:
+                usable.append(None)
+                continue
+        per = self.bids.get(task)  # (a table made only when the task has none)
+        if per is None:
+            per = self.bids[task] = BidTable()
+        usable.append(per)
+    node_id = self._node(node)
+    n = len(task_index)
+    if node_id is None or self._node_dead.data[node_id] >= bdseq:
+        self.stale_bids += n
+        return changed
+    if n == 0:
+        return changed
+    self._settle()
+    t_of = _int64s(task_index)
+    role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
+    held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
+    agent = _int64s(agents)
+    ok_task = np.array([per is not None for per in usable], dtype=bool)
+    rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+    first_new = self._n_holders
+    h = self._holders_of(node, group, agent[rows])
+    fresh = h >= 0
+    fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
+    rows, h = rows[fresh], h[fresh]
+    slot = h * ROLE_SPAN + role[rows]
+    cost = np.asarray(costs, dtype=np.float64)[rows]
+    t_rows = t_of[rows]
+    by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
+    bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+    # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
+    # agents are new to the ledger (holder ids made by this message: no table has a row of
+    # them), their slots distinct and their costs finite: a node's first bids.
+    new = (h >= first_new) & np.isfinite(cost)
+    by_slot = np.lexsort((slot, t_rows))
+    twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
+        t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
+    )
+    new[by_slot[1:][twice]] = False
+    all_new = (
+        np.logical_and.reduceat(new[by_task], np.r_[0, bounds]).tolist() if by_task.size else []
+    )
+    inserted = 0
+    # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+    slot, cost, held = slot[by_task], cost[by_task], held[rows[by_task]]
+    starts: list[int] = np.r_[0, bounds].tolist() if by_task.size else []
+    ends = [*starts[1:], int(by_task.size)] if starts else []
+    first_task = t_rows[by_task[starts]].tolist() if starts else []
+    for j, (lo, hi, t) in enumerate(zip(starts, ends, first_task, strict=True)):
+        per = usable[t]
+        if per is None:  # not reached: the rows are of usable tasks
+            continue
+        merge = per.add_new if all_new[j] else per.merge
+        merged = merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids)
+        self.n_bids += merged.added
+        self.overflow += merged.refused
+        inserted += merged.changed
+    self.stale_bids += n - inserted
+    if inserted:
+        self._changed()
+    return changed or inserted > 0
+
+
+def _main_admit_bids(
+    self: RelayAdmission, node: str, bdseq: int, body: TaskBids
+) -> tuple[AdmittedBids, int]:
+    """What this node takes of ``node``'s ``task_bids`` of session ``bdseq``, and how many
+    bids it refused: all of them for a session not seen born; a task's bids (and its
+    epoch, which would raise the task's floor) when the epoch is beyond
+    :meth:`epoch_limit`; a bid whose cost is below ``MIN_BID_COST``."""
+    epochs, task_index, agents, costs = body.arrays()
+    if not self.bids_allowed(node, bdseq):
+        return AdmittedBids([], [], _NO_ROWS, _NO_ROWS, _NO_COSTS), body.n_bids
+    limits = np.array([self.epoch_limit(t) for t in body.tasks], dtype=np.int64)
+    task_ok = epochs.astype(np.int64) <= limits
+    roles, holds = body.team_columns()
+    row_ok = (
+        task_ok[task_index]
+        & (costs >= MIN_BID_COST)
+        & self._slot_ok(body.tasks, task_index, roles, holds)
+    )
+    renumber = np.cumsum(task_ok) - 1
+    team = body.roles is not msgspec.UNSET or body.holds is not msgspec.UNSET
+    admitted = AdmittedBids(
+        tasks=[t for t, ok in zip(body.tasks, task_ok.tolist(), strict=True) if ok],
+        epochs=epochs[task_ok].tolist(),
+        task_index=renumber[task_index[row_ok]],
+        agents=agents[row_ok].astype(np.int64),
+        costs=costs[row_ok].astype(np.float64),
+        roles=roles[row_ok].astype(np.int64) if team else None,
+        holds=holds[row_ok].astype(bool) if team else None,
+    )
+    return admitted, int(row_ok.size - row_ok.sum())
+
+
+_MAIN_PATCHES = [(TaskBoard, "add_bids", _main_add_bids),
+                 (RelayAdmission, "admit_bids", _main_admit_bids)]  # fmt: skip
+
+
+@contextmanager
+def main_merge() -> Iterator[None]:
+    """Every bid message admitted and merged as main did before the fourteenth pass while
+    inside (the rest of the ledger as now)."""
+    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in _MAIN_PATCHES]
+    for cls, name, f in _MAIN_PATCHES:
+        setattr(cls, name, f)
+    try:
+        yield
+    finally:
+        for cls, name, value in saved:
+            setattr(cls, name, value)

@@ -3,7 +3,9 @@ the twelfth pass): the ledger a merge leaves is, to the bit, the one the one-age
 holders left (``tests/support/
 old_merge.py``, main's code before the batch), on random instances of many seeds -- cost ties,
 duplicate and stale messages, a peer's bids replaced, consumed agents, dead sessions, a full
-board -- and on a formation of real engines on the in-memory broker."""
+board -- and on a formation of real engines on the in-memory broker. And a message's tasks
+merged and admitted as arrays, its new rows hashed with it (the fourteenth pass): the ledger
+and the admission main's add_bids and admit_bids left (``main_merge``), to the bit."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ import numpy as np
 import pytest
 
 from edge_agent.coordination.ledger import Bid, TaskBoard
-from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskSpec
-from tests.support.old_merge import old_merge
+from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskBids, TaskSpec
+from edge_agent.coordination.relay_admission import RelayAdmission
+from edge_agent.coordination.signing import PeerKeys
+from tests.support.old_merge import main_merge, old_merge
 
 T = TypeVar("T")
 
@@ -29,6 +33,10 @@ PROBES = [Bid(t, 0, n, g, a, 1.0, 1, 3, r, False)
           for t in TASKS for n in ("n0", "n1", "x") for g in ("g", "h")
           for a in (0, 2, 11, 1 << 63, -1) for r in (0, 1)]  # fmt: skip
 """Bids :meth:`TaskBoard.knows` is asked about (agents of every holder map, and none)."""
+
+
+BY_ALL = [["n0"], ["n1", "n0"], ["n1", "n2", "n3"], ["n0", "n1", "n2", "n3"]]
+"""The nodes :meth:`TaskBoard.bid_by_all` is asked about."""
 
 
 def specs() -> list[TaskSpec]:
@@ -64,6 +72,7 @@ def state(board: TaskBoard) -> dict[str, object]:
         "digest": board.digest(),
         "refills": board.refills,
         "knows": [board.knows(b) for b in PROBES],
+        "by_all": [board.bid_by_all(t, peers) for t in TASKS for peers in BY_ALL],
     }
 
 
@@ -193,3 +202,96 @@ def test_a_formation_s_ledgers_are_the_one_agent_at_a_time_ones(tmp_path: Path) 
     formed = new[-1][0]["teams"]
     assert isinstance(formed, dict)
     assert len(formed) == 10
+
+
+def on_main(f: Callable[[], T]) -> T:
+    """``f()`` with main's merge and admission before the fourteenth pass."""
+    with main_merge():
+        return f()
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_a_message_merged_as_arrays_leaves_main_s_ledger(seed: int) -> None:
+    """The same random histories, the ledgers compared after every fact (the digest asked
+    after each: a table's hash kept up as new rows come is compared every time)."""
+    ops, bounds = random_ops(seed)
+    new, old = TaskBoard(**bounds), on_main(lambda: TaskBoard(**bounds))
+    for spec in specs():
+        assert new.add_spec(spec) == on_main(lambda spec=spec: old.add_spec(spec))
+    for op in ops:
+        assert apply(new, op) == on_main(lambda op=op: apply(old, op))
+        assert state(new) == on_main(lambda: state(old))
+
+
+def admitted(adm: RelayAdmission, node: str, body: TaskBids) -> list[object]:
+    got, refused = adm.admit_bids(node, 1, body)
+    return [got.tasks, got.epochs, *(None if a is None else a.tolist() for a in got[2:]), refused]
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_a_message_admitted_as_arrays_is_main_s_admission(seed: int) -> None:
+    """Random bid messages (known and unknown tasks, epochs within and beyond the limit, roles
+    beyond a task's, holds of one-agent tasks, costs below the floor) admitted between random
+    changes of the specs (a later epoch, a team become one-agent, a task evicted when closed),
+    the same message asked again after a change: what is admitted and refused is main's."""
+    rng = np.random.default_rng(seed)
+    board = TaskBoard(max_tombstones=int(rng.integers(1, 4)))
+    adm = RelayAdmission(board, PeerKeys(4), "fleet", 4)
+    adm.born_in("n1", 1)
+    names = ["T", "U", "V", "s", "r", "x"]
+    epoch = dict.fromkeys(names, 0)
+    bodies: list[TaskBids] = []
+    for _ in range(40):
+        if rng.random() < 0.4:
+            task = str(rng.choice(names[:5]))
+            epoch[task] += int(rng.integers(0, 30))
+            team = int(rng.integers(0, 4))
+            spec = TaskSpec(task=task, epoch=epoch[task], capability="grid", goal_state=1,
+                            announced_by="hub", team=team if team > 1 else msgspec.UNSET,
+                            roles=[Role(capability="grid", count=1, goal_state=2)]
+                            if team > 2 else msgspec.UNSET)  # fmt: skip
+            board.add_spec(spec)
+            if rng.random() < 0.3:
+                board.close(task, epoch[task])
+            continue
+        if not bodies or rng.random() < 0.5:
+            tasks = sorted({str(t) for t in rng.choice(names, int(rng.integers(1, 5)))})
+            rows = int(rng.integers(0, 30))
+            team = rng.random() < 0.7
+            bodies.append(TaskBids.from_arrays(
+                "g", int(rng.integers(0, 9)), tasks,
+                epochs=[int(rng.integers(0, 70)) for _ in tasks],
+                task_index=rng.integers(0, len(tasks), rows), agents=rng.integers(0, 50, rows),
+                costs=rng.choice([0.0, 1e-9, 0.5, 2.0], rows),
+                roles=rng.integers(0, 3, rows) if team else None,
+                holds=rng.random(rows) < 0.3 if team else None,
+            ))  # fmt: skip
+        body = bodies[int(rng.integers(0, len(bodies)))]
+        assert admitted(adm, "n1", body) == on_main(lambda body=body: admitted(adm, "n1", body))
+
+
+def test_new_rows_hashed_after_a_merge_cut_by_the_room_keep_the_digest_main_s() -> None:
+    """A message with more rows than the room left merges a task at a time (a task's new slots
+    wait for the digest to hash them); the next, with room, adds its rows' hashes to the same
+    table before the digest is asked: the digest is main's."""
+
+    def run() -> list[object]:
+        board = TaskBoard(max_bids=16)
+        for spec in specs():
+            board.add_spec(spec)
+        seen: list[object] = []
+        for node, bseq, index, agents in [
+            ("n0", 1, [1] * 6, list(range(6))),  # U: six slots
+            ("n1", 1, [0] * 4, list(range(4))),  # T: four; its hash made by the digest
+            ("n0", 2, [0] * 3 + [1] * 6, [10, 11, 12, *range(6)]),  # 9 rows, room 6: one by one
+            ("n2", 1, [0] * 3, [20, 21, 22]),  # room 3: T's hash kept up as the rows come
+        ]:
+            board.add_bids(node, "g", 1, bseq, ["T", "U"], epochs=[0, 0], task_index=index,
+                           agents=agents, costs=[0.5] * len(agents))  # fmt: skip
+            if bseq == 1 and node == "n1":
+                board.digest()
+            seen.append((board.n_bids, board.overflow, board.stale_bids))
+        seen.append(state(board))
+        return seen
+
+    assert run() == on_main(run)

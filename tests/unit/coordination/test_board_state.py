@@ -53,10 +53,11 @@ def test_tables_hashed_together_hash_as_each_alone() -> None:
 
 
 def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
-    """Peers' first bids are new slots: the digest hashes only them and adds them to what it
-    had (issue 55); it is the digest of a board that took the same bids with no digest asked
-    between them, and of one that took them in another order -- also once rows are replaced
-    (holds) and dropped (a dead session)."""
+    """Peers' first bids are new slots: their rows are hashed as the message merges and added
+    to the tables' hashes, which stay valid (issue 55, the fourteenth pass); the digest is the
+    digest of a board that took the same bids with no digest asked between them, and of one
+    that took them in another order -- also once rows are replaced (holds) and dropped (a dead
+    session)."""
     import numpy as np
 
     from edge_agent.coordination.ledger import TaskBoard
@@ -83,13 +84,13 @@ def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
             board.add_bids(node, "g", 1, 1, ["a", "b", "c"], epochs=[0, 0, 0], task_index=ti,
                            agents=agents, costs=costs, roles=roles, holds=held)  # fmt: skip
             if ask:
-                added.append(sum(per.digest_base is not None for per in board.bids.values()))
+                added.append(sum(per.digest is not None for per in board.bids.values()))
                 board.digest()
         return board
 
     added: list[int] = []
     asked, once = board_of(list(range(6)), ask=True), board_of([5, 3, 1, 0, 2, 4], ask=False)
-    assert added == [0, 3, 3, 3, 3, 3]  # after the first, every message's rows only added
+    assert added == [0, 3, 3, 3, 3, 3]  # after the first, every message's rows' hashes added
     assert asked.digest() == once.digest()
     for board in (asked, once):
         for node, ti, agents, costs, roles, held in holds:
