@@ -52,13 +52,17 @@ class JointLayout(NamedTuple):
     entries ``e`` of (joint outcome ``k_e``, state ``s_e``) where every modality's support
     holds (the T-maze: 22 of 12 x 8). ``shared`` ``(E,)``: the product of the shared
     modalities' entries; ``learned``: per learned modality ``m``, the index of each entry into
-    ``A[m]`` ``(O_m, S)`` flattened; ``state_of`` ``(E,)`` intp; ``to_outcome`` ``(E, K)`` and
-    ``to_state`` ``(E, S)``: 0/1 float64, entry to its outcome and state."""
+    ``A[m]`` ``(O_m, S)`` flattened; ``state_of`` and ``outcome_of`` ``(E,)`` intp;
+    ``outcome_start`` ``(K,)`` intp: where each outcome's entries begin (they are outcome by
+    outcome, every outcome has at least one: :func:`possible_outcomes`), so that a sum over each
+    outcome's entries is one ``np.add.reduceat``; ``to_state`` ``(E, S)``: 0/1 float64, entry
+    to its state."""
 
     shared: np.ndarray
     learned: tuple[tuple[int, np.ndarray], ...]
     state_of: np.ndarray
-    to_outcome: np.ndarray
+    outcome_of: np.ndarray
+    outcome_start: np.ndarray
     to_state: np.ndarray
 
 
@@ -71,10 +75,14 @@ def joint_layout(
     values (those not in ``learned``, whose tables are the agents' own)."""
     S = supports[0].shape[1]
     k_of, state_of = joint_entries(supports, outcomes)
+    if not np.bincount(k_of, minlength=len(outcomes)).all():
+        raise ValueError("a joint outcome no state produces under the supports: plan with "
+                         "possible_outcomes(supports)")
     shared = np.ones(len(k_of))
     for m, a in enumerate(A):
         if m not in learned:
             shared *= a[0][outcomes[k_of, m], state_of]
     own = tuple((m, outcomes[k_of, m] * S + state_of) for m in learned)
-    return JointLayout(shared=shared, learned=own, state_of=state_of,
-                       to_outcome=np.eye(len(outcomes))[k_of], to_state=np.eye(S)[state_of])
+    return JointLayout(shared=shared, learned=own, state_of=state_of, outcome_of=k_of,
+                       outcome_start=np.searchsorted(k_of, np.arange(len(outcomes))),
+                       to_state=np.eye(S)[state_of])

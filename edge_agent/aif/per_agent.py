@@ -244,7 +244,11 @@ def _policy_terms(
     if isinstance(outcomes, CompactJoint):
         kept = np.where(q_joint > EXP_M16, q_joint, 0.0)
         layout = outcomes.layout
-        qo = (kept[:, :, layout.state_of] * outcomes.values[:, None, :]) @ layout.to_outcome
+        # Each outcome's entries summed in place (they are outcome by outcome), not a product
+        # with a 0/1 (E, K) matrix: E x K multiply-adds a row (7,664 x 256 at the limits world's)
+        # for E additions.
+        qo = np.add.reduceat(kept[:, :, layout.state_of] * outcomes.values[:, None, :],
+                             layout.outcome_start, axis=-1)
         G += _per_agent_dot(kept, outcomes.neg_entropy)
         log_qo = np.add(qo, EPS)
         np.log(log_qo, out=log_qo)

@@ -444,8 +444,7 @@ class NativeTick:
         self.policies_first = np.ascontiguousarray(policies[:, 0, :], dtype=np.int64)
         self.state_index = np.ascontiguousarray(
             np.indices(num_states).reshape(len(num_states), S), dtype=np.int64)
-        self.entry_outcome = np.ascontiguousarray(layout.to_outcome.argmax(axis=1),
-                                                  dtype=np.int64)
+        self.entry_outcome = np.ascontiguousarray(layout.outcome_of, dtype=np.int64)
         # The shared modalities' utility, once: sum_m ln C_m . A_m over those not learned.
         self.utility_shared = np.zeros(S)
         self._shared_A: list[np.ndarray | None] = [None] * M
