@@ -29,7 +29,8 @@ from edge_agent.aif import joint_outcomes
 from edge_agent.arrays import distinct
 
 __all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries", "TwoSteps",
-           "entry_actions", "frozen_nbytes", "library_path", "not_installed", "policy_reach",
+           "entry_actions", "frozen_nbytes", "library_path", "not_installed", "outcome_twins",
+           "policy_reach",
            "scratch_doubles", "support_entries", "too_large", "two_steps"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
@@ -137,6 +138,33 @@ def policy_reach(
     return start, reach
 
 
+def outcome_twins(
+    entry_outcome: np.ndarray, entry_state: np.ndarray, state_entry: np.ndarray, *,
+    entry_shared: np.ndarray, entry_index: Sequence[np.ndarray | None], outcomes: int,
+) -> np.ndarray | None:
+    """Each joint outcome's first earlier outcome whose predicted probability is always the
+    same number (-1: none), or None when no outcome has one (``tick_model.outcome_twin``).
+    The pass sums an outcome's prediction over its entries in ``state_entry``'s order; an
+    entry's value is its shared factor (``entry_shared``) times each learned table's value at
+    its index (``entry_index``), so two outcomes whose entries are, in that order, of the same
+    states with the same shared factor (its bits) and the same indices sum the same products in
+    the same order, in every lane, every tick: the pass sums and logs the first one only (the
+    T-maze: a cue outcome's twin, the other cue outcome's, where the cue is not seen)."""
+    keys: list[list[tuple[int, ...]]] = [[] for _ in range(outcomes)]
+    bits = np.ascontiguousarray(entry_shared, dtype=np.float64).view(np.int64)
+    learned = [index for index in entry_index if index is not None]
+    for e in state_entry:
+        keys[int(entry_outcome[e])].append(
+            (int(entry_state[e]), int(bits[e]), *(int(index[e]) for index in learned)))
+    first: dict[tuple[tuple[int, ...], ...], int] = {}
+    twin = np.full(outcomes, -1, dtype=np.int64)
+    for k, key in enumerate(keys):
+        found = first.setdefault(tuple(key), k)
+        if found != k:
+            twin[k] = found
+    return twin if (twin >= 0).any() else None
+
+
 class TwoSteps(NamedTuple):
     """Two-step policies as the pass plans them (``tick_model``'s two-step fields, tick.h),
     the work policies share once: the distinct first steps (``first_policy`` ``(J1,)``, a policy
@@ -235,8 +263,10 @@ def scratch_doubles(
              + 2 * planned * outcomes  # qo, log_qo
              + 3 * policies  # G, x, q_pi
              + moved2 + (0 if two is None else two.nodes)  # moved2, node
-             # outcome_start, outcome_entry, a learned table's entry_slot: int64s
-             + -(-(outcomes + 1 + entries + (entries if learned_values else 0)) // BLOCK)
+             # outcome_start, outcome_entry, a learned table's entry_slot, each outcome's
+             # packed row and each node's terms' rows (outcome twins): int64s
+             + -(-(outcomes + 1 + entries + (entries if learned_values else 0) + outcomes
+                   + planned * outcomes) // BLOCK)
              + learned_values)  # A: the learned tables
     return (lanes + 1) * BLOCK
 

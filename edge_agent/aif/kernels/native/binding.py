@@ -47,6 +47,7 @@ from edge_agent.aif.kernels.native import (
     LIMITS,
     PACKAGE_LIMITS,
     TransitionEntries,
+    outcome_twins,
     policy_reach,
     too_large,
 )
@@ -139,6 +140,7 @@ class _Model(ctypes.Structure):
         ("policy_second_joint", _p),  # const int64_t *: (P)
         ("reach2_start", _p),  # const int64_t *: (J2 + 1)
         ("reach2", _p),  # const int64_t *: or NULL
+        ("outcome_twin", _p),  # const int64_t *: (K) or NULL
     ]
 
 
@@ -467,8 +469,8 @@ class NativeTick:
         learned_index = dict(layout.learned)
         self.entry_index = [None if m not in learned_index else np.ascontiguousarray(
             learned_index[m], dtype=np.int64) for m in range(M)]
-        self.num_states = np.array(num_states, dtype=np.int64)
-        self.num_controls = np.array(num_controls, dtype=np.int64)
+        self.num_states, self.num_controls = (np.array(num_states, dtype=np.int64),
+                                              np.array(num_controls, dtype=np.int64))
         self.num_obs = np.array([a.shape[0] for a in A], dtype=np.int64)
         self.stride = np.array([a.shape[0] * S if m in self.learned and not shared_counts
                                 else 0 for m, a in enumerate(A)], dtype=np.int64)
@@ -521,6 +523,7 @@ class NativeTick:
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
             None if self.lnL is None else _addr(self.lnL), None, int(quantise), None)
+        self.outcome_twin = self._twins(len(outcomes))
         self._plan_two_steps(B, policies, len(outcomes))
         if self.state_dtype not in (np.float32, np.float64):
             raise ValueError(f"the compiled tick's state is float32 or float64, not "
@@ -549,6 +552,16 @@ class NativeTick:
          model.second_action, model.second_joint, model.policy_second_joint,
          model.reach2_start) = (_addr(a, np.int64) for a in self._two_arrays[:8])
         model.reach2 = None if reach_start[-1] == J2 * outcomes else _addr(reach, np.int64)
+
+    def _twins(self, outcomes: int) -> np.ndarray | None:
+        """The outcomes whose predicted probability is always an earlier one's (the pass sums
+        and logs it once: :func:`~edge_agent.aif.kernels.native.outcome_twins`), bound."""
+        twin = outcome_twins(self.entry_outcome, self.entry_state, self.state_entry,
+                             entry_shared=self.entry_shared, entry_index=self.entry_index,
+                             outcomes=outcomes)
+        if twin is not None:
+            self._model.outcome_twin = _addr(twin, np.int64)
+        return twin
 
     def _flats(self) -> list[np.ndarray | None]:
         """Each factor's learned entries' indices into its counts (None: not learned)."""

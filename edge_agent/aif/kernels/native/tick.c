@@ -131,6 +131,9 @@ typedef struct {
     int64_t *outcome_entry;                                    /* (E): outcome by outcome */
     int64_t *entry_slot;     /* (E; a learned table's only): its value's slot (index_slots) */
     int64_t slots;           /* the distinct values of the entries (index_slots) */
+    int64_t *packed_at;      /* (K): the node's packed row of each outcome, -1 dropped (a
+                              * twin's, tick_model.outcome_twin, is its first's) */
+    int64_t *term;           /* (planned K): each node's terms' packed rows, in order */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -171,8 +174,14 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     }
     int64_t learned = 0;  /* a learned table: each entry's slot too (index_slots) */
     for (int64_t k = 0; k < m->modalities; k++) learned |= m->pA[k] != NULL;
-    if (base) sc->entry_slot = learned ? sc->outcome_entry + E : NULL;
-    used += (m->outcomes + 1 + E + (learned ? E : 0) + BLK - 1) / BLK;
+    if (base) {
+        sc->entry_slot = learned ? sc->outcome_entry + E : NULL;
+        sc->packed_at = sc->outcome_entry + E + (learned ? E : 0);
+        sc->term = sc->packed_at + m->outcomes;
+    }
+    /* and each outcome's packed row, each node's terms' rows (outcome twins) */
+    used += (m->outcomes + 1 + E + (learned ? E : 0) + m->outcomes + planned * m->outcomes +
+             BLK - 1) / BLK;
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
@@ -693,11 +702,16 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             for (int64_t o = 1; o < O; o++)
                 for (int64_t s = 0; s < S; s++) total[s] += counts[o * S + s];
             for (int64_t s = 0; s < S; s++) total[s] = 1.0 / total[s];
-            /* the agent's table (contiguous: vectorised over its states), then its lane */
+            /* the agent's table and its lane, each value stored twice as it is made (a second
+             * loop reading the table back into the lane: ~45 instructions an agent-step more,
+             * T-maze) */
             double *table = m->A[k] + n * m->A_agent_stride[k];
             for (int64_t o = 0; o < O; o++)
-                for (int64_t s = 0; s < S; s++) table[o * S + s] = counts[o * S + s] * total[s];
-            for (int64_t i = 0; i < O * S; i++) Ab[i][b] = table[i];
+                for (int64_t s = 0; s < S; s++) {
+                    const double v = counts[o * S + s] * total[s];
+                    table[o * S + s] = v;
+                    Ab[o * S + s][b] = v;
+                }
         }
     }
 
@@ -895,10 +909,19 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
 
 /* Joint outcome k's predicted probability for the block's agents, summed in registers over its
  * entries (their states in order) from the policy's predicted joint qj, packed at
- * sc->qo[*packed] when some agent's is above 0 (else it adds nothing: dropped). */
+ * sc->qo[*packed] when some agent's is above 0 (else it adds nothing: dropped), and a term of
+ * the node (sc->term[*terms]: its packed row). A twin (tick_model.outcome_twin: the same
+ * products summed in the same order, the node's earlier outcome's number in every lane) is
+ * not summed again: its term is its first's packed row (or dropped with it), the same value
+ * and, in outcome_entropy, the same log, subtracted at its own place. */
 INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *qj,
-                            const lane *value, int64_t k, int64_t *packed,
+                            const lane *value, int64_t k, int64_t *packed, int64_t *terms,
                             const uint8_t *live) {
+    if (m->outcome_twin != NULL && m->outcome_twin[k] >= 0) {
+        const int64_t at = sc->packed_at[m->outcome_twin[k]];
+        if (at >= 0) sc->term[(*terms)++] = at;
+        return;
+    }
     lane acc;
     LANES acc[b] = 0.0;
     for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
@@ -914,8 +937,10 @@ INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *
     uint64_t bits[BLK], some = 0;
     memcpy(bits, acc, sizeof bits);
     for (int b = 0; b < BLK; b++) some |= bits[b];
+    sc->packed_at[k] = some ? *packed : -1;
     if (!some) return;
     LANES sc->qo[*packed][b] = acc[b];
+    sc->term[(*terms)++] = *packed;
     (*packed)++;
 }
 
@@ -927,8 +952,8 @@ INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *
  * skipped, the same sums: a few agents' predicted states after two steps are mostly 0, grid2f's
  * second-step nodes a third cheaper at N = 1). */
 INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
-                       const int64_t *reach, int64_t reached, int64_t *packed, double *out,
-                       int sparse) {
+                       const int64_t *reach, int64_t reached, int64_t *packed, int64_t *terms,
+                       double *out, int sparse) {
     const int64_t S = m->joint;
     lane *qj = sc->qj, *utility = sc->utility, *neg_entropy = sc->neg_entropy;
     joint_of(m, q, qj);
@@ -962,22 +987,24 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
         }
         if (reach != NULL)
             for (int64_t at = 0; at < reached; at++)
-                predict_outcome(m, sc, qj, sc->value, reach[at], packed, live);
+                predict_outcome(m, sc, qj, sc->value, reach[at], packed, terms, live);
         else
             for (int64_t k = 0; k < m->outcomes; k++)
-                predict_outcome(m, sc, qj, sc->value, k, packed, live);
+                predict_outcome(m, sc, qj, sc->value, k, packed, terms, live);
     }
     LANES out[b] = g[b];
 }
 
-/* - qo ln(qo + eps) of every node's packed joint outcomes (node i's [begin[i], begin[i + 1]),
- * begin[nodes] set here to packed) taken from its value (values: nodes lanes); an int8 group's
+/* - qo ln(qo + eps) of every node's joint outcomes (node i's terms [begin[i], begin[i + 1]),
+ * begin[nodes] set here to terms, each its packed row sc->term[r]) taken from its value
+ * (values: nodes lanes), in the terms' order; the packed rows' logs once each; an int8 group's
  * logs in float (its numpy twin's arithmetic is float32, its G kept in float: 7% of its tick,
  * T-maze N = 1,000), a float64 group's in double. */
 INLINE void outcome_entropy(const tick_model *m, block_scratch *sc, lane *values,
-                            int64_t nodes, int64_t *begin, int64_t packed) {
+                            int64_t nodes, int64_t *begin, int64_t packed, int64_t terms) {
     lane *qo = sc->qo;
-    begin[nodes] = packed;
+    const int64_t *term = sc->term;
+    begin[nodes] = terms;
     if (m->state_f32)
         tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
     else
@@ -985,8 +1012,10 @@ INLINE void outcome_entropy(const tick_model *m, block_scratch *sc, lane *values
     for (int64_t i = 0; i < nodes; i++) {
         lane g;  /* in registers: a store to values[i] could be a read of qo (no reload per r) */
         LANES g[b] = values[i][b];
-        for (int64_t r = begin[i]; r < begin[i + 1]; r++)
-            LANES g[b] -= qo[r][b] * sc->log_qo[r][b];
+        for (int64_t r = begin[i]; r < begin[i + 1]; r++) {
+            const double *p = qo[term[r]], *ln = sc->log_qo[term[r]];
+            LANES g[b] -= p[b] * ln[b];
+        }
         LANES values[i][b] = g[b];
     }
 }
@@ -1018,24 +1047,24 @@ INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t
         }
     }
     lane *node = sc->node, *q[MAX_F] = {0};
-    int64_t begin[2 * MAX_P + 1], packed = 0;
+    int64_t begin[2 * MAX_P + 1], packed = 0, terms = 0;
     for (int64_t j = 0; j < J1; j++) {
         const int64_t p = m->first_policy[j];
         for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
         const int64_t *reach = m->reach == NULL ? NULL : m->reach + m->reach_start[p];
         const int64_t reached = m->reach == NULL ? 0 : m->reach_start[p + 1] - m->reach_start[p];
-        begin[j] = packed;
-        node_value(m, sc, q, reach, reached, &packed, node[j], 1);
+        begin[j] = terms;
+        node_value(m, sc, q, reach, reached, &packed, &terms, node[j], 1);
     }
     for (int64_t j = 0; j < J2; j++) {
         for (int64_t f = 0; f < F; f++) q[f] = second[f][m->second_joint[j * F + f]];
         const int64_t *reach = m->reach2 == NULL ? NULL : m->reach2 + m->reach2_start[j];
         const int64_t reached =
             m->reach2 == NULL ? 0 : m->reach2_start[j + 1] - m->reach2_start[j];
-        begin[J1 + j] = packed;
-        node_value(m, sc, q, reach, reached, &packed, node[J1 + j], 1);
+        begin[J1 + j] = terms;
+        node_value(m, sc, q, reach, reached, &packed, &terms, node[J1 + j], 1);
     }
-    if (m->use_info_gain) outcome_entropy(m, sc, node, J1 + J2, begin, packed);
+    if (m->use_info_gain) outcome_entropy(m, sc, node, J1 + J2, begin, packed, terms);
     /* the twin's order: G = 0 + the first step's value, then += the second's */
     for (int64_t p = 0; p < P; p++) {
         const double *first = node[m->policy_first_joint[p]];
@@ -1085,7 +1114,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     if (two_step(m)) {
         plan_two_steps(m, sc, agent, moved);
     } else {
-        int64_t begin[MAX_P + 1], packed = 0;
+        int64_t begin[MAX_P + 1], packed = 0, terms = 0;
         for (int64_t p = 0; p < P; p++) {
             for (int64_t f = 0; f < F; f++) q[f] = moved[f][m->policies_first[p * F + f]];
             /* the outcomes of the policy's predicted states (reach: the others' are exactly 0
@@ -1094,10 +1123,10 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             const int64_t *reach = m->reach == NULL ? NULL : m->reach + m->reach_start[p];
             const int64_t reached =
                 m->reach == NULL ? 0 : m->reach_start[p + 1] - m->reach_start[p];
-            begin[p] = packed;
-            node_value(m, sc, q, reach, reached, &packed, G[p], 0);
+            begin[p] = terms;
+            node_value(m, sc, q, reach, reached, &packed, &terms, G[p], 0);
         }
-        if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed);
+        if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed, terms);
     }
     for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
     lane *q_pi = sc->q_pi;

@@ -161,7 +161,13 @@ typedef struct {
     X(const int64_t *, reach2_start)      /* (J2 + 1) */                                   \
     X(const int64_t *, reach2)            /* each second-step joint node's outcomes (as  \
                                            * reach, of its second actions); NULL: every    \
-                                           * outcome of every node */
+                                           * outcome of every node */                      \
+    X(const int64_t *, outcome_twin)      /* (K): an earlier outcome whose entries, in the \
+                                           * order they are summed, are of the same states \
+                                           * with the same value in every lane (entry_shared's \
+                                           * bits and each learned table's index): its     \
+                                           * predicted probability, the same number; -1    \
+                                           * none; NULL: no twins */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)

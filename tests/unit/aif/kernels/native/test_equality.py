@@ -465,10 +465,10 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
     library's ``edge_tick_first_step``: from uniform beliefs the step is the observation's):
     each factor's ``S_f / S`` times the sums of ``lnL``'s row over its states; and every model
     each policy's outcomes its predicted states can give (``reach``: the states in the image of
-    its actions' transitions). The pass given both steps as the pass that makes the first step
-    per agent (``lnQ1`` NULL) and sums every outcome for every policy, bit for bit (the same
-    sums in the same order; the outcomes left out are exactly 0): 2, 3 and 4 factors, whole and
-    partial blocks, episode starts."""
+    its actions' transitions). The pass given both (and its outcomes' twins, ``outcome_twin``)
+    steps as the pass that makes the first step per agent (``lnQ1`` NULL) and sums and logs
+    every outcome for every policy, bit for bit (the same sums in the same order; the outcomes
+    left out are exactly 0): 2, 3 and 4 factors, whole and partial blocks, episode starts."""
     world = make_world(world_name, tmp_path)
     n = 13
     cm = frozen_group(world, n, "int8").cm
@@ -486,6 +486,7 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
                   axis=1) for f, s_f in enumerate(num_states)], axis=1)
     np.testing.assert_allclose(with_table.lnQ1, expected, rtol=1e-12, atol=1e-12)
     without._model.lnQ1 = None  # the first step made per agent
+    without._model.outcome_twin = None  # and every outcome summed and logged
     P, K = len(cm.tree.policies), int(with_table._model.outcomes)
     for p, actions in enumerate(with_table.policies_first):  # reach: the brute force's
         moved = [np.asarray(b)[:, :, u].any(axis=1) for b, u in zip(world.B, actions, strict=True)]
@@ -523,6 +524,87 @@ def test_a_frozen_model_s_first_step_table_and_policies_outcomes_step_bit_for_bi
         lnE=np.zeros(1), policies=np.zeros((1, 1, 1), dtype=np.int64), learned=(),
         supports=[np.ones((2, 3), dtype=bool)], n=1, gamma=16.0, num_iter=10, dF_tol=0.001,
         lr=1.0, use_utility=True, use_info_gain=True, shared_counts=False).lnQ1 is None
+
+
+def _kernel_of(group: AifAgentGroup) -> binding.NativeTick:
+    """The compiled tick a group steps with: its learning pass's, else its frozen one."""
+    if group.learning is not None:
+        found = group.learning.scope.tick_pass()
+        assert found is not None
+        kernel = found._kernel  # type: ignore[attr-defined]
+    else:
+        kernel = group._native
+    assert isinstance(kernel, binding.NativeTick)
+    return kernel
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("group_kind", [
+    ("per_agent", "float64", 1), ("shared", "int8", 1), ("shared", "float64", 1),
+    (None, "int8", 2)], ids=["per_agent-float64", "shared-int8", "shared-float64", "frozen-L2"])
+def test_an_outcome_whose_prediction_is_another_s_is_summed_and_logged_once_bit_for_bit(
+    build: str, group_kind: tuple[str | None, str, int], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The joint outcomes whose entries, in the order the pass sums them, are of the same
+    states with the same values in every lane (``outcome_twin``: the same shared factor, the
+    same learned tables' indices) are found (the T-maze learning its reward: each cue outcome
+    away from the cue, 5 of 12, the twin of the other's) and summed and logged once; the group
+    stepping so is the group whose pass sums and logs every outcome (``outcome_twin`` NULL), bit
+    for bit: posteriors, ``G``, ``q_pi``, actions and the learned tables, per agent and shared
+    (float64, int8), frozen with two-step policies, 60 ticks through the episodes' resets."""
+    scope, precision, policy_len = group_kind
+    world = make_world("tmaze-A1", tmp_path)
+    n = 13
+    settings = dataclasses.replace(SETTINGS, policy_len=policy_len)
+    monkeypatch.setattr(binding, "_LIBRARY", library(build))
+    monkeypatch.setenv(NATIVE_ENV, "1")
+    spec = None if scope is None else LearningSpec(
+        pA=world.pA, refresh_every=1,
+        settings=LearningSettings(lr_pA=world.lr, scope=scope))  # type: ignore[arg-type]
+    groups = [AifAgentGroup(GenerativeModel.from_arrays(world.A, world.B, world.C, world.D), n,
+                            settings=settings, precision=precision,  # type: ignore[arg-type]
+                            learning=spec) for _ in range(2)]
+    monkeypatch.delenv(NATIVE_ENV)
+    twins, every = (_kernel_of(group) for group in groups)
+    twin = twins.outcome_twin
+    assert twin is not None
+    # each twin's entries, in the order summed: its first's states and values (brute force)
+    first = np.flatnonzero(twin < 0)
+    assert len(twin) == 12
+    assert len(first) == 7
+    keys = []
+    for k in range(len(twin)):
+        order = [e for e in twins.state_entry if twins.entry_outcome[e] == k]
+        keys.append([(int(twins.entry_state[e]), float(twins.entry_shared[e]),
+                      *(int(index[e]) for index in twins.entry_index if index is not None))
+                     for e in order])
+    for k, j in enumerate(twin):
+        assert (j < 0 and all(keys[i] != keys[k] for i in range(k))) or (
+            0 <= j < k and twin[j] < 0 and keys[j] == keys[k]), k
+    every._model.outcome_twin = None
+    env = outcomes(world, n)
+    obs, start = env.reset()
+    for _ in range(60):
+        actions = []
+        for group in groups:
+            if start.any():
+                group.reset(start)
+            actions.append(group.step(obs))
+        np.testing.assert_array_equal(*actions)
+        ours, theirs = groups
+        for a, b in zip(ours.qs, theirs.qs, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for name in ("G", "q_pi"):
+            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+        if scope is not None:
+            assert ours.learning is not None
+            assert theirs.learning is not None
+            for a, b in zip(ours.learning.learner.counts, theirs.learning.learner.counts,
+                            strict=True):
+                for x, y in zip(a.counts, b.counts, strict=True):
+                    np.testing.assert_array_equal(x, y)
+        obs, start = env.step(actions[0])
 
 
 @pytest.mark.parametrize("native_faster", [True, False])

@@ -79,11 +79,12 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     # planning one-step policies, and two-step ones (three worlds); a frozen model's likelihood
     # table against the product and its logs; its first-step table against the step made,
     # three worlds (2, 3 and 4 factors); the scratch's Python twin against the library's, each
-    # world
+    # world; the outcomes' twins summed once against every outcome summed (per agent, shared
+    # float64 and int8, frozen two-step)
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
              + len(FROZEN_L2_WORLDS) * len(frozen_l2_sizes("sanitized")) * 2
-             + 3 + len(SIZES))
+             + 3 + len(SIZES) + 4)
     _assert_clean(done, cases)
 
 
