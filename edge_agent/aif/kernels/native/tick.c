@@ -108,6 +108,30 @@ INLINE void state_put(void *a, int64_t i, double v, int64_t f32) {
     else
         ((double *)a)[i] = v;
 }
+/* k values from a[at ..] into lane b of x, and back: state_get's and state_put's conversions,
+ * the float-or-double choice made once for the k values (it was taken per value: an int8
+ * group's kept prior's gather and the posteriors', G's and q_pi's write-back, ~3% of its
+ * tick, T-maze N = 1,000). */
+INLINE void state_get_lanes(const void *a, int64_t at, lane *x, int64_t k, int64_t b,
+                            int64_t f32) {
+    if (f32) {
+        const float *from = (const float *)a + at;
+        for (int64_t i = 0; i < k; i++) x[i][b] = (double)from[i];
+    } else {
+        const double *from = (const double *)a + at;
+        for (int64_t i = 0; i < k; i++) x[i][b] = from[i];
+    }
+}
+INLINE void state_put_lanes(void *a, int64_t at, const lane *x, int64_t k, int64_t b,
+                            int64_t f32) {
+    if (f32) {
+        float *to = (float *)a + at;
+        for (int64_t i = 0; i < k; i++) to[i] = (float)x[i][b];
+    } else {
+        double *to = (double *)a + at;
+        for (int64_t i = 0; i < k; i++) to[i] = x[i][b];
+    }
+}
 
 /* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
  * else the table's. */
@@ -134,6 +158,7 @@ typedef struct {
     int64_t *packed_at;      /* (K): the node's packed row of each outcome, -1 dropped (a
                               * twin's, tick_model.outcome_twin, is its first's) */
     int64_t *term;           /* (planned K): each node's terms' packed rows, in order */
+    double log_uniform[MAX_F]; /* ln(1 / S_f + eps): infer_states' first beliefs' logs */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -391,7 +416,7 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         log_cur[f] = sc->log_cur + offset[f];
         log_nxt[f] = sc->log_nxt + offset[f];
         log_prior[f] = sc->log_prior + offset[f];
-        double uniform = 1.0 / (double)m->num_states[f], log_uniform = log(uniform + EPS);
+        double uniform = 1.0 / (double)m->num_states[f], log_uniform = sc->log_uniform[f];
         for (int64_t i = 0; i < m->num_states[f]; i++) {
             LANES cur[f][i][b] = uniform;
             LANES log_cur[f][i][b] = log_uniform;
@@ -441,8 +466,14 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
         }
         free_energy(m, nxt, log_nxt, log_prior, sc->log_lik, sc->joint, vfe);
-        /* the agents still iterating take the new q; the others keep theirs */
-        for (int64_t f = 0; f < F; f++)
+        /* the agents still iterating take the new q; the others keep theirs (every agent
+         * iterating: the buffers swap, nothing copied) */
+        for (int64_t f = 0; f < F && all; f++) {
+            lane *q = cur[f], *log_q = log_cur[f];
+            cur[f] = nxt[f], log_cur[f] = log_nxt[f];
+            nxt[f] = q, log_nxt[f] = log_q;
+        }
+        for (int64_t f = 0; f < F && !all; f++)
             for (int64_t i = 0; i < m->num_states[f]; i++)
                 LANES {
                     cur[f][i][b] = active[b] ? nxt[f][i][b] : cur[f][i][b];
@@ -454,6 +485,9 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         }
         joint_of_cur = (int)all;
     }
+    /* the posteriors in sc->cur (an odd number of swaps left them in sc->nxt) */
+    if (cur[0] != sc->cur + offset[0])
+        memcpy(sc->cur, sc->nxt, (size_t)width_of(m) * sizeof(lane));
 }
 
 /* The likelihood of a model with tables (no lnL), the modalities' observed rows multiplied in
@@ -612,7 +646,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
             if (m->prior_given) {
-                for (int64_t i = 0; i < s_f; i++) lp[i][b] = state_get(st->prior[f], n * s_f + i, f32);
+                state_get_lanes(st->prior[f], n * s_f, lp, s_f, b, f32);
                 continue;
             }
             if (acted[b]) {
@@ -1158,12 +1192,10 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++)
-            for (int64_t i = 0; i < m->num_states[f]; i++)
-                state_put(st->qs[f], n * m->num_states[f] + i, sc->cur[offset[f] + i][b], f32);
-        for (int64_t p = 0; p < P; p++) {
-            state_put(st->G, n * P + p, G[p][b], f32);
-            state_put(st->q_pi, n * P + p, q_pi[p][b], f32);
-        }
+            state_put_lanes(st->qs[f], n * m->num_states[f], sc->cur + offset[f],
+                            m->num_states[f], b, f32);
+        state_put_lanes(st->G, n * P, G, P, b, f32);
+        state_put_lanes(st->q_pi, n * P, q_pi, P, b, f32);
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
         if (st->next_prior == NULL) continue;
@@ -1172,9 +1204,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
              * no prior sums them at the next tick, from the posterior as it is kept (an int8
              * group's float32, rounded above): that prior, bit for bit */
             const int64_t s_f = m->num_states[f];
-            const lane *next = moved[f][chosen[f][b]];
-            for (int64_t i = 0; i < s_f; i++)
-                state_put(st->next_prior[f], n * s_f + i, next[i][b], f32);
+            state_put_lanes(st->next_prior[f], n * s_f, moved[f][chosen[f][b]], s_f, b, f32);
         }
     }
 }
@@ -1283,6 +1313,8 @@ void edge_tick(const tick_model *m, tick_state *st) {
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
+    for (int64_t f = 0; f < m->factors; f++)
+        sc.log_uniform[f] = log(1.0 / (double)m->num_states[f] + EPS);
     if (m->use_info_gain) {
         index_outcomes(m, &sc);
         index_slots(m, &sc);

@@ -134,10 +134,10 @@ def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) 
     for source in recipe.sources():
         shutil.copy(source, where / source.name)
     kernel = (where / "tick.c").read_text()
-    good = "state_put(st->q_pi, n * P + p, q_pi[p][b], f32);"
+    good = "state_put_lanes(st->q_pi, n * P, q_pi, P, b, f32);"
     assert good in kernel
     (where / "tick.c").write_text(kernel.replace(
-        good, "state_put(st->q_pi, n * P + p + 1, q_pi[p][b], f32);"))
+        good, "state_put_lanes(st->q_pi, n * P + 1, q_pi, P, b, f32);"))
     broken = native_builds.build("sanitized", extra=("-O1",), where=where)
     done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
     assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
