@@ -34,7 +34,6 @@ made). Its arrays are the same numpy arrays either way (:meth:`Assignment.save`,
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
@@ -42,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.kernels.native import binding
-from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.native_pass import library_refusal
 
 IntArray = NDArray[np.int64]
 
@@ -65,17 +64,7 @@ _ARRAYS: Final = 11  # the arrays it takes, in assignment.h's order
 def unavailable(library: ctypes.CDLL | None = None) -> str | None:
     """Why an :class:`Assignment` made now would search in Python (None: in the compiled
     library; ``library``: that library instead of the package's)."""
-    if os.environ.get(NATIVE_ENV) == "0":
-        return f"{NATIVE_ENV}=0 in the environment"
-    if library is None:
-        refused = binding.unavailable()
-        if refused is not None:
-            return refused
-        library = binding.load()
-    if not hasattr(library, SYMBOL):
-        return (f"the compiled tick exports no {SYMBOL} (built from older sources): "
-                "reinstall edge-agent (scripts/bootstrap.sh in a checkout)")
-    return None
+    return library_refusal((SYMBOL,), library)
 
 
 def _compiled(library: ctypes.CDLL | None) -> Callable[..., int] | None:

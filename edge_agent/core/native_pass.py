@@ -54,6 +54,7 @@ unmeasured (the tests of its results); read when the group is made.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -83,6 +84,7 @@ __all__ = [
     "choice_measured",
     "compiled_nbytes",
     "frozen_kernel",
+    "library_refusal",
     "local_reason",
     "numpy_reasons",
     "per_agent_pass",
@@ -92,6 +94,27 @@ __all__ = [
 
 #: The environment variable that keeps groups on numpy when it is ``0``.
 NATIVE_ENV = "EDGE_AGENT_NATIVE_TICK"
+
+
+def library_refusal(symbols: Sequence[str], library: ctypes.CDLL | None = None) -> str | None:
+    """Why the compiled library cannot serve a caller of ``symbols`` (None: it can): the
+    environment asks for numpy (:data:`NATIVE_ENV` ``0``), the package's library is missing or
+    not the binding's (loaded to know it), or it exports none of some of ``symbols`` (built from
+    older sources); ``library``: that library instead of the package's. The neural pass and the
+    team award's assignment ask it before they take the library."""
+    if os.environ.get(NATIVE_ENV) == "0":
+        return f"{NATIVE_ENV}=0 in the environment"
+    if library is None:
+        from edge_agent.aif.kernels.native import binding  # noqa: PLC0415 - loads the library
+        refused = binding.unavailable()
+        if refused is not None:
+            return refused
+        library = binding.load()
+    missing = [name for name in symbols if not hasattr(library, name)]
+    if missing:
+        return (f"the compiled tick exports no {', '.join(missing)} (built from older "
+                "sources): reinstall edge-agent (scripts/bootstrap.sh in a checkout)")
+    return None
 
 
 def choice_measured() -> bool:

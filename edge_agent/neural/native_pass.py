@@ -27,14 +27,13 @@ the pass with (equal results: the values are copied and compared, nothing is com
 from __future__ import annotations
 
 import ctypes
-import os
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.aif.kernels.native import binding
-from edge_agent.core.native_pass import NATIVE_ENV
+from edge_agent.core.native_pass import library_refusal
 
 __all__ = ["SYMBOLS", "NeuralPass", "argmax_numpy", "observe_numpy", "unavailable"]
 
@@ -48,20 +47,7 @@ _i64 = ctypes.c_int64
 def unavailable(library: ctypes.CDLL | None = None) -> str | None:
     """Why a group made now would do its work around the run with numpy (None: it would use
     the pass; ``library``: that library instead of the package's)."""
-    if os.environ.get(NATIVE_ENV) == "0":
-        return f"{NATIVE_ENV}=0 in the environment"
-    if library is None:
-        refused = binding.unavailable()
-        if refused is not None:
-            return refused
-        library = binding.load()
-    missing = [name for name in SYMBOLS if not hasattr(library, name)]
-    if missing:
-        return (
-            f"the compiled tick exports no {', '.join(missing)} (built from older sources): "
-            "reinstall edge-agent (scripts/bootstrap.sh in a checkout)"
-        )
-    return None
+    return library_refusal(SYMBOLS, library)
 
 
 class NeuralPass:
