@@ -4,8 +4,10 @@ formation (ab_coordination_merge.py's ``formation``, the same seed) with every
 library, alternated ``--rounds`` times; thread CPU per node of the assignment's methods, the
 ledger's award and merge methods and the nodes' whole ticks (the formation check's ``teams()``
 calls on copies of the boards kept out of the timers), and every node's final digest, teams and
-award compared between the two. Only the assignment's path differs: the agents' compiled tick is
-the same on both sides (``EDGE_AGENT_NATIVE_TICK`` is not touched). Not a stored benchmark: the
+award compared between the two. Only the assignment's path differs: the agents' tick path is
+pinned on both sides (``ab_coordination_merge.pin_tick_path``: a choice timed when each group
+is made could otherwise flip under load, and the two paths agree only up to rounding, which a
+near tie between bids turns into another award). Not a stored benchmark: the
 thirteenth pass's table in benchmarks/notes/coordination.md.
 
     python benchmarks/ab_coordination_assignment.py [--nodes 20] [--agents 500] [--rounds 3]
@@ -66,6 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     if assignment.unavailable() is not None:
         raise SystemExit(f"no compiled assignment: {assignment.unavailable()}")
+    ab.pin_tick_path()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             results: dict[str, Any] = {}

@@ -11,6 +11,11 @@ twelfth pass's table in benchmarks/notes/coordination.md.
 ``--against main``: the other side is main's bid admission and merge before the fourteenth
 pass (``main_merge``: a table call a task, the digest hashing new rows later, three calls a
 task in the admission) instead of the merge before the twelfth (``old_merge``, the default).
+
+The agents' tick path is pinned (:func:`pin_tick_path`) so that both sides step the same
+arithmetic: a group otherwise times its compiled tick against numpy when it is made and keeps
+the faster, a choice a loaded machine can flip between two formations, and the two paths agree
+only up to rounding, which a near tie between two agents' bids turns into another award.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import collections
 import functools
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_coordination_teams as teams
 
 from edge_agent.coordination import board_state, engine_io, ledger, relay_admission
+from edge_agent.core.native_pass import NATIVE_ENV
 from tests.support.old_merge import main_merge, old_merge
 
 PARTS: list[tuple[Any, str]] = [
@@ -123,6 +130,13 @@ def formation(
         fleet.close()
 
 
+def pin_tick_path() -> None:
+    """Every group on one tick path, whatever the machine's load: the compiled tick where it
+    can take the group (``EDGE_AGENT_NATIVE_TICK=1``), unless the caller's environment already
+    chose; read when a group is made, so before the first formation."""
+    os.environ.setdefault(NATIVE_ENV, "1")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=20)
@@ -134,6 +148,7 @@ def main() -> None:
     parser.add_argument("--against", choices=("old", "main"), default="old")
     args = parser.parse_args()
     other = old_merge if args.against == "old" else main_merge
+    pin_tick_path()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             results = {}
