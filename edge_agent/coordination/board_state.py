@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.assignment import fixed_point
-from edge_agent.coordination.bid_table import BidTable
+from edge_agent.coordination.bid_table import BidTable, Row
 from edge_agent.coordination.messages import (
     DIGEST_BYTES,
     MAX_ROLES,
@@ -864,19 +864,24 @@ class BoardState:
     def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
         """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
         sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
-        table that only took new slots since its last hash (``per.digest_base``) hashes only
-        theirs: a formation's peers' first bids add rows to every task's table, and every
-        ``task_state`` that came between two of them hashed every row again."""
-        parts = []
-        bases = []
+        table whose hash was kept through its changes since (``per.digest_base``) hashes only
+        the rows that came (added) and went (taken): a formation's peers' first bids add rows
+        to every task's table, its holds replace rows one at a time, and every ``task_state``
+        that came between two of them hashed every row again."""
+        parts = []  # (table's index, its rows or new slots, task salt)
+        bases: list[tuple[BidTable, int]] = []
+        changed: list[Row] = []  # the kept tables' rows that came and went, a table's together
+        changed_of: list[tuple[int, int, int]] = []  # (table's index, its rows, task salt)
         for task, per in tables:
             if not len(per):
-                per.digest, per.digest_base, per.unhashed = 0, None, []
+                per.digest, per.digest_base, per.unhashed, per.changed = 0, None, [], []
                 continue
-            th = self._task_hash.get(task)
-            if th is None:
-                th = self._task_hash[task] = stable_hash64(("task", task))
-            if per.digest_base is not None:  # only new slots since: their rows' hashes added
+            salt = self._task_salt(task)
+            if per.digest_base is None:
+                parts.append((len(bases), per.arrays(), salt))
+                bases.append((per, 0))
+                continue
+            if per.unhashed:  # new slots since (BidTable.add_new)
                 new = per.unhashed
                 rows = (
                     np.concatenate([c[0] for c in new]),
@@ -884,24 +889,46 @@ class BoardState:
                     np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
                     np.concatenate([c[3] for c in new]),
                 )
-                bases.append(per.digest_base)
-            else:
-                rows = per.arrays()
-                bases.append(0)
-            parts.append((per, rows, (th * int(_ODD[2])) & _MASK64))
-        if not parts:
-            return
-        sizes = [a[0].size for _, a, _ in parts]
-        keys = np.concatenate([a[0] for _, a, _ in parts])
-        costs = np.concatenate([a[1] for _, a, _ in parts])
-        seqs = np.concatenate([a[2] for _, a, _ in parts])
-        held = np.concatenate([a[3] for _, a, _ in parts])
-        salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
-        x = self._row_hashes(keys, costs, seqs.view(np.uint64) * _ODD[1], held, salt)
-        starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
-        sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
-        for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
-            per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
+                parts.append((len(bases), rows, salt))
+            if per.changed:
+                changed_of.append((len(bases), len(per.changed), salt))
+                changed += per.changed
+            bases.append((per, per.digest_base))
+        totals = [base for _, base in bases]
+        if changed:
+            keys, costs, seqs, held, sign = zip(*changed, strict=True)
+            cols = (
+                np.array(keys, dtype=np.int64),
+                np.array(costs, dtype=np.float64),
+                np.array(seqs, dtype=np.int64),
+                np.array(held, dtype=bool),
+            )
+            parts.append((-1, cols, 0))
+        if parts:
+            sizes = [a[0].size for _, a, _ in parts]
+            salts = [t for _, _, t in parts]
+            if changed:  # the last part: its rows' salts and signs, and a sum a table
+                sizes[-1:] = [n for _, n, _ in changed_of]
+                salts[-1:] = [t for _, _, t in changed_of]
+            x = self._row_hashes(
+                np.concatenate([a[0] for _, a, _ in parts]),
+                np.concatenate([a[1] for _, a, _ in parts]),
+                np.concatenate([a[2] for _, a, _ in parts]).view(np.uint64) * _ODD[1],
+                np.concatenate([a[3] for _, a, _ in parts]),
+                np.repeat(np.array(salts, dtype=np.uint64), sizes),
+            )
+            if changed:
+                gone = np.flatnonzero(np.array(sign, dtype=np.int64) < 0) + (x.size - len(sign))
+                x[gone] = np.negative(x[gone])  # uint64: a row gone takes its hash away
+            starts = np.cumsum([0, *sizes[:-1]])  # every part has rows: no empty segment
+            sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
+            owners = [j for j, _, _ in parts[:-1]] if changed else [j for j, _, _ in parts]
+            owners += [j for j, _, _ in changed_of]
+            for j, total in zip(owners, sums, strict=True):
+                totals[j] += int(total)
+        for (per, _), total in zip(bases, totals, strict=True):
+            per.digest, per.digest_base = total & _MASK64, None
+            per.unhashed, per.changed = [], []
 
     def _row_hashes(
         self,

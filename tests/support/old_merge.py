@@ -8,6 +8,7 @@ test_batched_holders.py), and what the formation's one-process A/B puts back
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -16,13 +17,22 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination import board_state
-from edge_agent.coordination.bid_table import BidTable
+from edge_agent.coordination.bid_table import (
+    BidTable,
+    BoolArray,
+    FloatArray,
+    IntArray,
+    Merged,
+)
 from edge_agent.coordination.board_state import (
+    _MASK64,
+    _ODD,
     MAX_SESSION,
     ROLE_SPAN,
     BoardState,
     _int64s,
     seq_key,
+    stable_hash64,
 )
 from edge_agent.coordination.ledger import TaskBoard
 from edge_agent.coordination.messages import TaskBids
@@ -403,6 +413,210 @@ def main_merge() -> Iterator[None]:
     inside (the rest of the ledger as now)."""
     saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in _MAIN_PATCHES]
     for cls, name, f in _MAIN_PATCHES:
+        setattr(cls, name, f)
+    try:
+        yield
+    finally:
+        for cls, name, value in saved:
+            setattr(cls, name, value)
+
+
+# -- main's bid tables, digest and team rows after the fourteenth pass (f08b930d) -------------
+# A table's row replaced or dropped made its whole table hashed again at the next digest, and
+# the team award's rows were made a task and a role at a time: the oracle of the fifteenth pass
+# (test_batched_holders.py) and what benchmarks/ab_coordination_merge.py --against main puts
+# back.
+
+
+def _p14_add_new(
+    self: BidTable, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, *, room: int
+) -> Merged:
+    """:meth:`merge` of rows the caller knows to be new slots: distinct keys, none in the
+    table (of agents the ledger saw first in this message), finite costs. The first
+    ``room`` are kept as they are, put in the columns with the rest at the next read: no
+    look-up, no copy of the columns."""
+    take = min(int(keys.size), max(room, 0))
+    if take:
+        chunk = (keys[:take], costs[:take], seq, held[:take])
+        self._chunks.append(chunk)
+        if self.digest is not None:  # a row hash sums: the new rows' is added to it
+            self.digest_base, self.unhashed = self.digest, [chunk]
+        elif self.digest_base is not None:
+            self.unhashed.append(chunk)
+        self.digest = self.nodes = None
+    return Merged(take, take, int(keys.size) - take)
+
+
+def _p14_merge_rows(  # noqa: PLR0917 (main's)
+    self: BidTable, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, room: int
+) -> Merged:
+    """:meth:`merge` in a few dozen numpy calls, whatever the number of rows (nothing
+    pending)."""
+    # The input's best row per slot key, in the order of its first appearance.
+    order = np.lexsort((~held, costs, keys))
+    sk = keys[order]
+    first = np.ones(sk.size, dtype=bool)
+    first[1:] = sk[1:] != sk[:-1]
+    best = order[first]
+    appeared = np.minimum.reduceat(order, np.flatnonzero(first))
+    best = best[np.argsort(appeared, kind="stable")]
+    keys, costs, held = keys[best], costs[best], held[best]
+    at = np.searchsorted(self._keys, keys)
+    found = at < self._keys.size
+    found[found] = self._keys[at[found]] == keys[found]
+    # A slot held already: replaced when (seq, -cost, held) is larger than what it has.
+    old = at[found]
+    old_seq, old_cost, old_held = self._seqs[old], self._costs[old], self._held[old]
+    new_cost, new_held = costs[found], held[found]
+    larger = (seq > old_seq) | (
+        (seq == old_seq) & ((new_cost < old_cost) | ((new_cost == old_cost) & new_held & ~old_held))
+    )
+    replaced = int(larger.sum())
+    if replaced:
+        rows = old[larger]
+        self._seqs[rows] = seq
+        self._costs[rows] = new_cost[larger]
+        self._held[rows] = new_held[larger]
+    fresh = np.flatnonzero(~found)
+    refused = max(0, fresh.size - max(room, 0))
+    if refused:
+        fresh = fresh[: fresh.size - refused]
+    if fresh.size:
+        fresh = fresh[np.argsort(keys[fresh])]
+        self._insert(keys[fresh], costs[fresh], np.full(fresh.size, seq, np.int64), held[fresh])
+    if replaced or fresh.size:
+        self._rows_changed()
+    return Merged(replaced + int(fresh.size), int(fresh.size), refused)
+
+
+def _p14_merge_small(  # noqa: PLR0917 (main's)
+    self: BidTable, keys: IntArray, costs: FloatArray, seq: int, held: BoolArray, room: int
+) -> Merged:
+    """:meth:`merge` for a few rows (a node's bids for one task, usually): the same
+    result, the rows compared one by one in Python, where a few dozen numpy calls on a
+    handful of rows cost more than the work; new slots wait in ``_pending``."""
+    best: dict[int, tuple[float, bool]] = {}
+    for k, c, h in zip(keys.tolist(), costs.tolist(), held.tolist(), strict=True):
+        cur = best.get(k)
+        if cur is None or c < cur[0] or (c == cur[0] and h and not cur[1]):
+            best[k] = (c, h)
+    if not all(math.isfinite(c) for c, _ in best.values()):  # never the wire's
+        self._flush()
+        return self._merge_rows(keys, costs, seq, held, room)
+    n_old = int(self._keys.size)
+    at = np.searchsorted(self._keys, list(best)).tolist() if n_old else []
+    pending = self._pending
+    replaced = 0
+    fresh: list[int] = []
+    for j, (k, (c, h)) in enumerate(best.items()):
+        mine = pending.get(k)
+        if mine is not None:
+            c0, s0, h0 = mine
+            if seq > s0 or (seq == s0 and (c < c0 or (c == c0 and h and not h0))):
+                pending[k] = (c, seq, h)
+                replaced += 1
+        elif n_old and at[j] < n_old and int(self._keys[at[j]]) == k:
+            i = at[j]
+            s0, c0, h0 = int(self._seqs[i]), float(self._costs[i]), bool(self._held[i])
+            if seq > s0 or (seq == s0 and (c < c0 or (c == c0 and h and not h0))):
+                self._seqs[i], self._costs[i], self._held[i] = seq, c, h
+                replaced += 1
+        else:
+            fresh.append(k)
+    refused = max(0, len(fresh) - max(room, 0))
+    if refused:
+        del fresh[len(fresh) - refused :]
+    for k in fresh:
+        c, h = best[k]
+        pending[k] = (c, seq, h)
+    if replaced or fresh:
+        self._rows_changed()
+    return Merged(replaced + len(fresh), len(fresh), refused)
+
+
+def _p14_rows_changed(self: BidTable) -> None:
+    """Rows replaced, inserted or dropped: every row is hashed again at the next digest."""
+    self.digest = self.digest_base = self.nodes = None
+    self.unhashed = []
+
+
+def _p14_drop(self: BidTable, gone: BoolArray) -> int:
+    """Remove the rows where ``gone`` (over :meth:`arrays`' rows) is True; returns how
+    many."""
+    self._flush()
+    n = int(gone.sum())
+    if n:
+        keep = ~gone
+        self._keys, self._costs = self._keys[keep], self._costs[keep]
+        self._seqs, self._held = self._seqs[keep], self._held[keep]
+        self._rows_changed()
+    return n
+
+
+def _p14_bids_hashes(self: BoardState, tables: list[tuple[str, BidTable]]) -> None:
+    """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
+    sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
+    table that only took new slots since its last hash (``per.digest_base``) hashes only
+    theirs: a formation's peers' first bids add rows to every task's table, and every
+    ``task_state`` that came between two of them hashed every row again."""
+    parts = []
+    bases = []
+    for task, per in tables:
+        if not len(per):
+            per.digest, per.digest_base, per.unhashed = 0, None, []
+            continue
+        th = self._task_hash.get(task)
+        if th is None:
+            th = self._task_hash[task] = stable_hash64(("task", task))
+        if per.digest_base is not None:  # only new slots since: their rows' hashes added
+            new = per.unhashed
+            rows = (
+                np.concatenate([c[0] for c in new]),
+                np.concatenate([c[1] for c in new]),
+                np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
+                np.concatenate([c[3] for c in new]),
+            )
+            bases.append(per.digest_base)
+        else:
+            rows = per.arrays()
+            bases.append(0)
+        parts.append((per, rows, (th * int(_ODD[2])) & _MASK64))
+    if not parts:
+        return
+    sizes = [a[0].size for _, a, _ in parts]
+    keys = np.concatenate([a[0] for _, a, _ in parts])
+    costs = np.concatenate([a[1] for _, a, _ in parts])
+    seqs = np.concatenate([a[2] for _, a, _ in parts])
+    held = np.concatenate([a[3] for _, a, _ in parts])
+    salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
+    x = self._row_hashes(keys, costs, seqs.view(np.uint64) * _ODD[1], held, salt)
+    starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
+    sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
+    for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
+        per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
+
+
+_INIT = BidTable.__init__
+
+
+def _p14_init(self: BidTable) -> None:
+    _INIT(self)
+    self.digest = None  # a new table's hash made from its rows at the next digest
+
+
+_MAIN14_PATCHES = [(BidTable, "__init__", _p14_init), (BidTable, "add_new", _p14_add_new),
+                   (BidTable, "_merge_rows", _p14_merge_rows),
+                   (BidTable, "_merge_small", _p14_merge_small),
+                   (BidTable, "_rows_changed", _p14_rows_changed), (BidTable, "drop", _p14_drop),
+                   (BoardState, "_bids_hashes", _p14_bids_hashes)]  # fmt: skip
+
+
+@contextmanager
+def main14_merge() -> Iterator[None]:
+    """Every bid table merged and hashed, and every team award's rows made, as main did after
+    the fourteenth pass (f08b930d) while inside (tables made inside must only be used inside)."""
+    saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in _MAIN14_PATCHES]
+    for cls, name, f in _MAIN14_PATCHES:
         setattr(cls, name, f)
     try:
         yield

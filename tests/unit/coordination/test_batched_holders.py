@@ -5,7 +5,10 @@ old_merge.py``, main's code before the batch), on random instances of many seeds
 duplicate and stale messages, a peer's bids replaced, consumed agents, dead sessions, a full
 board -- and on a formation of real engines on the in-memory broker. And a message's tasks
 merged and admitted as arrays, its new rows hashed with it (the fourteenth pass): the ledger
-and the admission main's add_bids and admit_bids left (``main_merge``), to the bit."""
+and the admission main's add_bids and admit_bids left (``main_merge``), to the bit. And a table's
+hash kept through its rows' replacements and drops, the team award's rows made as arrays (the
+fifteenth pass): the ledger, award, teams and digest main's after the fourteenth pass left
+(``main14_merge``), to the bit."""
 
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from edge_agent.coordination import bid_table
 from edge_agent.coordination.ledger import Bid, TaskBoard
 from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskBids, TaskSpec
 from edge_agent.coordination.relay_admission import RelayAdmission
 from edge_agent.coordination.signing import PeerKeys
-from tests.support.old_merge import main_merge, old_merge
+from tests.support.old_merge import main14_merge, main_merge, old_merge
 
 T = TypeVar("T")
 
@@ -295,3 +299,76 @@ def test_new_rows_hashed_after_a_merge_cut_by_the_room_keep_the_digest_main_s() 
         return seen
 
     assert run() == on_main(run)
+
+
+def on_main14(f: Callable[[], T]) -> T:
+    """``f()`` with main's bid tables, digest and team rows after the fourteenth pass."""
+    with main14_merge():
+        return f()
+
+
+def scratch_digest(board: TaskBoard) -> bytes:
+    """The digest with every table's rows hashed again (no hash kept through a change)."""
+    board.digest()
+    for per in board.bids.values():
+        per._rows_changed()
+    board._digest = (-1, b"")
+    return board.digest()
+
+
+@pytest.mark.parametrize(("max_delta", "small"), [(64, 64), (2, 64), (64, 0)])
+@pytest.mark.parametrize("seed", range(300))
+def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
+    seed: int, max_delta: int, small: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The random histories, the state asked after a random number of facts (so a table's hash
+    is kept through one change or many, up to the bound and past it): every table's rows, the
+    award, the teams and the digest main's; the digest also the one made from every row. With
+    ``small`` 0 every merge takes the array path (a message of more than ``SMALL`` rows a task)."""
+    monkeypatch.setattr(bid_table, "MAX_DELTA", max_delta)
+    monkeypatch.setattr(bid_table, "SMALL", small)
+    ops, bounds = random_ops(seed)
+    ask = np.random.default_rng(seed + 10_000).random(len(ops)) < 0.35
+    new, old = TaskBoard(**bounds), on_main14(lambda: TaskBoard(**bounds))
+    for spec in specs():
+        assert new.add_spec(spec) == on_main14(lambda spec=spec: old.add_spec(spec))
+    for op, now in zip(ops, ask.tolist(), strict=True):
+        assert apply(new, op) == on_main14(lambda op=op: apply(old, op))
+        if now:
+            assert state(new) == on_main14(lambda: state(old))
+    assert state(new) == on_main14(lambda: state(old))
+    assert scratch_digest(new) == new.digest()
+
+
+def test_holds_replacing_rows_one_at_a_time_keep_the_table_s_hash() -> None:
+    """A formation's holds: a node's bids on a team task, then its holds of two of them, one
+    message a row, the digest asked between: the table's hash is kept (not made again from
+    every row) and equals main's and the one made from every row."""
+
+    def run() -> list[object]:
+        board = TaskBoard()
+        for spec in specs():
+            board.add_spec(spec)
+        seen: list[object] = []
+        board.add_bids("n0", "g", 1, 1, ["V"], epochs=[0], task_index=[0] * 6,
+                       agents=[0, 1, 2, 0, 1, 2], costs=[0.5, 1.0, 2.0, 0.25, 0.5, 0.5],
+                       roles=[0, 0, 0, 1, 1, 1])  # fmt: skip
+        board.add_bids("n1", "g", 1, 1, ["V"], epochs=[0], task_index=[0] * 2,
+                       agents=[5, 6], costs=[0.75, 0.75], roles=[0, 1])  # fmt: skip
+        seen.append(board.digest())
+        for bseq, agent, role in [(2, 0, 0), (3, 1, 1), (4, 2, 1)]:
+            board.add_bids("n0", "g", 1, bseq, ["V"], epochs=[0], task_index=[0], agents=[agent],
+                           costs=[0.5], roles=[role], holds=[True])  # fmt: skip
+            per = board.bids["V"]
+            seen.append((per.digest, per.digest_base is not None, len(per.changed)))
+            seen.append(board.digest())
+        seen.append(state(board))
+        return seen
+
+    new = run()
+    kept = [new[i] for i in (1, 3, 5)]
+    assert [s[1:] for s in kept] == [(True, 2), (True, 2), (True, 2)]  # type: ignore[index]
+    old = on_main14(run)
+    assert [s for i, s in enumerate(new) if i not in (1, 3, 5)] == [
+        s for i, s in enumerate(old) if i not in (1, 3, 5)
+    ]
