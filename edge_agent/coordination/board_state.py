@@ -284,6 +284,26 @@ def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return x ^ (x >> np.uint64(31))
 
 
+class _RoleColumns(NamedTuple):
+    """The open team tasks' roles as the team award takes them, and what a bid row needs of
+    its task, by the task's index in the list (:meth:`BoardState._role_columns`)."""
+
+    position: dict[str, int]
+    """Each task's index in the list."""
+    role_task: NDArray[np.int64]
+    """Each role's task."""
+    slots: NDArray[np.int64]
+    """Each role's slots."""
+    none_done: NDArray[np.int64]
+    """Zeros, one a role: no part done (not to be written to)."""
+    first_role: NDArray[np.int64]
+    """Each task's first role (an index into the roles)."""
+    n_roles: NDArray[np.int64]
+    """Each task's number of roles."""
+    salts: NDArray[np.uint64]
+    """Each task's part of its bids' tie-breaks (:meth:`BoardState._salt_of`)."""
+
+
 class BoardState:
     """The ledger's facts as stored and what is computed from them (the queries, the award, the
     teams, the digest); :class:`~edge_agent.coordination.ledger.TaskBoard` merges facts into it
@@ -291,6 +311,9 @@ class BoardState:
 
     specs_version: int = 0
     """Counts the changes to ``specs`` (what is kept of them elsewhere is checked by it)."""
+
+    _role_cols: tuple[int, list[str], _RoleColumns | None] = (-1, [], None)
+    """:meth:`_role_columns` as of ``specs_version`` and its list of tasks."""
 
     def __init__(
         self,
@@ -683,35 +706,32 @@ class BoardState:
         """The team tasks' roles and bids as :mod:`~edge_agent.coordination.team_award` takes
         them, the holder id of every column (agents by their canonical rank: node name, group
         name, agent), and each bid row's cost as it came."""
-        role_task: list[int] = []
-        slots: list[int] = []
-        done: list[int] = []
-        first_role: list[int] = []
-        for t, task in enumerate(tasks):
-            first_role.append(len(slots))
-            finished = [rel.role_index for rel, _ in self.team_done.get(task, {}).values()]
-            for r, spec_role in enumerate(self.specs[task].slots()):
-                role_task.append(t)
-                slots.append(spec_role.agents)
-                done.append(min(spec_role.agents, finished.count(r)))
-        roles = RoleTable(
-            np.array(role_task, dtype=np.int64),
-            np.array(slots, dtype=np.int64),
-            np.array(done, dtype=np.int64),
-        )
-        parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
-        where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
-        salts = [self._salt_of(task) for task in tasks if task in self.bids]
-        n_roles = [self.specs[task].n_roles for task in tasks if task in self.bids]
+        cols = self._role_columns(tasks)
+        done = cols.none_done
+        if self.team_done:  # parts finished: a role's done slots (at most its slots)
+            finished = [(cols.position[task], rel.role_index)
+                        for task, parts in self.team_done.items() if task in cols.position
+                        for rel, _ in parts.values()]  # fmt: skip
+            if finished:
+                t_of, r_of = np.array(finished, dtype=np.int64).reshape(-1, 2).T
+                ok = (r_of >= 0) & (r_of < cols.n_roles[t_of])
+                done = np.bincount(cols.first_role[t_of[ok]] + r_of[ok], minlength=done.size)
+                done = np.minimum(done, cols.slots)
+        roles = RoleTable(cols.role_task, cols.slots, done)
+        tables = self.bids
+        have = [t for t, task in enumerate(tasks) if task in tables]
+        parts = [tables[tasks[t]].arrays() for t in have]
+        where, n_roles, salts = (cols.first_role[have], cols.n_roles[have],
+                                 cols.salts[have])  # fmt: skip
         empty = np.empty(0, dtype=np.int64)
         if not parts:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
             return roles, no_bids, empty, np.empty(0, dtype=np.float64)
         keys = np.concatenate([p[0] for p in parts])
         role = keys % ROLE_SPAN
-        base = np.repeat(np.array(where, dtype=np.int64), [p[0].size for p in parts])
-        limit = np.repeat(np.array(n_roles, dtype=np.int64), [p[0].size for p in parts])
-        task_salt = np.repeat(np.array(salts, dtype=np.uint64), [p[0].size for p in parts])
+        sizes = [p[0].size for p in parts]
+        base, limit, task_salt = (np.repeat(where, sizes), np.repeat(n_roles, sizes),
+                                  np.repeat(salts, sizes))  # fmt: skip
         ok = role < limit  # admission refuses a role past the spec's; a spec taken over may differ
         keys, role, base, task_salt = keys[ok], role[ok], base[ok], task_salt[ok]
         costs = np.concatenate([p[1] for p in parts])[ok]
@@ -744,6 +764,34 @@ class BoardState:
         salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
         bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
         return roles, bids, canon, costs
+
+    def _role_columns(self, tasks: list[str]) -> _RoleColumns:
+        """The team tasks' roles as columns (:class:`_RoleColumns`), kept while the specs and
+        the list of tasks are the same (a formation's every team award)."""
+        version, key, cols = self._role_cols
+        if version == self.specs_version and key == tasks and cols is not None:
+            return cols
+        role_task: list[int] = []
+        slots: list[int] = []
+        first_role: list[int] = []
+        n_roles: list[int] = []
+        for t, task in enumerate(tasks):
+            first_role.append(len(slots))
+            spec_slots = [role.agents for role in self.specs[task].slots()]
+            n_roles.append(len(spec_slots))
+            role_task += [t] * len(spec_slots)
+            slots += spec_slots
+        cols = _RoleColumns(
+            {task: t for t, task in enumerate(tasks)},
+            np.array(role_task, dtype=np.int64),
+            np.array(slots, dtype=np.int64),
+            np.zeros(len(slots), dtype=np.int64),
+            np.array(first_role, dtype=np.int64),
+            np.array(n_roles, dtype=np.int64),
+            np.array([self._salt_of(task) for task in tasks], dtype=np.uint64),
+        )
+        self._role_cols = (self.specs_version, list(tasks), cols)
+        return cols
 
     def _salt_of(self, task: str) -> int:
         """``task``'s part of its bids' tie-breaks (cached with its digest hash)."""

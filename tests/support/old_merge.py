@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination import board_state
+from edge_agent.coordination.assignment import fixed_point
 from edge_agent.coordination.bid_table import (
     BidTable,
     BoolArray,
@@ -31,6 +32,7 @@ from edge_agent.coordination.board_state import (
     ROLE_SPAN,
     BoardState,
     _int64s,
+    _splitmix,
     seq_key,
     stable_hash64,
 )
@@ -42,6 +44,7 @@ from edge_agent.coordination.relay_admission import (
     AdmittedBids,
     RelayAdmission,
 )
+from edge_agent.coordination.team_award import SALT_BITS, RoleBids, RoleTable
 from edge_agent.coordination.utility import MIN_BID_COST
 
 _NO_INTS = np.empty(0, dtype=np.int64)
@@ -596,6 +599,75 @@ def _p14_bids_hashes(self: BoardState, tables: list[tuple[str, BidTable]]) -> No
         per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
 
 
+def _p14_role_bids(
+    self: BoardState, tasks: list[str]
+) -> tuple[RoleTable, RoleBids, NDArray[np.int64], NDArray[np.float64]]:
+    """The team tasks' roles and bids as :mod:`~edge_agent.coordination.team_award` takes
+    them, the holder id of every column (agents by their canonical rank: node name, group
+    name, agent), and each bid row's cost as it came."""
+    role_task: list[int] = []
+    slots: list[int] = []
+    done: list[int] = []
+    first_role: list[int] = []
+    for t, task in enumerate(tasks):
+        first_role.append(len(slots))
+        finished = [rel.role_index for rel, _ in self.team_done.get(task, {}).values()]
+        for r, spec_role in enumerate(self.specs[task].slots()):
+            role_task.append(t)
+            slots.append(spec_role.agents)
+            done.append(min(spec_role.agents, finished.count(r)))
+    roles = RoleTable(
+        np.array(role_task, dtype=np.int64),
+        np.array(slots, dtype=np.int64),
+        np.array(done, dtype=np.int64),
+    )
+    parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
+    where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
+    salts = [self._salt_of(task) for task in tasks if task in self.bids]
+    n_roles = [self.specs[task].n_roles for task in tasks if task in self.bids]
+    empty = np.empty(0, dtype=np.int64)
+    if not parts:
+        no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
+        return roles, no_bids, empty, np.empty(0, dtype=np.float64)
+    keys = np.concatenate([p[0] for p in parts])
+    role = keys % ROLE_SPAN
+    base = np.repeat(np.array(where, dtype=np.int64), [p[0].size for p in parts])
+    limit = np.repeat(np.array(n_roles, dtype=np.int64), [p[0].size for p in parts])
+    task_salt = np.repeat(np.array(salts, dtype=np.uint64), [p[0].size for p in parts])
+    ok = role < limit  # admission refuses a role past the spec's; a spec taken over may differ
+    keys, role, base, task_salt = keys[ok], role[ok], base[ok], task_salt[ok]
+    costs = np.concatenate([p[1] for p in parts])[ok]
+    seqs = np.concatenate([p[2] for p in parts])[ok]
+    held = np.concatenate([p[3] for p in parts])[ok]
+    holder = keys // ROLE_SPAN
+    # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
+    # order, and an array indexed by id maps each to its column.
+    seen = np.zeros(self._n_holders, dtype=bool)
+    seen[holder] = True
+    uniq = np.flatnonzero(seen)
+    canon = uniq[
+        np.lexsort(
+            (
+                self._holder_agent.data[uniq],
+                self._groups.ranks()[self._holder_group.data[uniq]],
+                self._nodes.ranks()[self._holder_node.data[uniq]],
+            )
+        )
+    ]
+    col_of = np.empty(seen.size, dtype=np.int64)
+    col_of[canon] = np.arange(canon.size)
+    col = col_of[holder]
+    # The tie-break: a hash of (task, role, holder), the same on every node.
+    mixed = _splitmix(
+        self._holder_hash.data[holder].view(np.uint64)
+        ^ task_salt
+        ^ (role.astype(np.uint64) * _ODD[1])
+    )
+    salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
+    bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
+    return roles, bids, canon, costs
+
+
 _INIT = BidTable.__init__
 
 
@@ -608,7 +680,8 @@ _MAIN14_PATCHES = [(BidTable, "__init__", _p14_init), (BidTable, "add_new", _p14
                    (BidTable, "_merge_rows", _p14_merge_rows),
                    (BidTable, "_merge_small", _p14_merge_small),
                    (BidTable, "_rows_changed", _p14_rows_changed), (BidTable, "drop", _p14_drop),
-                   (BoardState, "_bids_hashes", _p14_bids_hashes)]  # fmt: skip
+                   (BoardState, "_bids_hashes", _p14_bids_hashes),
+                   (BoardState, "_role_bids", _p14_role_bids)]  # fmt: skip
 
 
 @contextmanager

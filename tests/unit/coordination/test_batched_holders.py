@@ -307,6 +307,40 @@ def on_main14(f: Callable[[], T]) -> T:
         return f()
 
 
+def more_ops(ops: list[tuple[object, ...]], rng: np.random.Generator) -> list[tuple[object, ...]]:
+    """``ops`` with some releases made a member's finished part (``done``: the team award's
+    done slots) and some facts made a team task's spec changed (a later epoch, another team
+    size or roles: the award's roles made again)."""
+    out: list[tuple[object, ...]] = []
+    for op in ops:
+        u = rng.random()
+        if op[0] == "release" and u < 0.6:
+            out.append(("done", *op[1:]))
+        elif u < 0.06:
+            task = str(rng.choice(["T", "U", "V"]))
+            n_roles = int(rng.integers(0, 3))
+            out.append(("spec", task, int(rng.integers(0, 2)), int(rng.integers(1, 4)),
+                        [int(rng.integers(1, 3)) for _ in range(n_roles)]))  # fmt: skip
+        else:
+            out.append(op)
+    return out
+
+
+def apply15(board: TaskBoard, op: tuple[object, ...]) -> object:
+    if op[0] == "spec":
+        _, task, epoch, team, counts = op
+        roles = [Role(capability="grid", count=c, goal_state=2) for c in counts]  # type: ignore[attr-defined]
+        return board.add_spec(TaskSpec(task=task, epoch=epoch, capability="grid", goal_state=1,  # type: ignore[arg-type]
+                                       announced_by="hub", team=team,  # type: ignore[arg-type]
+                                       roles=roles if roles else msgspec.UNSET))  # fmt: skip
+    if op[0] == "done":
+        _, task, node, group, agent, bdseq, bseq, role = op
+        rel = Release(task=task, epoch=0, node=node, group=group, agent=agent, bdseq=bdseq,
+                      bseq=bseq, status=ReleaseStatus.DONE, role=role)  # type: ignore[arg-type]  # fmt: skip
+        return board.add_release(rel)
+    return apply(board, op)
+
+
 def scratch_digest(board: TaskBoard) -> bytes:
     """The digest with every table's rows hashed again (no hash kept through a change)."""
     board.digest()
@@ -328,16 +362,44 @@ def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
     monkeypatch.setattr(bid_table, "MAX_DELTA", max_delta)
     monkeypatch.setattr(bid_table, "SMALL", small)
     ops, bounds = random_ops(seed)
-    ask = np.random.default_rng(seed + 10_000).random(len(ops)) < 0.35
+    rng = np.random.default_rng(seed + 10_000)
+    ask = rng.random(len(ops)) < 0.35
     new, old = TaskBoard(**bounds), on_main14(lambda: TaskBoard(**bounds))
     for spec in specs():
         assert new.add_spec(spec) == on_main14(lambda spec=spec: old.add_spec(spec))
-    for op, now in zip(ops, ask.tolist(), strict=True):
-        assert apply(new, op) == on_main14(lambda op=op: apply(old, op))
+    for op, now in zip(more_ops(ops, rng), ask.tolist(), strict=True):
+        assert apply15(new, op) == on_main14(lambda op=op: apply15(old, op))
         if now:
-            assert state(new) == on_main14(lambda: state(old))
-    assert state(new) == on_main14(lambda: state(old))
+            assert state15(new) == on_main14(lambda: state15(old))
+    assert state15(new) == on_main14(lambda: state15(old))
     assert scratch_digest(new) == new.digest()
+
+
+def state15(board: TaskBoard) -> dict[str, object]:
+    """:func:`state`, and the team award's roles and bid rows as it takes them."""
+    _, tasks, roles, rows, holders, costs = board._team_input()
+    award_in = [tasks, *(a.tolist() for a in (*roles, *rows, holders, costs))]
+    return {**state(board), "award_in": award_in}
+
+
+def test_a_role_s_done_parts_count_up_to_its_slots() -> None:
+    """Two members finish their parts of a role of one slot (the task stays open: the other
+    role is not done): the award takes the role as done once, as main did."""
+
+    def run() -> object:
+        board = TaskBoard()
+        roles = [Role(capability="grid", count=2, goal_state=2)]
+        board.add_spec(TaskSpec(task="W", epoch=0, capability="grid", goal_state=1,
+                                announced_by="hub", team=1, roles=roles))  # fmt: skip
+        for agent in (1, 2):
+            rel = Release(task="W", epoch=0, node="n0", group="g", agent=agent, bdseq=1,
+                          bseq=1, status=ReleaseStatus.DONE, role=0)  # fmt: skip
+            board.add_release(rel)
+        return state15(board)["award_in"]
+
+    got = run()
+    assert got == on_main14(run)
+    assert got[3] == [1, 0]  # type: ignore[index]  # the roles' done: role 0's one slot
 
 
 def test_holds_replacing_rows_one_at_a_time_keep_the_table_s_hash() -> None:
