@@ -221,6 +221,9 @@ class BidTable:
             return
         pending, chunks = self._pending, self._chunks
         self._pending, self._chunks = {}, []
+        if not pending:  # a formation's usual: the peers' new slots only (add_hashed)
+            self._flush_chunks(chunks)
+            return
         keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
         costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
         seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
@@ -243,6 +246,23 @@ class BidTable:
             np.concatenate(costs)[order],
             np.concatenate(seqs)[order],
             np.concatenate(held)[order].astype(bool),
+        )
+
+    def _flush_chunks(self, chunks: list[tuple[IntArray, FloatArray, int, BoolArray]]) -> None:
+        """:meth:`_flush` of new slots that are chunks only (none pending)."""
+        if len(chunks) == 1:
+            k, c, s, h = chunks[0]
+            order = np.argsort(k)
+            self._insert(k[order], c[order], np.full(k.size, s, dtype=np.int64), h[order])
+            return
+        sizes = [ch[0].size for ch in chunks]
+        keys = np.concatenate([ch[0] for ch in chunks])
+        order = np.argsort(keys)
+        self._insert(
+            keys[order],
+            np.concatenate([ch[1] for ch in chunks])[order],
+            np.repeat(np.array([ch[2] for ch in chunks], dtype=np.int64), sizes)[order],
+            np.concatenate([ch[3] for ch in chunks])[order].astype(bool),
         )
 
     def _merge_rows(

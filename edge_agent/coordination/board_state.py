@@ -576,28 +576,34 @@ class BoardState:
         out: list[Bid] = []
         if n is None:
             return out
-        hn = self._holder_node.data
-        for task in tasks:
-            per = self.bids.get(task)
-            if per is None:
-                continue
-            keys, costs, seqs, held = per.arrays()
-            mine = np.flatnonzero(held & (hn[keys // ROLE_SPAN] == n))
-            for key, cost, k in zip(
-                keys[mine].tolist(), costs[mine].tolist(), seqs[mine].tolist(), strict=True
-            ):
-                out.append(
-                    Bid(
-                        task,
-                        self.floor[task],
-                        *self._holder_name(key // ROLE_SPAN),
-                        cost,
-                        k >> 32,
-                        k & 0xFFFFFFFF,
-                        key % ROLE_SPAN,
-                        True,
-                    )
+        # Every task's rows in one set of columns: a few numpy calls, not a few a task.
+        named = [(task, per) for task in tasks if (per := self.bids.get(task)) is not None]
+        if not named:
+            return out
+        parts = [per.arrays() for _, per in named]
+        keys = np.concatenate([p[0] for p in parts])
+        held = np.concatenate([p[3] for p in parts])
+        mine = np.flatnonzero(held)
+        mine = mine[self._holder_node.data[keys[mine] // ROLE_SPAN] == n]
+        if not mine.size:
+            return out
+        where = np.repeat(np.arange(len(parts)), [p[0].size for p in parts])[mine].tolist()
+        costs = np.concatenate([p[1] for p in parts])[mine].tolist()
+        seqs = np.concatenate([p[2] for p in parts])[mine].tolist()
+        for t, key, cost, k in zip(where, keys[mine].tolist(), costs, seqs, strict=True):
+            task = named[t][0]
+            out.append(
+                Bid(
+                    task,
+                    self.floor[task],
+                    *self._holder_name(key // ROLE_SPAN),
+                    cost,
+                    k >> 32,
+                    k & 0xFFFFFFFF,
+                    key % ROLE_SPAN,
+                    True,
                 )
+            )
         return out
 
     def bid_by_all(self, task: str, nodes: Iterable[str]) -> bool:

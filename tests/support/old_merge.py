@@ -9,7 +9,7 @@ test_batched_holders.py), and what the formation's one-process A/B puts back
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import msgspec
@@ -30,6 +30,7 @@ from edge_agent.coordination.board_state import (
     _ODD,
     MAX_SESSION,
     ROLE_SPAN,
+    Bid,
     BoardState,
     _int64s,
     _splitmix,
@@ -668,6 +669,68 @@ def _p14_role_bids(
     return roles, bids, canon, costs
 
 
+def _p14_holds_of(self: BoardState, node: str, tasks: Iterable[str]) -> list[Bid]:
+    """``node``'s holds (bids flagged held) on ``tasks``."""
+    self._settle()
+    n = self._nodes.ids.get(node)
+    out: list[Bid] = []
+    if n is None:
+        return out
+    hn = self._holder_node.data
+    for task in tasks:
+        per = self.bids.get(task)
+        if per is None:
+            continue
+        keys, costs, seqs, held = per.arrays()
+        mine = np.flatnonzero(held & (hn[keys // ROLE_SPAN] == n))
+        for key, cost, k in zip(
+            keys[mine].tolist(), costs[mine].tolist(), seqs[mine].tolist(), strict=True
+        ):
+            out.append(
+                Bid(
+                    task,
+                    self.floor[task],
+                    *self._holder_name(key // ROLE_SPAN),
+                    cost,
+                    k >> 32,
+                    k & 0xFFFFFFFF,
+                    key % ROLE_SPAN,
+                    True,
+                )
+            )
+    return out
+
+
+def _p14_flush(self: BidTable) -> None:
+    if not self._pending and not self._chunks:
+        return
+    pending, chunks = self._pending, self._chunks
+    self._pending, self._chunks = {}, []
+    keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
+    costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
+    seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
+    held = [np.fromiter((r[2] for r in pending.values()), bool, len(pending))]
+    for k, c, _, h in chunks:
+        keys.append(k)
+        costs.append(c)
+        held.append(h)
+    if chunks:  # each chunk's one seq, repeated over its rows in one call
+        seqs.append(
+            np.repeat(
+                np.fromiter((ch[2] for ch in chunks), np.int64, len(chunks)),
+                np.fromiter((ch[0].size for ch in chunks), np.int64, len(chunks)),
+            )
+        )
+    all_keys = np.concatenate(keys)
+    order = np.argsort(all_keys)
+    self._insert(
+        all_keys[order],
+        np.concatenate(costs)[order],
+        np.concatenate(seqs)[order],
+        np.concatenate(held)[order].astype(bool),
+    )
+
+
 _INIT = BidTable.__init__
 
 
@@ -681,7 +744,9 @@ _MAIN14_PATCHES = [(BidTable, "__init__", _p14_init), (BidTable, "add_new", _p14
                    (BidTable, "_merge_small", _p14_merge_small),
                    (BidTable, "_rows_changed", _p14_rows_changed), (BidTable, "drop", _p14_drop),
                    (BoardState, "_bids_hashes", _p14_bids_hashes),
-                   (BoardState, "_role_bids", _p14_role_bids)]  # fmt: skip
+                   (BoardState, "_role_bids", _p14_role_bids),
+                   (BoardState, "holds_of", _p14_holds_of),
+                   (BidTable, "_flush", _p14_flush)]  # fmt: skip
 
 
 @contextmanager

@@ -376,10 +376,12 @@ def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
 
 
 def state15(board: TaskBoard) -> dict[str, object]:
-    """:func:`state`, and the team award's roles and bid rows as it takes them."""
+    """:func:`state`, the team award's roles and bid rows as it takes them, and every node's
+    holds."""
     _, tasks, roles, rows, holders, costs = board._team_input()
     award_in = [tasks, *(a.tolist() for a in (*roles, *rows, holders, costs))]
-    return {**state(board), "award_in": award_in}
+    holds = [board.holds_of(n, TASKS) for n in ("n0", "n1", "n2", "n3")]
+    return {**state(board), "award_in": award_in, "holds": holds}
 
 
 def test_a_role_s_done_parts_count_up_to_its_slots() -> None:
