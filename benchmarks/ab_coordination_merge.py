@@ -40,7 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_coordination_teams as teams
 
-from edge_agent.coordination import board_state, engine_io, ledger, relay_admission
+from edge_agent.coordination import (
+    auction,
+    board_state,
+    engine,
+    engine_io,
+    ledger,
+    relay_admission,
+)
 from edge_agent.core.native_pass import NATIVE_ENV
 from tests.support.old_merge import main14_merge, main_merge, old_merge
 
@@ -60,6 +67,11 @@ PARTS: list[tuple[Any, str]] = [
     (board_state.BoardState, "digest"),
     (board_state.BoardState, "_bids_hashes"),
     (board_state.BoardState, "bid_by_all"),
+    (board_state.BoardState, "holds_of"),
+    (engine.CoordinationEngine, "_bid"),
+    (engine.CoordinationEngine, "_act"),
+    (relay_admission.RelayAdmission, "spec_signed"),
+    (auction.Auctioneer, "_update_teams"),
 ]
 
 
