@@ -256,11 +256,12 @@ def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64
     a three-element array's header, the two names (encoded once) and the agent."""
     encode = msgspec.msgpack.encode
     base = hashlib.blake2b(b"\x93" + encode(node) + encode(group), digest_size=8)
-    digests = []
+    digests: list[bytes] = []
+    copy, append = base.copy, digests.append
     for a in agents:  # the prefix's state copied: a third cheaper than hashing it again
-        h = base.copy()
+        h = copy()
         h.update(encode(a))
-        digests.append(h.digest())
+        append(h.digest())
     return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
 
 

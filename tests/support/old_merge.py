@@ -8,6 +8,7 @@ test_batched_holders.py), and what the formation's one-process A/B puts back
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from edge_agent.coordination.board_state import (
     seq_key,
     stable_hash64,
 )
-from edge_agent.coordination.ledger import TaskBoard
+from edge_agent.coordination.ledger import _ZERO, TaskBoard, _TaskRows
 from edge_agent.coordination.messages import TaskBids
 from edge_agent.coordination.relay_admission import (
     _NO_COSTS,
@@ -731,6 +732,159 @@ def _p14_flush(self: BidTable) -> None:
     )
 
 
+def _p14_add_bids(  # noqa: PLR0917 (main's)
+    self: TaskBoard,
+    node: str,
+    group: str,
+    bdseq: int,
+    bseq: int,
+    tasks: Sequence[str],
+    *,
+    epochs: Sequence[int],
+    task_index: Sequence[int] | NDArray[np.integer],
+    agents: Sequence[int] | NDArray[np.integer],
+    costs: Sequence[float] | NDArray[np.floating],
+    roles: Sequence[int] | NDArray[np.integer] | None = None,
+    holds: Sequence[bool] | NDArray[np.bool_] | None = None,
+) -> bool:
+    """Merge one node's bid message (columnar, as :class:`TaskBids` carries it); ``roles``
+    and ``holds`` per bid for team tasks (0 and False when None)."""
+    if bdseq > MAX_SESSION:
+        self.stale_bids += len(task_index)
+        return False
+    key = seq_key(bdseq, bseq)
+    changed = False
+    usable: list[BidTable | None] = []
+    floors, closed, fact_floor = self.floor, self.closed, self._fact_floor
+    for task, epoch in zip(tasks, epochs, strict=True):
+        # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
+        # The open round, already noted (a formation's every message after the first):
+        # accepted, nothing raised nor noted, as _accepts_epoch says, without the call.
+        if not (
+            floors.get(task) == epoch
+            and closed.get(task, -1) < epoch
+            and fact_floor.get(task, -1) >= epoch
+        ):
+            ok, raised = self._accepts_epoch(task, epoch)
+            changed |= raised
+            if not ok:
+                usable.append(None)
+                continue
+        per = self.bids.get(task)  # (a table made only when the task has none)
+        if per is None:
+            per = self.bids[task] = BidTable()
+        usable.append(per)
+    node_id = self._node(node)
+    n = len(task_index)
+    if node_id is None or self._node_dead.data[node_id] >= bdseq:
+        self.stale_bids += n
+        return changed
+    if n == 0:
+        return changed
+    self._settle()
+    t_of = _int64s(task_index)
+    role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
+    held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
+    agent = _int64s(agents)
+    ok_task = np.array([per is not None for per in usable], dtype=bool)
+    rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
+    first_new = self._n_holders
+    h = self._holders_of(node, group, agent[rows])
+    fresh = h >= 0
+    fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
+    rows, h = rows[fresh], h[fresh]
+    slot = h * ROLE_SPAN + role[rows]
+    cost = np.asarray(costs, dtype=np.float64)[rows]
+    t_rows = t_of[rows]
+    by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
+    bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+    # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
+    # agents are new to the ledger (holder ids made by this message: no table has a row of
+    # them), their slots distinct and their costs finite: a node's first bids.
+    new = (h >= first_new) & np.isfinite(cost)
+    by_slot = np.lexsort((slot, t_rows))
+    twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
+        t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
+    )
+    new[by_slot[1:][twice]] = False
+    if not by_task.size:
+        self.stale_bids += n
+        return changed
+    starts = np.concatenate((_ZERO, bounds))
+    all_new = np.logical_and.reduceat(new[by_task], starts)
+    # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+    rows_of = _TaskRows(
+        [tasks[t] for t in t_rows[by_task[starts]].tolist()],
+        [usable[t] for t in t_rows[by_task[starts]].tolist()],
+        starts,
+        slot[by_task],
+        cost[by_task],
+        held[rows[by_task]],
+        key,
+        node_id,
+    )
+    if by_task.size <= self.max_bids - self.n_bids:
+        inserted = self._merge_all(rows_of, all_new)
+    else:
+        inserted = self._merge_each(rows_of, all_new.tolist())
+    self.stale_bids += n - inserted
+    if inserted:
+        self._changed()
+    return changed or inserted > 0
+
+
+def _p14_merge_all(self: TaskBoard, rows: _TaskRows, all_new: NDArray[np.bool_]) -> int:
+    """:meth:`add_bids`' rows into their tables when there is room for every one (no
+    task's new slots are cut): the tasks whose rows are all new slots take them as they
+    are, with the digest's hashes of their rows made here for the whole message at once
+    (:meth:`_bids_hashes`' rows; :meth:`BidTable.add_hashed`); the others merge. The rows
+    that changed a table."""
+    slot, cost, held, key, node = rows.slot, rows.cost, rows.held, rows.key, rows.node
+    starts = rows.starts.tolist()
+    ends = [*starts[1:], int(slot.size)]
+    sums: list[int] = [0] * len(starts)  # (read only for a task whose rows are new)
+    if all_new.any():
+        salts = np.array([self._task_salt(t) for t in rows.tasks], dtype=np.uint64)
+        seq_term = np.array([(key * int(_ODD[1])) & _MASK64], dtype=np.uint64)
+        sizes = np.diff(np.append(rows.starts, slot.size))
+        x = self._row_hashes(slot, cost, seq_term, held, np.repeat(salts, sizes))
+        sums = np.add.reduceat(x, rows.starts).tolist()  # uint64: wraps modulo 2**64
+    inserted = added = 0
+    for lo, hi, per, fresh, hashed in zip(
+        starts, ends, rows.tables, all_new.tolist(), sums, strict=True
+    ):
+        if per is None:  # not reached: the rows are of usable tasks
+            continue
+        if fresh:
+            per.add_hashed(slot[lo:hi], cost[lo:hi], key, held[lo:hi], hashed, node)
+            added += hi - lo
+            inserted += hi - lo
+        else:
+            # The rows it changes are of the message's node: its nodes, when known, are
+            # those and that one (bid_by_all asks them of every team round every tick).
+            known = per.nodes
+            merged = per.merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=hi - lo)
+            if merged.changed and known is not None:
+                per.nodes = known if node in known else known | {node}
+            added += merged.added
+            inserted += merged.changed
+    self.n_bids += added
+    return inserted
+
+
+def _p14_holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64]:
+    """``stable_hash64((node, group, agent))`` of each of ``agents``: the tuple's msgpack is
+    a three-element array's header, the two names (encoded once) and the agent."""
+    encode = msgspec.msgpack.encode
+    base = hashlib.blake2b(b"\x93" + encode(node) + encode(group), digest_size=8)
+    digests = []
+    for a in agents:  # the prefix's state copied: a third cheaper than hashing it again
+        h = base.copy()
+        h.update(encode(a))
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
+
+
 _INIT = BidTable.__init__
 
 
@@ -746,7 +900,9 @@ _MAIN14_PATCHES = [(BidTable, "__init__", _p14_init), (BidTable, "add_new", _p14
                    (BoardState, "_bids_hashes", _p14_bids_hashes),
                    (BoardState, "_role_bids", _p14_role_bids),
                    (BoardState, "holds_of", _p14_holds_of),
-                   (BidTable, "_flush", _p14_flush)]  # fmt: skip
+                   (BidTable, "_flush", _p14_flush), (TaskBoard, "add_bids", _p14_add_bids),
+                   (TaskBoard, "_merge_all", _p14_merge_all),
+                   (board_state, "holder_hashes", _p14_holder_hashes)]  # fmt: skip
 
 
 @contextmanager
