@@ -285,6 +285,9 @@ def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return x ^ (x >> np.uint64(31))
 
 
+_NO_IDS: Final = np.empty(0, dtype=np.int64)
+
+
 class _RoleColumns(NamedTuple):
     """The open team tasks' roles as the team award takes them, and what a bid row needs of
     its task, by the task's index in the list (:meth:`BoardState._role_columns`)."""
@@ -315,6 +318,8 @@ class BoardState:
 
     _role_cols: tuple[int, list[str], _RoleColumns | None] = (-1, [], None)
     """:meth:`_role_columns` as of ``specs_version`` and its list of tasks."""
+    _canon: tuple[int, NDArray[np.int64]] = (-1, _NO_IDS)
+    """:meth:`_canonical` as of the number of holders."""
 
     def __init__(
         self,
@@ -745,20 +750,13 @@ class BoardState:
         seqs = np.concatenate([p[2] for p in parts])[ok]
         held = np.concatenate([p[3] for p in parts])[ok]
         holder = keys // ROLE_SPAN
-        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
-        # order, and an array indexed by id maps each to its column.
+        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones, in
+        # the canonical order of every holder, and an array indexed by id maps each to its
+        # column.
         seen = np.zeros(self._n_holders, dtype=bool)
         seen[holder] = True
-        uniq = np.flatnonzero(seen)
-        canon = uniq[
-            np.lexsort(
-                (
-                    self._holder_agent.data[uniq],
-                    self._groups.ranks()[self._holder_group.data[uniq]],
-                    self._nodes.ranks()[self._holder_node.data[uniq]],
-                )
-            )
-        ]
+        order = self._canonical()
+        canon = order[seen[order]]
         col_of = np.empty(seen.size, dtype=np.int64)
         col_of[canon] = np.arange(canon.size)
         col = col_of[holder]
@@ -771,6 +769,25 @@ class BoardState:
         salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
         bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
         return roles, bids, canon, costs
+
+    def _canonical(self) -> NDArray[np.int64]:
+        """Every holder id in canonical order (node name, group name, agent: ids are unique
+        to their triple, so the order is too), kept while no holder is made (the team awards
+        of a formation after every peer's bids came; a node or group named since without a
+        holder changes no holder's place among the others)."""
+        made, order = self._canon
+        if made == self._n_holders:
+            return order
+        n = self._n_holders
+        order = np.lexsort(
+            (
+                self._holder_agent.data[:n],
+                self._groups.ranks()[self._holder_group.data[:n]],
+                self._nodes.ranks()[self._holder_node.data[:n]],
+            )
+        )
+        self._canon = (n, order)
+        return order
 
     def _role_columns(self, tasks: list[str]) -> _RoleColumns:
         """The team tasks' roles as columns (:class:`_RoleColumns`), kept while the specs and
