@@ -6,11 +6,14 @@ and every node's final award and digest compared between the two. Not a stored b
 twelfth pass's table in benchmarks/notes/coordination.md.
 
     python benchmarks/ab_coordination_merge.py [--nodes 20] [--agents 500] [--rounds 3]
-        [--warm 3] [--against old|main]
+        [--warm 3] [--against old|main13|main]
 
-``--against main``: the other side is main's bid admission and merge before the fourteenth
-pass (``main_merge``: a table call a task, the digest hashing new rows later, three calls a
-task in the admission) instead of the merge before the twelfth (``old_merge``, the default).
+``--against main``: the other side is main after the fourteenth pass (f08b930d,
+``main14_merge``: a table's row replaced or dropped has the digest hash its whole table again,
+the team award's rows made a task and a role at a time); ``--against main13``: main's bid
+admission and merge before the fourteenth pass (``main_merge``: a table call a task, the digest
+hashing new rows later, three calls a task in the admission); the default, the merge before the
+twelfth (``old_merge``).
 
 The agents' tick path is pinned (:func:`pin_tick_path`) so that both sides step the same
 arithmetic: a group otherwise times its compiled tick against numpy when it is made and keeps
@@ -37,9 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_coordination_teams as teams
 
-from edge_agent.coordination import board_state, engine_io, ledger, relay_admission
+from edge_agent.coordination import (
+    auction,
+    board_state,
+    engine,
+    engine_io,
+    ledger,
+    relay_admission,
+)
 from edge_agent.core.native_pass import NATIVE_ENV
-from tests.support.old_merge import main_merge, old_merge
+from tests.support.old_merge import main14_merge, main_merge, old_merge
 
 PARTS: list[tuple[Any, str]] = [
     (engine_io.EngineIO, "_on_bids"),
@@ -57,6 +67,11 @@ PARTS: list[tuple[Any, str]] = [
     (board_state.BoardState, "digest"),
     (board_state.BoardState, "_bids_hashes"),
     (board_state.BoardState, "bid_by_all"),
+    (board_state.BoardState, "holds_of"),
+    (engine.CoordinationEngine, "_bid"),
+    (engine.CoordinationEngine, "_act"),
+    (relay_admission.RelayAdmission, "spec_signed"),
+    (auction.Auctioneer, "_update_teams"),
 ]
 
 
@@ -145,9 +160,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=3, help="ticks before the announcement")
-    parser.add_argument("--against", choices=("old", "main"), default="old")
+    parser.add_argument("--against", choices=("old", "main13", "main"), default="old")
     args = parser.parse_args()
-    other = old_merge if args.against == "old" else main_merge
+    other = {"old": old_merge, "main13": main_merge, "main": main14_merge}[args.against]
     pin_tick_path()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

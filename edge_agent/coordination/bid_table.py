@@ -13,7 +13,7 @@ be merged (valid sessions, agents not consumed, the bound on bids).
 from __future__ import annotations
 
 import math
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,13 @@ class Merged(NamedTuple):
 _EMPTY_I = np.empty(0, dtype=np.int64)
 _MASK64: Final = (1 << 64) - 1
 
+Row: TypeAlias = tuple[int, float, int, bool, int]
+"""A row as the digest hashes it, and its sign: key, cost, seq, held; 1 came, -1 gone."""
+
+MAX_DELTA: Final = 64
+"""The changes a table's hash is kept through (:attr:`BidTable.digest_base`) before the next
+digest hashes all of its rows again: the bound on ``unhashed`` (chunks) and ``changed`` (rows)."""
+
 SMALL: Final = 64
 """Up to this many rows a merge compares them in Python (:meth:`BidTable._merge_small`): a
 node bids a task's ``k`` cheapest agents per role, a handful to a few dozen rows per task per
@@ -48,6 +55,22 @@ def _merged(old: np.ndarray, new: np.ndarray, put: IntArray, old_rows: BoolArray
     out[old_rows] = old
     out[put] = new
     return out
+
+
+def _rows(
+    keys: IntArray, costs: FloatArray, seqs: IntArray, held: BoolArray, sign: int
+) -> list[Row]:
+    """Rows as :attr:`BidTable.changed` keeps them."""
+    return list(
+        zip(
+            keys.tolist(),
+            costs.tolist(),
+            seqs.tolist(),
+            held.tolist(),
+            [sign] * int(keys.size),
+            strict=True,
+        )
+    )
 
 
 class BidTable:
@@ -64,6 +87,7 @@ class BidTable:
         "_keys",
         "_pending",
         "_seqs",
+        "changed",
         "digest",
         "digest_base",
         "nodes",
@@ -79,14 +103,19 @@ class BidTable:
         """New slots not yet in the columns: key -> (cost, seq, held)."""
         self._chunks: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
         """New slots not yet in the columns (:meth:`add_new`), none in ``_pending``."""
-        self.digest: int | None = None
-        """The ledger's hash of these rows (None: not computed since they changed)."""
+        self.digest: int | None = 0
+        """The ledger's hash of these rows (None: not computed since they changed): a sum of a
+        hash a row, 0 for none, so that a new table's first rows are hashed alone."""
         self.digest_base: int | None = None
-        """When ``digest`` is None only because new slots were added (:meth:`add_new`): the
-        digest of the rows before them, to which the ledger adds theirs (``unhashed``); else
-        None (the rows are hashed again, all of them)."""
+        """When ``digest`` is None only because rows were added, replaced or dropped since it
+        was made (up to :data:`MAX_DELTA`): the digest of the rows then, to which the ledger
+        adds the hashes of the rows that came since (``unhashed``, ``changed``) and from which
+        it takes those of the rows gone (``changed``); else None (every row hashed again)."""
         self.unhashed: list[tuple[IntArray, FloatArray, int, BoolArray]] = []
         """The new slots added since ``digest_base`` (as :meth:`add_new` took them)."""
+        self.changed: list[Row] = []
+        """The rows replaced, replacing, added and dropped since ``digest_base`` otherwise, one
+        at a time: a formation's holds replace a row a message."""
         self.nodes: frozenset[int] | None = frozenset()
         """The ledger's ids of the nodes these rows' holders are of (None: not computed since
         the rows changed; :meth:`~edge_agent.coordination.board_state.BoardState.bid_by_all`
@@ -155,11 +184,8 @@ class BidTable:
         if take:
             chunk = (keys[:take], costs[:take], seq, held[:take])
             self._chunks.append(chunk)
-            if self.digest is not None:  # a row hash sums: the new rows' is added to it
-                self.digest_base, self.unhashed = self.digest, [chunk]
-            elif self.digest_base is not None:
+            if self._keep_hash(1):  # a row hash sums: the new rows' is added to it
                 self.unhashed.append(chunk)
-            self.digest = self.nodes = None
         return Merged(take, take, int(keys.size) - take)
 
     def add_hashed(  # noqa: PLR0917 (add_new's and the two the ledger knows)
@@ -195,6 +221,9 @@ class BidTable:
             return
         pending, chunks = self._pending, self._chunks
         self._pending, self._chunks = {}, []
+        if not pending:  # a formation's usual: the peers' new slots only (add_hashed)
+            self._flush_chunks(chunks)
+            return
         keys = [np.fromiter(pending, dtype=np.int64, count=len(pending))]
         costs = [np.fromiter((r[0] for r in pending.values()), np.float64, len(pending))]
         seqs = [np.fromiter((r[1] for r in pending.values()), np.int64, len(pending))]
@@ -217,6 +246,23 @@ class BidTable:
             np.concatenate(costs)[order],
             np.concatenate(seqs)[order],
             np.concatenate(held)[order].astype(bool),
+        )
+
+    def _flush_chunks(self, chunks: list[tuple[IntArray, FloatArray, int, BoolArray]]) -> None:
+        """:meth:`_flush` of new slots that are chunks only (none pending)."""
+        if len(chunks) == 1:
+            k, c, s, h = chunks[0]
+            order = np.argsort(k)
+            self._insert(k[order], c[order], np.full(k.size, s, dtype=np.int64), h[order])
+            return
+        sizes = [ch[0].size for ch in chunks]
+        keys = np.concatenate([ch[0] for ch in chunks])
+        order = np.argsort(keys)
+        self._insert(
+            keys[order],
+            np.concatenate([ch[1] for ch in chunks])[order],
+            np.repeat(np.array([ch[2] for ch in chunks], dtype=np.int64), sizes)[order],
+            np.concatenate([ch[3] for ch in chunks])[order].astype(bool),
         )
 
     def _merge_rows(
@@ -245,8 +291,10 @@ class BidTable:
             & ((new_cost < old_cost) | ((new_cost == old_cost) & new_held & ~old_held))
         )
         replaced = int(larger.sum())
+        gone: list[Row] = []
         if replaced:
             rows = old[larger]
+            gone = _rows(self._keys[rows], old_cost[larger], old_seq[larger], old_held[larger], -1)
             self._seqs[rows] = seq
             self._costs[rows] = new_cost[larger]
             self._held[rows] = new_held[larger]
@@ -258,7 +306,12 @@ class BidTable:
             fresh = fresh[np.argsort(keys[fresh])]
             self._insert(keys[fresh], costs[fresh], np.full(fresh.size, seq, np.int64), held[fresh])
         if replaced or fresh.size:
-            self._rows_changed()
+            came = np.concatenate((np.flatnonzero(found)[larger], fresh))
+            if self._keep_hash(len(gone) + came.size):
+                self.changed += gone
+                self.changed += _rows(
+                    keys[came], costs[came], np.full(came.size, seq), held[came], 1
+                )
         return Merged(replaced + int(fresh.size), int(fresh.size), refused)
 
     def _merge_small(
@@ -278,7 +331,7 @@ class BidTable:
         n_old = int(self._keys.size)
         at = np.searchsorted(self._keys, list(best)).tolist() if n_old else []
         pending = self._pending
-        replaced = 0
+        changed: list[Row] = []  # the rows replaced, as they were, and those replacing them
         fresh: list[int] = []
         for j, (k, (c, h)) in enumerate(best.items()):
             mine = pending.get(k)
@@ -286,13 +339,13 @@ class BidTable:
                 c0, s0, h0 = mine
                 if seq > s0 or (seq == s0 and (c < c0 or (c == c0 and h and not h0))):
                     pending[k] = (c, seq, h)
-                    replaced += 1
+                    changed += ((k, c0, s0, h0, -1), (k, c, seq, h, 1))
             elif n_old and at[j] < n_old and int(self._keys[at[j]]) == k:
                 i = at[j]
                 s0, c0, h0 = int(self._seqs[i]), float(self._costs[i]), bool(self._held[i])
                 if seq > s0 or (seq == s0 and (c < c0 or (c == c0 and h and not h0))):
                     self._seqs[i], self._costs[i], self._held[i] = seq, c, h
-                    replaced += 1
+                    changed += ((k, c0, s0, h0, -1), (k, c, seq, h, 1))
             else:
                 fresh.append(k)
         refused = max(0, len(fresh) - max(room, 0))
@@ -301,14 +354,32 @@ class BidTable:
         for k in fresh:
             c, h = best[k]
             pending[k] = (c, seq, h)
-        if replaced or fresh:
-            self._rows_changed()
+        replaced = len(changed) // 2
+        if (replaced or fresh) and self._keep_hash(len(changed) + len(fresh)):
+            self.changed += changed
+            self.changed += [(k, best[k][0], seq, best[k][1], 1) for k in fresh]
         return Merged(replaced + len(fresh), len(fresh), refused)
 
+    def _keep_hash(self, n: int) -> bool:
+        """The rows change by ``n`` more (rows, or a chunk of them): whether the table's hash
+        is kept through the change (a row hash sums, modulo 2**64: the next digest takes the
+        hashes of the rows gone from ``digest_base`` and adds those of the rows that came),
+        as it is when it was known and the changes stay within :data:`MAX_DELTA`; else every
+        row is hashed again. The nodes are computed again (the ledger's merge keeps them)."""
+        if self.digest is not None:
+            self.digest_base, self.unhashed, self.changed = self.digest, [], []
+        self.digest = self.nodes = None
+        if self.digest_base is None:
+            return False
+        if len(self.unhashed) + len(self.changed) + n > MAX_DELTA:
+            self._rows_changed()
+            return False
+        return True
+
     def _rows_changed(self) -> None:
-        """Rows replaced, inserted or dropped: every row is hashed again at the next digest."""
+        """Rows changed untracked: every row is hashed again at the next digest."""
         self.digest = self.digest_base = self.nodes = None
-        self.unhashed = []
+        self.unhashed, self.changed = [], []
 
     def drop(self, gone: BoolArray) -> int:
         """Remove the rows where ``gone`` (over :meth:`arrays`' rows) is True; returns how
@@ -317,7 +388,10 @@ class BidTable:
         n = int(gone.sum())
         if n:
             keep = ~gone
+            if self._keep_hash(n):
+                self.changed += _rows(
+                    self._keys[gone], self._costs[gone], self._seqs[gone], self._held[gone], -1
+                )
             self._keys, self._costs = self._keys[keep], self._costs[keep]
             self._seqs, self._held = self._seqs[keep], self._held[keep]
-            self._rows_changed()
         return n

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.assignment import fixed_point
-from edge_agent.coordination.bid_table import BidTable
+from edge_agent.coordination.bid_table import BidTable, Row
 from edge_agent.coordination.messages import (
     DIGEST_BYTES,
     MAX_ROLES,
@@ -256,11 +256,12 @@ def holder_hashes(node: str, group: str, agents: list[int]) -> NDArray[np.uint64
     a three-element array's header, the two names (encoded once) and the agent."""
     encode = msgspec.msgpack.encode
     base = hashlib.blake2b(b"\x93" + encode(node) + encode(group), digest_size=8)
-    digests = []
+    digests: list[bytes] = []
+    copy, append = base.copy, digests.append
     for a in agents:  # the prefix's state copied: a third cheaper than hashing it again
-        h = base.copy()
+        h = copy()
         h.update(encode(a))
-        digests.append(h.digest())
+        append(h.digest())
     return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
 
 
@@ -284,6 +285,29 @@ def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return x ^ (x >> np.uint64(31))
 
 
+_NO_IDS: Final = np.empty(0, dtype=np.int64)
+
+
+class _RoleColumns(NamedTuple):
+    """The open team tasks' roles as the team award takes them, and what a bid row needs of
+    its task, by the task's index in the list (:meth:`BoardState._role_columns`)."""
+
+    position: dict[str, int]
+    """Each task's index in the list."""
+    role_task: NDArray[np.int64]
+    """Each role's task."""
+    slots: NDArray[np.int64]
+    """Each role's slots."""
+    none_done: NDArray[np.int64]
+    """Zeros, one a role: no part done (not to be written to)."""
+    first_role: NDArray[np.int64]
+    """Each task's first role (an index into the roles)."""
+    n_roles: NDArray[np.int64]
+    """Each task's number of roles."""
+    salts: NDArray[np.uint64]
+    """Each task's part of its bids' tie-breaks (:meth:`BoardState._salt_of`)."""
+
+
 class BoardState:
     """The ledger's facts as stored and what is computed from them (the queries, the award, the
     teams, the digest); :class:`~edge_agent.coordination.ledger.TaskBoard` merges facts into it
@@ -291,6 +315,11 @@ class BoardState:
 
     specs_version: int = 0
     """Counts the changes to ``specs`` (what is kept of them elsewhere is checked by it)."""
+
+    _role_cols: tuple[int, list[str], _RoleColumns | None] = (-1, [], None)
+    """:meth:`_role_columns` as of ``specs_version`` and its list of tasks."""
+    _canon: tuple[int, NDArray[np.int64]] = (-1, _NO_IDS)
+    """:meth:`_canonical` as of the number of holders."""
 
     def __init__(
         self,
@@ -553,28 +582,34 @@ class BoardState:
         out: list[Bid] = []
         if n is None:
             return out
-        hn = self._holder_node.data
-        for task in tasks:
-            per = self.bids.get(task)
-            if per is None:
-                continue
-            keys, costs, seqs, held = per.arrays()
-            mine = np.flatnonzero(held & (hn[keys // ROLE_SPAN] == n))
-            for key, cost, k in zip(
-                keys[mine].tolist(), costs[mine].tolist(), seqs[mine].tolist(), strict=True
-            ):
-                out.append(
-                    Bid(
-                        task,
-                        self.floor[task],
-                        *self._holder_name(key // ROLE_SPAN),
-                        cost,
-                        k >> 32,
-                        k & 0xFFFFFFFF,
-                        key % ROLE_SPAN,
-                        True,
-                    )
+        # Every task's rows in one set of columns: a few numpy calls, not a few a task.
+        named = [(task, per) for task in tasks if (per := self.bids.get(task)) is not None]
+        if not named:
+            return out
+        parts = [per.arrays() for _, per in named]
+        keys = np.concatenate([p[0] for p in parts])
+        held = np.concatenate([p[3] for p in parts])
+        mine = np.flatnonzero(held)
+        mine = mine[self._holder_node.data[keys[mine] // ROLE_SPAN] == n]
+        if not mine.size:
+            return out
+        where = np.repeat(np.arange(len(parts)), [p[0].size for p in parts])[mine].tolist()
+        costs = np.concatenate([p[1] for p in parts])[mine].tolist()
+        seqs = np.concatenate([p[2] for p in parts])[mine].tolist()
+        for t, key, cost, k in zip(where, keys[mine].tolist(), costs, seqs, strict=True):
+            task = named[t][0]
+            out.append(
+                Bid(
+                    task,
+                    self.floor[task],
+                    *self._holder_name(key // ROLE_SPAN),
+                    cost,
+                    k >> 32,
+                    k & 0xFFFFFFFF,
+                    key % ROLE_SPAN,
+                    True,
                 )
+            )
         return out
 
     def bid_by_all(self, task: str, nodes: Iterable[str]) -> bool:
@@ -683,55 +718,45 @@ class BoardState:
         """The team tasks' roles and bids as :mod:`~edge_agent.coordination.team_award` takes
         them, the holder id of every column (agents by their canonical rank: node name, group
         name, agent), and each bid row's cost as it came."""
-        role_task: list[int] = []
-        slots: list[int] = []
-        done: list[int] = []
-        first_role: list[int] = []
-        for t, task in enumerate(tasks):
-            first_role.append(len(slots))
-            finished = [rel.role_index for rel, _ in self.team_done.get(task, {}).values()]
-            for r, spec_role in enumerate(self.specs[task].slots()):
-                role_task.append(t)
-                slots.append(spec_role.agents)
-                done.append(min(spec_role.agents, finished.count(r)))
-        roles = RoleTable(
-            np.array(role_task, dtype=np.int64),
-            np.array(slots, dtype=np.int64),
-            np.array(done, dtype=np.int64),
-        )
-        parts = [self.bids[t].arrays() for t in tasks if t in self.bids]
-        where = [first_role[t] for t, task in enumerate(tasks) if task in self.bids]
-        salts = [self._salt_of(task) for task in tasks if task in self.bids]
-        n_roles = [self.specs[task].n_roles for task in tasks if task in self.bids]
+        cols = self._role_columns(tasks)
+        done = cols.none_done
+        if self.team_done:  # parts finished: a role's done slots (at most its slots)
+            finished = [(cols.position[task], rel.role_index)
+                        for task, parts in self.team_done.items() if task in cols.position
+                        for rel, _ in parts.values()]  # fmt: skip
+            if finished:
+                t_of, r_of = np.array(finished, dtype=np.int64).reshape(-1, 2).T
+                ok = (r_of >= 0) & (r_of < cols.n_roles[t_of])
+                done = np.bincount(cols.first_role[t_of[ok]] + r_of[ok], minlength=done.size)
+                done = np.minimum(done, cols.slots)
+        roles = RoleTable(cols.role_task, cols.slots, done)
+        tables = self.bids
+        have = [t for t, task in enumerate(tasks) if task in tables]
+        parts = [tables[tasks[t]].arrays() for t in have]
+        where, n_roles, salts = (cols.first_role[have], cols.n_roles[have],
+                                 cols.salts[have])  # fmt: skip
         empty = np.empty(0, dtype=np.int64)
         if not parts:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
             return roles, no_bids, empty, np.empty(0, dtype=np.float64)
         keys = np.concatenate([p[0] for p in parts])
         role = keys % ROLE_SPAN
-        base = np.repeat(np.array(where, dtype=np.int64), [p[0].size for p in parts])
-        limit = np.repeat(np.array(n_roles, dtype=np.int64), [p[0].size for p in parts])
-        task_salt = np.repeat(np.array(salts, dtype=np.uint64), [p[0].size for p in parts])
+        sizes = [p[0].size for p in parts]
+        base, limit, task_salt = (np.repeat(where, sizes), np.repeat(n_roles, sizes),
+                                  np.repeat(salts, sizes))  # fmt: skip
         ok = role < limit  # admission refuses a role past the spec's; a spec taken over may differ
         keys, role, base, task_salt = keys[ok], role[ok], base[ok], task_salt[ok]
         costs = np.concatenate([p[1] for p in parts])[ok]
         seqs = np.concatenate([p[2] for p in parts])[ok]
         held = np.concatenate([p[3] for p in parts])[ok]
         holder = keys // ROLE_SPAN
-        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones in
-        # order, and an array indexed by id maps each to its column.
+        # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones, in
+        # the canonical order of every holder, and an array indexed by id maps each to its
+        # column.
         seen = np.zeros(self._n_holders, dtype=bool)
         seen[holder] = True
-        uniq = np.flatnonzero(seen)
-        canon = uniq[
-            np.lexsort(
-                (
-                    self._holder_agent.data[uniq],
-                    self._groups.ranks()[self._holder_group.data[uniq]],
-                    self._nodes.ranks()[self._holder_node.data[uniq]],
-                )
-            )
-        ]
+        order = self._canonical()
+        canon = order[seen[order]]
         col_of = np.empty(seen.size, dtype=np.int64)
         col_of[canon] = np.arange(canon.size)
         col = col_of[holder]
@@ -744,6 +769,53 @@ class BoardState:
         salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
         bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
         return roles, bids, canon, costs
+
+    def _canonical(self) -> NDArray[np.int64]:
+        """Every holder id in canonical order (node name, group name, agent: ids are unique
+        to their triple, so the order is too), kept while no holder is made (the team awards
+        of a formation after every peer's bids came; a node or group named since without a
+        holder changes no holder's place among the others)."""
+        made, order = self._canon
+        if made == self._n_holders:
+            return order
+        n = self._n_holders
+        order = np.lexsort(
+            (
+                self._holder_agent.data[:n],
+                self._groups.ranks()[self._holder_group.data[:n]],
+                self._nodes.ranks()[self._holder_node.data[:n]],
+            )
+        )
+        self._canon = (n, order)
+        return order
+
+    def _role_columns(self, tasks: list[str]) -> _RoleColumns:
+        """The team tasks' roles as columns (:class:`_RoleColumns`), kept while the specs and
+        the list of tasks are the same (a formation's every team award)."""
+        version, key, cols = self._role_cols
+        if version == self.specs_version and key == tasks and cols is not None:
+            return cols
+        role_task: list[int] = []
+        slots: list[int] = []
+        first_role: list[int] = []
+        n_roles: list[int] = []
+        for t, task in enumerate(tasks):
+            first_role.append(len(slots))
+            spec_slots = [role.agents for role in self.specs[task].slots()]
+            n_roles.append(len(spec_slots))
+            role_task += [t] * len(spec_slots)
+            slots += spec_slots
+        cols = _RoleColumns(
+            {task: t for t, task in enumerate(tasks)},
+            np.array(role_task, dtype=np.int64),
+            np.array(slots, dtype=np.int64),
+            np.zeros(len(slots), dtype=np.int64),
+            np.array(first_role, dtype=np.int64),
+            np.array(n_roles, dtype=np.int64),
+            np.array([self._salt_of(task) for task in tasks], dtype=np.uint64),
+        )
+        self._role_cols = (self.specs_version, list(tasks), cols)
+        return cols
 
     def _salt_of(self, task: str) -> int:
         """``task``'s part of its bids' tie-breaks (cached with its digest hash)."""
@@ -864,19 +936,24 @@ class BoardState:
     def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
         """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
         sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
-        table that only took new slots since its last hash (``per.digest_base``) hashes only
-        theirs: a formation's peers' first bids add rows to every task's table, and every
-        ``task_state`` that came between two of them hashed every row again."""
-        parts = []
-        bases = []
+        table whose hash was kept through its changes since (``per.digest_base``) hashes only
+        the rows that came (added) and went (taken): a formation's peers' first bids add rows
+        to every task's table, its holds replace rows one at a time, and every ``task_state``
+        that came between two of them hashed every row again."""
+        parts = []  # (table's index, its rows or new slots, task salt)
+        bases: list[tuple[BidTable, int]] = []
+        changed: list[Row] = []  # the kept tables' rows that came and went, a table's together
+        changed_of: list[tuple[int, int, int]] = []  # (table's index, its rows, task salt)
         for task, per in tables:
             if not len(per):
-                per.digest, per.digest_base, per.unhashed = 0, None, []
+                per.digest, per.digest_base, per.unhashed, per.changed = 0, None, [], []
                 continue
-            th = self._task_hash.get(task)
-            if th is None:
-                th = self._task_hash[task] = stable_hash64(("task", task))
-            if per.digest_base is not None:  # only new slots since: their rows' hashes added
+            salt = self._task_salt(task)
+            if per.digest_base is None:
+                parts.append((len(bases), per.arrays(), salt))
+                bases.append((per, 0))
+                continue
+            if per.unhashed:  # new slots since (BidTable.add_new)
                 new = per.unhashed
                 rows = (
                     np.concatenate([c[0] for c in new]),
@@ -884,24 +961,46 @@ class BoardState:
                     np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
                     np.concatenate([c[3] for c in new]),
                 )
-                bases.append(per.digest_base)
-            else:
-                rows = per.arrays()
-                bases.append(0)
-            parts.append((per, rows, (th * int(_ODD[2])) & _MASK64))
-        if not parts:
-            return
-        sizes = [a[0].size for _, a, _ in parts]
-        keys = np.concatenate([a[0] for _, a, _ in parts])
-        costs = np.concatenate([a[1] for _, a, _ in parts])
-        seqs = np.concatenate([a[2] for _, a, _ in parts])
-        held = np.concatenate([a[3] for _, a, _ in parts])
-        salt = np.repeat(np.array([t for _, _, t in parts], dtype=np.uint64), sizes)
-        x = self._row_hashes(keys, costs, seqs.view(np.uint64) * _ODD[1], held, salt)
-        starts = np.cumsum([0, *sizes[:-1]])  # every table has rows: no empty segment
-        sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
-        for (per, _, _), base, total in zip(parts, bases, sums, strict=True):
-            per.digest, per.digest_base, per.unhashed = (base + int(total)) & _MASK64, None, []
+                parts.append((len(bases), rows, salt))
+            if per.changed:
+                changed_of.append((len(bases), len(per.changed), salt))
+                changed += per.changed
+            bases.append((per, per.digest_base))
+        totals = [base for _, base in bases]
+        if changed:
+            keys, costs, seqs, held, sign = zip(*changed, strict=True)
+            cols = (
+                np.array(keys, dtype=np.int64),
+                np.array(costs, dtype=np.float64),
+                np.array(seqs, dtype=np.int64),
+                np.array(held, dtype=bool),
+            )
+            parts.append((-1, cols, 0))
+        if parts:
+            sizes = [a[0].size for _, a, _ in parts]
+            salts = [t for _, _, t in parts]
+            if changed:  # the last part: its rows' salts and signs, and a sum a table
+                sizes[-1:] = [n for _, n, _ in changed_of]
+                salts[-1:] = [t for _, _, t in changed_of]
+            x = self._row_hashes(
+                np.concatenate([a[0] for _, a, _ in parts]),
+                np.concatenate([a[1] for _, a, _ in parts]),
+                np.concatenate([a[2] for _, a, _ in parts]).view(np.uint64) * _ODD[1],
+                np.concatenate([a[3] for _, a, _ in parts]),
+                np.repeat(np.array(salts, dtype=np.uint64), sizes),
+            )
+            if changed:
+                gone = np.flatnonzero(np.array(sign, dtype=np.int64) < 0) + (x.size - len(sign))
+                x[gone] = np.negative(x[gone])  # uint64: a row gone takes its hash away
+            starts = np.cumsum([0, *sizes[:-1]])  # every part has rows: no empty segment
+            sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
+            owners = [j for j, _, _ in parts[:-1]] if changed else [j for j, _, _ in parts]
+            owners += [j for j, _, _ in changed_of]
+            for j, total in zip(owners, sums, strict=True):
+                totals[j] += int(total)
+        for (per, _), total in zip(bases, totals, strict=True):
+            per.digest, per.digest_base = total & _MASK64, None
+            per.unhashed, per.changed = [], []
 
     def _row_hashes(
         self,

@@ -336,7 +336,8 @@ class TaskBoard(BoardState):
         cost = np.asarray(costs, dtype=np.float64)[rows]
         t_rows = t_of[rows]
         by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
-        bounds = np.flatnonzero(np.diff(t_rows[by_task])) + 1
+        sorted_t = t_rows[by_task]
+        bounds = np.flatnonzero(sorted_t[1:] != sorted_t[:-1]) + 1
         # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
         # agents are new to the ledger (holder ids made by this message: no table has a row of
         # them), their slots distinct and their costs finite: a node's first bids.
@@ -352,9 +353,10 @@ class TaskBoard(BoardState):
         starts = np.concatenate((_ZERO, bounds))
         all_new = np.logical_and.reduceat(new[by_task], starts)
         # Each task's rows are one slice of the rows in task order (views, not a copy a task).
+        present = sorted_t[starts].tolist()
         rows_of = _TaskRows(
-            [tasks[t] for t in t_rows[by_task[starts]].tolist()],
-            [usable[t] for t in t_rows[by_task[starts]].tolist()],
+            [tasks[t] for t in present],
+            [usable[t] for t in present],
             starts,
             slot[by_task],
             cost[by_task],
@@ -384,7 +386,7 @@ class TaskBoard(BoardState):
         if all_new.any():
             salts = np.array([self._task_salt(t) for t in rows.tasks], dtype=np.uint64)
             seq_term = np.array([(key * int(_ODD[1])) & _MASK64], dtype=np.uint64)
-            sizes = np.diff(np.append(rows.starts, slot.size))
+            sizes = np.subtract(ends, starts)
             x = self._row_hashes(slot, cost, seq_term, held, np.repeat(salts, sizes))
             sums = np.add.reduceat(x, rows.starts).tolist()  # uint64: wraps modulo 2**64
         inserted = added = 0

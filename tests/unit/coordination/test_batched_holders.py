@@ -5,7 +5,10 @@ old_merge.py``, main's code before the batch), on random instances of many seeds
 duplicate and stale messages, a peer's bids replaced, consumed agents, dead sessions, a full
 board -- and on a formation of real engines on the in-memory broker. And a message's tasks
 merged and admitted as arrays, its new rows hashed with it (the fourteenth pass): the ledger
-and the admission main's add_bids and admit_bids left (``main_merge``), to the bit."""
+and the admission main's add_bids and admit_bids left (``main_merge``), to the bit. And a table's
+hash kept through its rows' replacements and drops, the team award's rows made as arrays (the
+fifteenth pass): the ledger, award, teams and digest main's after the fourteenth pass left
+(``main14_merge``), to the bit."""
 
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from edge_agent.coordination import bid_table
 from edge_agent.coordination.ledger import Bid, TaskBoard
 from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskBids, TaskSpec
 from edge_agent.coordination.relay_admission import RelayAdmission
 from edge_agent.coordination.signing import PeerKeys
-from tests.support.old_merge import main_merge, old_merge
+from tests.support.old_merge import main14_merge, main_merge, old_merge
 
 T = TypeVar("T")
 
@@ -295,3 +299,140 @@ def test_new_rows_hashed_after_a_merge_cut_by_the_room_keep_the_digest_main_s() 
         return seen
 
     assert run() == on_main(run)
+
+
+def on_main14(f: Callable[[], T]) -> T:
+    """``f()`` with main's bid tables, digest and team rows after the fourteenth pass."""
+    with main14_merge():
+        return f()
+
+
+def more_ops(ops: list[tuple[object, ...]], rng: np.random.Generator) -> list[tuple[object, ...]]:
+    """``ops`` with some releases made a member's finished part (``done``: the team award's
+    done slots) and some facts made a team task's spec changed (a later epoch, another team
+    size or roles: the award's roles made again)."""
+    out: list[tuple[object, ...]] = []
+    for op in ops:
+        u = rng.random()
+        if op[0] == "release" and u < 0.6:
+            out.append(("done", *op[1:]))
+        elif u < 0.06:
+            task = str(rng.choice(["T", "U", "V"]))
+            n_roles = int(rng.integers(0, 3))
+            out.append(("spec", task, int(rng.integers(0, 2)), int(rng.integers(1, 4)),
+                        [int(rng.integers(1, 3)) for _ in range(n_roles)]))  # fmt: skip
+        else:
+            out.append(op)
+    return out
+
+
+def apply15(board: TaskBoard, op: tuple[object, ...]) -> object:
+    if op[0] == "spec":
+        _, task, epoch, team, counts = op
+        roles = [Role(capability="grid", count=c, goal_state=2) for c in counts]  # type: ignore[attr-defined]
+        return board.add_spec(TaskSpec(task=task, epoch=epoch, capability="grid", goal_state=1,  # type: ignore[arg-type]
+                                       announced_by="hub", team=team,  # type: ignore[arg-type]
+                                       roles=roles if roles else msgspec.UNSET))  # fmt: skip
+    if op[0] == "done":
+        _, task, node, group, agent, bdseq, bseq, role = op
+        rel = Release(task=task, epoch=0, node=node, group=group, agent=agent, bdseq=bdseq,
+                      bseq=bseq, status=ReleaseStatus.DONE, role=role)  # type: ignore[arg-type]  # fmt: skip
+        return board.add_release(rel)
+    return apply(board, op)
+
+
+def scratch_digest(board: TaskBoard) -> bytes:
+    """The digest with every table's rows hashed again (no hash kept through a change)."""
+    board.digest()
+    for per in board.bids.values():
+        per._rows_changed()
+    board._digest = (-1, b"")
+    return board.digest()
+
+
+@pytest.mark.parametrize(("max_delta", "small"), [(64, 64), (2, 64), (64, 0)])
+@pytest.mark.parametrize("seed", range(300))
+def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
+    seed: int, max_delta: int, small: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The random histories, the state asked after a random number of facts (so a table's hash
+    is kept through one change or many, up to the bound and past it): every table's rows, the
+    award, the teams and the digest main's; the digest also the one made from every row. With
+    ``small`` 0 every merge takes the array path (a message of more than ``SMALL`` rows a task)."""
+    monkeypatch.setattr(bid_table, "MAX_DELTA", max_delta)
+    monkeypatch.setattr(bid_table, "SMALL", small)
+    ops, bounds = random_ops(seed)
+    rng = np.random.default_rng(seed + 10_000)
+    ask = rng.random(len(ops)) < 0.35
+    new, old = TaskBoard(**bounds), on_main14(lambda: TaskBoard(**bounds))
+    for spec in specs():
+        assert new.add_spec(spec) == on_main14(lambda spec=spec: old.add_spec(spec))
+    for op, now in zip(more_ops(ops, rng), ask.tolist(), strict=True):
+        assert apply15(new, op) == on_main14(lambda op=op: apply15(old, op))
+        if now:
+            assert state15(new) == on_main14(lambda: state15(old))
+    assert state15(new) == on_main14(lambda: state15(old))
+    assert scratch_digest(new) == new.digest()
+
+
+def state15(board: TaskBoard) -> dict[str, object]:
+    """:func:`state`, the team award's roles and bid rows as it takes them, and every node's
+    holds."""
+    _, tasks, roles, rows, holders, costs = board._team_input()
+    award_in = [tasks, *(a.tolist() for a in (*roles, *rows, holders, costs))]
+    holds = [board.holds_of(n, TASKS) for n in ("n0", "n1", "n2", "n3")]
+    return {**state(board), "award_in": award_in, "holds": holds}
+
+
+def test_a_role_s_done_parts_count_up_to_its_slots() -> None:
+    """Two members finish their parts of a role of one slot (the task stays open: the other
+    role is not done): the award takes the role as done once, as main did."""
+
+    def run() -> object:
+        board = TaskBoard()
+        roles = [Role(capability="grid", count=2, goal_state=2)]
+        board.add_spec(TaskSpec(task="W", epoch=0, capability="grid", goal_state=1,
+                                announced_by="hub", team=1, roles=roles))  # fmt: skip
+        for agent in (1, 2):
+            rel = Release(task="W", epoch=0, node="n0", group="g", agent=agent, bdseq=1,
+                          bseq=1, status=ReleaseStatus.DONE, role=0)  # fmt: skip
+            board.add_release(rel)
+        return state15(board)["award_in"]
+
+    got = run()
+    assert got == on_main14(run)
+    assert got[3] == [1, 0]  # type: ignore[index]  # the roles' done: role 0's one slot
+
+
+def test_holds_replacing_rows_one_at_a_time_keep_the_table_s_hash() -> None:
+    """A formation's holds: a node's bids on a team task, then its holds of two of them, one
+    message a row, the digest asked between: the table's hash is kept (not made again from
+    every row) and equals main's and the one made from every row."""
+
+    def run() -> list[object]:
+        board = TaskBoard()
+        for spec in specs():
+            board.add_spec(spec)
+        seen: list[object] = []
+        board.add_bids("n0", "g", 1, 1, ["V"], epochs=[0], task_index=[0] * 6,
+                       agents=[0, 1, 2, 0, 1, 2], costs=[0.5, 1.0, 2.0, 0.25, 0.5, 0.5],
+                       roles=[0, 0, 0, 1, 1, 1])  # fmt: skip
+        board.add_bids("n1", "g", 1, 1, ["V"], epochs=[0], task_index=[0] * 2,
+                       agents=[5, 6], costs=[0.75, 0.75], roles=[0, 1])  # fmt: skip
+        seen.append(board.digest())
+        for bseq, agent, role in [(2, 0, 0), (3, 1, 1), (4, 2, 1)]:
+            board.add_bids("n0", "g", 1, bseq, ["V"], epochs=[0], task_index=[0], agents=[agent],
+                           costs=[0.5], roles=[role], holds=[True])  # fmt: skip
+            per = board.bids["V"]
+            seen.append((per.digest, per.digest_base is not None, len(per.changed)))
+            seen.append(board.digest())
+        seen.append(state(board))
+        return seen
+
+    new = run()
+    kept = [new[i] for i in (1, 3, 5)]
+    assert [s[1:] for s in kept] == [(True, 2), (True, 2), (True, 2)]  # type: ignore[index]
+    old = on_main14(run)
+    assert [s for i, s in enumerate(new) if i not in (1, 3, 5)] == [
+        s for i, s in enumerate(old) if i not in (1, 3, 5)
+    ]
