@@ -242,6 +242,7 @@ def two_steps(policies: np.ndarray, transitions: Sequence[np.ndarray]) -> TwoSte
 def scratch_doubles(
     num_states: Sequence[int], num_controls: Sequence[int], *, policies: int, outcomes: int,
     entries: int, learned_values: int = 0, two: TwoSteps | None = None,
+    shared_table: int = 0,
 ) -> int:
     """The doubles of scratch the pass needs (``tick_model.scratch``), alignment slack included:
     tick.c's ``edge_tick_scratch_doubles`` (its ``carve``, lane by lane, in its order; change
@@ -249,7 +250,9 @@ def scratch_doubles(
     ``num_controls`` per factor planning ``policies`` one-step policies over ``outcomes``
     possible joint outcomes and ``entries`` (outcome, state) entries; ``learned_values``: the
     learned modalities' ``O_m S`` values summed (0: nothing learned); ``two``: the plan of
-    two-step policies (:func:`two_steps`; None: one-step)."""
+    two-step policies (:func:`two_steps`; None: one-step); ``shared_table``: the joint
+    outcomes (``prod_m O_m``) of the tables a pass of shared counts learning ``A`` makes once a
+    tick (``tick_model.shared_tables``: ``lnL`` and, more than one factor, ``lnQ1``; 0: none)."""
     W, S = sum(num_states), math.prod(num_states)
     planned, moved2 = policies, 0
     if two is not None:  # the joint nodes' outcomes and values, each factor's nodes' states
@@ -267,7 +270,9 @@ def scratch_doubles(
              # packed row and each node's terms' rows (outcome twins): int64s
              + -(-(outcomes + 1 + entries + (entries if learned_values else 0) + outcomes
                    + planned * outcomes) // BLOCK)
-             + learned_values)  # A: the learned tables
+             + learned_values  # A: the learned tables
+             + -(-shared_table * S // BLOCK)  # the tick's lnL (shared_tables)
+             + (-(-shared_table * W // BLOCK) if len(num_states) > 1 else 0))  # its lnQ1
     return (lanes + 1) * BLOCK
 
 

@@ -141,6 +141,7 @@ class _Model(ctypes.Structure):
         ("reach2_start", _p),  # const int64_t *: (J2 + 1)
         ("reach2", _p),  # const int64_t *: or NULL
         ("outcome_twin", _p),  # const int64_t *: (K) or NULL
+        ("shared_tables", _i64),  # int64_t: 1 the pass makes lnL, lnQ1 once a tick (shared A)
     ]
 
 
@@ -522,7 +523,13 @@ class NativeTick:
             _addr(self._ptr["B_values"], np.uintp), _addr(self.stride_B, np.int64),
             _addr(self._ptr["pB"], np.uintp), _addr(self._ptr["pB_mask"], np.uintp),
             _addr(self._ptr["B_experience"], np.uintp), _addr(fixed["B_flat"], np.uintp), 0,
-            None if self.lnL is None else _addr(self.lnL), None, int(quantise), None)
+            None if self.lnL is None else _addr(self.lnL), None, int(quantise), None,
+            # shared counts learning A: the pass makes lnL and lnQ1 of the tables every agent
+            # infers with once a tick (in its scratch), a row gathered per agent in place of
+            # the modalities' rows, their product and its S logs (the same bits: tick.c's
+            # shared_likelihood)
+            shared_tables=int(bool(shared_counts) and bool(self.learned)
+                              and joint_obs * S <= native.LNL_TABLE))
         self.outcome_twin = self._twins(len(outcomes))
         self._plan_two_steps(B, policies, len(outcomes))
         if self.state_dtype not in (np.float32, np.float64):

@@ -133,6 +133,52 @@ INLINE void state_put_lanes(void *a, int64_t at, const lane *x, int64_t k, int64
     }
 }
 
+/* k values of each of the block's agents (agent first + b's at a[(first + b) k ..], rows of
+ * the state one after the other) into the block's lanes x, and back (count agents): a whole
+ * block value by value, the conversions of its 8 lanes at once and each agent's value k apart
+ * (state_get_lanes and state_put_lanes, agent by agent, moved one agent's k values at a time:
+ * ~8 instructions a value; the same conversions). A partial block agent by agent, the lanes
+ * past count repeating agent first. */
+INLINE void state_get_block(const void *a, int64_t first, lane *x, int64_t k, int64_t count,
+                            int64_t f32) {
+    if (count < BLK) {
+        for (int b = 0; b < BLK; b++)
+            state_get_lanes(a, (first + (b < count ? b : 0)) * k, x, k, b, f32);
+        return;
+    }
+    if (f32) {
+        const float *from = (const float *)a + first * k;
+        for (int64_t i = 0; i < k; i++) {
+            float v[BLK];
+            for (int b = 0; b < BLK; b++) v[b] = from[b * k + i];
+            LANES x[i][b] = (double)v[b];
+        }
+    } else {
+        const double *from = (const double *)a + first * k;
+        for (int64_t i = 0; i < k; i++)
+            for (int b = 0; b < BLK; b++) x[i][b] = from[b * k + i];
+    }
+}
+INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, int64_t count,
+                            int64_t f32) {
+    if (count < BLK) {
+        for (int64_t b = 0; b < count; b++) state_put_lanes(a, (first + b) * k, x, k, b, f32);
+        return;
+    }
+    if (f32) {
+        float *to = (float *)a + first * k;
+        for (int64_t i = 0; i < k; i++) {
+            float v[BLK];
+            LANES v[b] = (float)x[i][b];
+            for (int b = 0; b < BLK; b++) to[b * k + i] = v[b];
+        }
+    } else {
+        double *to = (double *)a + first * k;
+        for (int64_t i = 0; i < k; i++)
+            for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
+    }
+}
+
 /* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
  * else the table's. */
 INLINE const double *b_values(const tick_model *m, int64_t f, int64_t n) {
@@ -159,6 +205,11 @@ typedef struct {
                               * twin's, tick_model.outcome_twin, is its first's) */
     int64_t *term;           /* (planned K): each node's terms' packed rows, in order */
     double log_uniform[MAX_F]; /* ln(1 / S_f + eps): infer_states' first beliefs' logs */
+    /* the tables each agent's likelihood row and first step's row are gathered from (NULL:
+     * made per agent): the model's (tick_model.lnL, lnQ1: a frozen group's) or the tick's */
+    const double *lnL, *lnQ1;
+    double *made_lnL, *made_lnQ1;  /* (shared_tables) the tick's (shared_likelihood), whole
+                                    * lanes: (prod_m O_m, S), (prod_m O_m, sum S_f) */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
 } block_scratch;
 
@@ -169,6 +220,13 @@ static int64_t width_of(const tick_model *m) {
     int64_t w = 0;
     for (int64_t f = 0; f < m->factors; f++) w += m->num_states[f];
     return w;
+}
+
+/* The joint outcomes: prod_m O_m (lnL's rows). */
+static int64_t joint_observations(const tick_model *m) {
+    int64_t rows = 1;
+    for (int64_t k = 0; k < m->modalities; k++) rows *= m->num_obs[k];
+    return rows;
 }
 
 /* Lays the block's temporaries out from base (NULL: only counts); returns the lanes used. */
@@ -210,6 +268,16 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
     for (int64_t k = 0; k < m->modalities; k++) {
         if (base) sc->A[k] = NULL;
         if (m->pA[k] != NULL) TAKE(A[k], m->num_obs[k] * S);
+    }
+    if (base) sc->made_lnL = sc->made_lnQ1 = NULL;
+    if (m->shared_tables) {  /* the tick's lnL and lnQ1 (shared_likelihood), whole lanes */
+        const int64_t rows = joint_observations(m);
+        if (base) sc->made_lnL = base[used];
+        used += (rows * S + BLK - 1) / BLK;
+        if (m->factors > 1) {
+            if (base) sc->made_lnQ1 = base[used];
+            used += (rows * W + BLK - 1) / BLK;
+        }
     }
 #undef TAKE
     return used;
@@ -322,7 +390,8 @@ static void normalise_b(const sparse_b *bm, const int64_t *flat, const double *c
 #define Q_RANGE 24.0
 #define Q_MAX_CODE 254.0
 #define Q_CHUNK 256
-static void quantise_columns(double *values, const int64_t *col, int64_t count,
+/* (not inlined: once a tick, and its MAX_S arrays would be in the shared pass's frame) */
+static __attribute__((noinline)) void quantise_columns(double *values, const int64_t *col, int64_t count,
                              int64_t columns) {
     double largest[MAX_S], smallest[MAX_S], top[MAX_S], low[MAX_S], step[MAX_S];
     double top32[MAX_S], step32[MAX_S], total[MAX_S], logs[Q_CHUNK];
@@ -435,9 +504,10 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         for (int b = 0; b < BLK; b++) all &= active[b];
         if (!any) break;
         /* the first step from uniform beliefs depends on the observation alone but for the log
-         * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), the
-         * same sums in the same order (edge_tick_first_step) */
-        const int from_table = tabled && it == 0 && m->lnQ1 != NULL;
+         * prior: a model nobody learns has it made once (lnQ1, its rows in sc->step1), a
+         * shared pass once a tick (shared_likelihood), the same sums in the same order
+         * (edge_tick_first_step) */
+        const int from_table = tabled && it == 0 && sc->lnQ1 != NULL;
         if (!from_table) {
             if (!joint_of_cur) joint_of(m, cur, sc->joint);
             for (int64_t s = 0; s < S; s++)
@@ -490,11 +560,29 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         memcpy(sc->cur, sc->nxt, (size_t)width_of(m) * sizeof(lane));
 }
 
+/* Each agent's observed row of modality k's table (agent n's at table + n stride: stride 0,
+ * one every agent's) into the block's lanes (row: S lanes; the lanes past count agent
+ * first's): the rows found, then moved value by value over the lanes (agent by agent, each
+ * row's values strided into the lanes, they were ~7 instructions a value). */
+INLINE void gather_rows(const tick_model *m, const tick_state *st, int64_t k,
+                        const double *table, int64_t stride, int64_t first, int64_t count,
+                        lane *row) {
+    const int64_t M = m->modalities, S = m->joint;
+    const double *from[BLK];
+    for (int b = 0; b < BLK; b++) {
+        const int64_t n = first + (b < count ? b : 0);
+        from[b] = table + n * stride + st->obs[n * M + k] * S;
+    }
+    for (int64_t s = 0; s < S; s++)
+        for (int b = 0; b < BLK; b++) row[s][b] = from[b][s];
+}
+
 /* The likelihood of a model with tables (no lnL), the modalities' observed rows multiplied in
  * modality order, and (asked for) p(o_m), each row against the prior's joint (sc->log_prior's
  * lanes, not yet logs) in state order: each modality's row gathered once into the block's lanes
- * (sc->qj, free until the plan), both in lanes; the same products and sums as agent by agent
- * (they were scalar, agent by agent, ~8% of the per-agent pA tick). */
+ * (sc->qj, free until the plan; p(o_m) under the float tables, A_float, their rows), both in
+ * lanes; the same products and sums as agent by agent (they were scalar, agent by agent, ~8%
+ * of the per-agent pA tick). */
 INLINE void likelihood_lanes(
     const tick_model *m, const tick_state *st, block_scratch *sc, int64_t first, int64_t count,
     const int64_t *offset) {
@@ -505,31 +593,29 @@ INLINE void likelihood_lanes(
         joint_of(m, p, sc->joint);
     }
     lane *row = sc->qj;
+    const int inferred = sc->lnL == NULL, floats = m->A_float != NULL;
     for (int64_t k = 0; k < M; k++) {
-        for (int b = 0; b < BLK; b++) {
-            const int64_t n = first + (b < count ? b : 0);
-            const double *ak = m->A[k] + n * m->A_agent_stride[k] + st->obs[n * M + k] * S;
-            for (int64_t s = 0; s < S; s++) row[s][b] = ak[s];
-        }
-        if (m->lnL == NULL) {
+        /* the rows of the tables the agents infer with: the product's (no lnL) */
+        if (inferred) {
+            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], first, count, row);
             if (k == 0)
                 for (int64_t s = 0; s < S; s++) LANES sc->log_lik[s][b] = row[s][b];
             else
                 for (int64_t s = 0; s < S; s++) LANES sc->log_lik[s][b] *= row[s][b];
         }
-        if (st->p_obs != NULL && m->A_float != NULL) {  /* under the float tables */
-            for (int64_t b = 0; b < count; b++) {
-                const double *fk = m->A_float[k] + st->obs[(first + b) * M + k] * S;
-                double total = 0.0;
-                for (int64_t s = 0; s < S; s++) total += fk[s] * sc->joint[s][b];
-                st->p_obs[(first + b) * M + k] = total;
-            }
-        } else if (st->p_obs != NULL) {
-            lane total;
-            LANES total[b] = 0.0;
-            for (int64_t s = 0; s < S; s++) LANES total[b] += row[s][b] * sc->joint[s][b];
-            for (int64_t b = 0; b < count; b++) st->p_obs[(first + b) * M + k] = total[b];
-        }
+        if (st->p_obs == NULL) continue;
+        /* p(o_m): each lane's sum in state order of its row of the float tables (A_float) or
+         * of the tables inferred with (gathered above unless lnL), the same sums as agent by
+         * agent (the float tables' were, scalar, ~5% of the int8 shared pA tick, T-maze
+         * N = 1,000) */
+        if (floats)
+            gather_rows(m, st, k, m->A_float[k], 0, first, count, row);
+        else if (!inferred)
+            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], first, count, row);
+        lane total;
+        LANES total[b] = 0.0;
+        for (int64_t s = 0; s < S; s++) LANES total[b] += row[s][b] * sc->joint[s][b];
+        for (int64_t b = 0; b < count; b++) st->p_obs[(first + b) * M + k] = total[b];
     }
 }
 
@@ -626,6 +712,44 @@ INLINE void measure_posterior(const tick_model *m, tick_state *st, const block_s
     posterior_measures(m, st, i, q, &sc->log_prior[0][b], BLK, offset);
 }
 
+/* Whether factor f's transitions are every agent's (a table's, or a learned one shared). */
+INLINE int one_b(const tick_model *m, int64_t f) {
+    return m->B_values[f] == NULL || m->B_agent_stride[f] == 0;
+}
+
+/* Factor f's prior of the block's agents into lp's lanes when its transitions are every
+ * agent's (one_b): for each action u some agent of the block took after acting, B[f][:, :, u]
+ * @ qs[f] for every lane (apply_b: its entries summed in their order from 0, each lane's the
+ * numbers agent by agent makes; the posteriors, q, as the state keeps them), each agent taking
+ * its own action's; D[f] for an agent that did not act. (Agent by agent, each value of the
+ * state converted on its own: ~120 instructions an agent-step, T-maze N = 1,000.) y: s_f lanes
+ * of scratch. */
+INLINE void prior_lanes(const tick_model *m, const tick_state *st, block_scratch *sc, int64_t f,
+                        int64_t first, int64_t count, const int64_t *agent,
+                        const int64_t *acted, lane *lp, lane *q, lane *y) {
+    const int64_t s_f = m->num_states[f], F = m->factors;
+    int64_t u_of[BLK], any = 0;
+    uint8_t taken[MAX_U] = {0};
+    for (int b = 0; b < BLK; b++) {
+        u_of[b] = acted[b] ? st->action[agent[b] * F + f] : -1;
+        if (acted[b]) taken[u_of[b]] = 1, any = 1;
+    }
+    for (int64_t i = 0; i < s_f; i++) {
+        const double d = m->D[f][i];
+        LANES lp[i][b] = d;
+    }
+    if (!any) return;
+    (void)sc;
+    state_get_block(st->qs[f], first, q, s_f, count, m->state_f32);
+    const double *vals[BLK];
+    for (int b = 0; b < BLK; b++) vals[b] = b_values(m, f, agent[b]);
+    for (int64_t u = 0; u < m->num_controls[f]; u++) {
+        if (!taken[u]) continue;
+        apply_b(&m->B[f], vals, 1, u, q, y, s_f);
+        for (int64_t i = 0; i < s_f; i++) LANES lp[i][b] = u_of[b] == u ? y[i][b] : lp[i][b];
+    }
+}
+
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
  * past count repeat agent first, computed and never written back): prior, posterior (left in
  * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
@@ -636,6 +760,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                         uint8_t taken[MAX_F][MAX_U], int tabled, int64_t *measured) {
     const int64_t F = m->factors, M = m->modalities, S = m->joint, f32 = m->state_f32;
     int64_t agent[BLK], acted[BLK];
+    const double *lik_row[BLK], *step_row[BLK];  /* each agent's rows of lnL, lnQ1 */
     LANES agent[b] = first + (b < count ? b : 0);
 
     /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log */
@@ -645,10 +770,8 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         for (int64_t f = 0; f < F; f++) {
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
-            if (m->prior_given) {
-                state_get_lanes(st->prior[f], n * s_f, lp, s_f, b, f32);
-                continue;
-            }
+            /* the kept prior, or transitions every agent's: below, the whole block's */
+            if (m->prior_given || one_b(m, f)) continue;
             if (acted[b]) {
                 const void *qs = st->qs[f];
                 const sparse_b *bm = &m->B[f];
@@ -660,27 +783,45 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             } else {
                 for (int64_t i = 0; i < s_f; i++) lp[i][b] = m->D[f][i];
             }
-            /* an int8 group's prior as it would keep it (float32): the same numbers whether
-             * the group keeps its prior or makes it here, bit for bit */
-            if (f32)
-                for (int64_t i = 0; i < s_f; i++) lp[i][b] = (double)(float)lp[i][b];
-            if (st->prior != NULL && b < count)
-                for (int64_t i = 0; i < s_f; i++) state_put(st->prior[f], n * s_f + i, lp[i][b], f32);
         }
         /* the likelihood of the outcomes over the joint state (and, asked for, each
          * outcome's probability under the prior: the surprise's p(o_m), before learning) */
         const int64_t *obs = st->obs + n * M;
-        if (m->lnL != NULL) {  /* a model nobody learns: its joint outcome's row of logs */
+        if (sc->lnL != NULL) {  /* the joint outcome's row of logs (lnL: a frozen group's,
+                                 * or a shared pass's made once a tick), and its first step's */
             int64_t j = obs[0];
             for (int64_t k = 1; k < M; k++) j = j * m->num_obs[k] + obs[k];
-            const double *row = m->lnL + j * S;
-            for (int64_t s = 0; s < S; s++) sc->log_lik[s][b] = row[s];
-            if (tabled && m->lnQ1 != NULL) {  /* and its first step's row */
-                const double *step = m->lnQ1 + j * width;
-                for (int64_t i = 0; i < width; i++) sc->step1[i][b] = step[i];
-            }
-            continue;
+            lik_row[b] = sc->lnL + j * S;
+            if (sc->lnQ1 != NULL) step_row[b] = sc->lnQ1 + j * width;
         }
+    }
+    /* the rows into the block's lanes, value by value (agent by agent, each row's values
+     * strided into the lanes: ~7 instructions a value, ~110 an agent-step, T-maze) */
+    if (sc->lnL != NULL)
+        for (int64_t s = 0; s < S; s++)
+            for (int b = 0; b < BLK; b++) sc->log_lik[s][b] = lik_row[b][s];
+    if (sc->lnL != NULL && tabled && sc->lnQ1 != NULL)
+        for (int64_t i = 0; i < width; i++)
+            for (int b = 0; b < BLK; b++) sc->step1[i][b] = step_row[b][i];
+    if (m->prior_given) {  /* the prior the caller keeps */
+        for (int64_t f = 0; f < F; f++)
+            state_get_block(st->prior[f], first, sc->log_prior + offset[f], m->num_states[f],
+                            count, f32);
+    } else {
+        for (int64_t f = 0; f < F; f++)
+            if (one_b(m, f))
+                prior_lanes(m, st, sc, f, first, count, agent, acted, sc->log_prior + offset[f],
+                            sc->nxt + offset[f], sc->qL);
+        /* an int8 group's prior as it would keep it (float32): the same numbers whether the
+         * group keeps its prior or makes it here, bit for bit; then written for the group to
+         * keep. The block's lanes at once (agent by agent, each value's float-or-double chosen
+         * again, they were ~4% of the int8 shared pA tick, T-maze N = 1,000) */
+        if (f32)
+            for (int64_t i = 0; i < width; i++)
+                LANES sc->log_prior[i][b] = (double)(float)sc->log_prior[i][b];
+        for (int64_t f = 0; f < F && st->prior != NULL; f++)
+            state_put_block(st->prior[f], first, sc->log_prior + offset[f], m->num_states[f],
+                            count, f32);
     }
     /* health's sampled agents of the block (measure_rows ascending: those from *measured on
      * below first + count): their predictions under the prior, before its log */
@@ -689,9 +830,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     *measured = to;
     for (int64_t i = from; i < to; i++)
         measure_predictions(m, st, sc, st->measure_rows[i] - first, i, offset);
-    if (m->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
+    if (sc->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
     tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
-    if (m->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
+    if (sc->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
     infer_states(m, sc, offset, tabled);
     for (int64_t i = from; i < to; i++)
         measure_posterior(m, st, sc, st->measure_rows[i] - first, i, offset, width);
@@ -801,15 +942,13 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
  * multiplied in factor order, as joint_of), lnL[j][s] times it summed state by state into each
  * factor's states, each sum over its uniform. Scalar and once (the binding's, at a model's
  * start): prod_m O_m (S + sum S_f) steps. */
-void edge_tick_first_step(const tick_model *m, double *out) {
+static void first_steps(const tick_model *m, const double *table, double *out) {
     const int64_t F = m->factors, S = m->joint, W = width_of(m);
-    if (m->lnL == NULL || F < 2) return;
-    int64_t rows = 1;
-    for (int64_t k = 0; k < m->modalities; k++) rows *= m->num_obs[k];
+    const int64_t rows = joint_observations(m);
     double joint = 1.0 / (double)m->num_states[0];
     for (int64_t f = 1; f < F; f++) joint = joint * (1.0 / (double)m->num_states[f]);
     for (int64_t j = 0; j < rows; j++) {
-        const double *lnL = m->lnL + j * S;
+        const double *lnL = table + j * S;
         double *row = out + j * W;
         for (int64_t f = 0, at = 0; f < F; at += m->num_states[f], f++) {
             const int64_t s_f = m->num_states[f];
@@ -820,6 +959,48 @@ void edge_tick_first_step(const tick_model *m, double *out) {
             for (int64_t i = 0; i < s_f; i++) row[at + i] = row[at + i] / uniform;
         }
     }
+}
+void edge_tick_first_step(const tick_model *m, double *out) {
+    if (m->lnL == NULL || m->factors < 2) return;
+    first_steps(m, m->lnL, out);
+}
+
+/* Shared counts (tick_model.shared_tables): the log likelihood of every joint outcome under the
+ * tables every agent infers with this tick (a learned one as the last tick's refresh left it),
+ * into sc->made_lnL, and each one's first step into sc->made_lnQ1 (more than one factor), then
+ * the tables the agents' rows are gathered from (sc->lnL, sc->lnQ1), as a frozen group's
+ * (tick_model.lnL, lnQ1): no modalities' rows, product and logs per agent. The same
+ * numbers as each agent's own, bit for bit: the modalities' rows multiplied in modality order
+ * (likelihood_lanes'), log(x + eps) by tick_log_inplace over a whole number of lanes, as a
+ * block's S lanes are (its loop's vector body takes every value, 2 or 4 at a time, and a
+ * value's log is its own: a count that is not a multiple of the vector ends in a narrower
+ * vector log or glibc's scalar one, which need not give the same bits; test_equality.py's
+ * test_a_log_is_the_same_bits_wherever_tick_log_inplace_takes_it checks it), the first step
+ * edge_tick_first_step's sums. Once a tick: prod_m O_m (M S + sum S_f) steps, prod_m O_m S
+ * logs (the T-maze: 24 x 8, where every block takes 8 x 8). */
+static void shared_likelihood(const tick_model *m, block_scratch *sc) {
+    const int64_t M = m->modalities, S = m->joint, rows = joint_observations(m);
+    const int64_t padded = (rows * S + BLK - 1) / BLK * BLK;
+    double *lnL = sc->made_lnL;
+    for (int64_t j = 0; j < rows; j++) {
+        double *row = lnL + j * S;
+        int64_t o[MAX_M] = {0}, rest = j;
+        for (int64_t k = M - 1; k >= 0; k--) {
+            o[k] = rest % m->num_obs[k];
+            rest /= m->num_obs[k];
+        }
+        const double *a0 = m->A[0] + o[0] * S;
+        for (int64_t s = 0; s < S; s++) row[s] = a0[s];
+        for (int64_t k = 1; k < M; k++) {
+            const double *ak = m->A[k] + o[k] * S;
+            for (int64_t s = 0; s < S; s++) row[s] *= ak[s];
+        }
+    }
+    for (int64_t i = rows * S; i < padded; i++) lnL[i] = 1.0;  /* the last lane's rest: unread */
+    tick_log_inplace(lnL, padded, EPS);
+    if (sc->made_lnQ1 != NULL) first_steps(m, lnL, sc->made_lnQ1);
+    sc->lnL = lnL;
+    sc->lnQ1 = sc->made_lnQ1;
 }
 
 /* The joint-outcome entries outcome by outcome (sc->outcome_entry[outcome_start[k] ..
@@ -1110,9 +1291,10 @@ INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t
 /* The second half of a tick for the block's agents (as infer_block): with their posteriors in
  * sc->cur and the block's lanes of the learned tables in sc->A, the planning tables (kept from
  * the block before when tables_ready: shared counts, whose tables are every agent's), G, q_pi,
- * the actions, and everything written back. */
+ * the actions, and everything written back (but the posteriors when kept: st->qs holds them,
+ * the shared pass's, whose sc->cur was loaded from there). */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                       int64_t count, const int64_t *offset, int tables_ready) {
+                       int64_t count, const int64_t *offset, int tables_ready, int kept) {
     const int64_t F = m->factors, P = m->policies;
     const int64_t f32 = m->state_f32;
     lane *q[MAX_F] = {0};
@@ -1189,13 +1371,12 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     }
 
     /* write back */
+    for (int64_t f = 0; f < F && !kept; f++)
+        state_put_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32);
+    state_put_block(st->G, first, G, P, count, f32);
+    state_put_block(st->q_pi, first, q_pi, P, count, f32);
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
-        for (int64_t f = 0; f < F; f++)
-            state_put_lanes(st->qs[f], n * m->num_states[f], sc->cur + offset[f],
-                            m->num_states[f], b, f32);
-        state_put_lanes(st->G, n * P, G, P, b, f32);
-        state_put_lanes(st->q_pi, n * P, q_pi, P, b, f32);
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
         if (st->next_prior == NULL) continue;
@@ -1237,13 +1418,9 @@ static void normalise_shared(const tick_model *m) {
  * every learned table, the same for all, into sc->A's lanes. */
 INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch *sc,
                        int64_t first, int64_t count, const int64_t *offset, int with_tables) {
-    for (int b = 0; b < BLK; b++) {
-        const int64_t n = first + (b < count ? b : 0);
-        for (int64_t f = 0; f < m->factors; f++)
-            for (int64_t i = 0; i < m->num_states[f]; i++)
-                sc->cur[offset[f] + i][b] =
-                    state_get(st->qs[f], n * m->num_states[f] + i, m->state_f32);
-    }
+    for (int64_t f = 0; f < m->factors; f++)
+        state_get_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count,
+                        m->state_f32);
     for (int64_t k = 0; with_tables && k < m->modalities; k++) {
         if (m->pA[k] == NULL) continue;
         const double *table = m->A[k];
@@ -1266,7 +1443,7 @@ static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch 
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured);
-        plan_block(m, st, sc, first, count, offset, shared_tables && first > 0);
+        plan_block(m, st, sc, first, count, offset, shared_tables && first > 0, 0);
     }
 }
 
@@ -1278,14 +1455,18 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
     /* health's sampled agents done so far (in infer_block, before the counts' tables follow:
      * under the tables every agent inferred with) */
     int64_t measured = 0;
+    /* the likelihood's tables once (shared_tables), when their logs are no more than the
+     * blocks' (prod_m O_m rows of S against S lanes a block): every agent infers with the
+     * tables as they are until the last block has (they follow after it) */
+    const int tables =
+        sc->made_lnL != NULL && joint_observations(m) <= (m->n + BLK - 1) / BLK * BLK;
+    if (tables) shared_likelihood(m, sc);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, sc, first, count, offset, width, taken, 0, &measured);
-        for (int64_t b = 0; b < count; b++)
-            for (int64_t f = 0; f < m->factors; f++)
-                for (int64_t i = 0; i < m->num_states[f]; i++)
-                    state_put(st->qs[f], (first + b) * m->num_states[f] + i,
-                              sc->cur[offset[f] + i][b], m->state_f32);
+        infer_block(m, st, sc, first, count, offset, width, taken, tables, &measured);
+        for (int64_t f = 0; f < m->factors; f++)
+            state_put_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count,
+                            m->state_f32);
     }
     if (m->learn) {
         normalise_shared(m);
@@ -1303,7 +1484,9 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
         load_block(m, st, sc, first, count, offset, first == 0);
-        plan_block(m, st, sc, first, count, offset, first > 0);
+        /* the posteriors are in st->qs as the first pass wrote them (loaded from there:
+         * not written again) */
+        plan_block(m, st, sc, first, count, offset, first > 0, 1);
     }
 }
 
@@ -1313,6 +1496,8 @@ void edge_tick(const tick_model *m, tick_state *st) {
     block_scratch sc = {0};
     lane *base = (lane *)(((uintptr_t)m->scratch + sizeof(lane) - 1) / sizeof(lane) * sizeof(lane));
     carve(m, base, &sc);
+    sc.lnL = m->lnL;  /* a frozen group's (a shared pass may make its own: shared_likelihood) */
+    sc.lnQ1 = m->lnQ1;
     for (int64_t f = 0; f < m->factors; f++)
         sc.log_uniform[f] = log(1.0 / (double)m->num_states[f] + EPS);
     if (m->use_info_gain) {

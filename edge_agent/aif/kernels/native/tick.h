@@ -167,7 +167,16 @@ typedef struct {
                                            * with the same value in every lane (entry_shared's \
                                            * bits and each learned table's index): its     \
                                            * predicted probability, the same number; -1    \
-                                           * none; NULL: no twins */
+                                           * none; NULL: no twins */                        \
+    X(int64_t, shared_tables)             /* 1 (shared counts learning A, every A_agent_stride \
+                                           * 0): lnL and lnQ1 made by the pass once a tick, \
+                                           * in its scratch, from the tables every agent    \
+                                           * infers with (when the joint outcomes are no   \
+                                           * more than the agents' lanes: the table's logs \
+                                           * no more than theirs), a row gathered per agent \
+                                           * (the same products and logs as its own rows', \
+                                           * bit for bit); 0: each agent's rows gathered,  \
+                                           * multiplied and logged (the tests' reference) */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
@@ -607,6 +608,90 @@ def test_an_outcome_whose_prediction_is_another_s_is_summed_and_logged_once_bit_
         obs, start = env.step(actions[0])
 
 
+@pytest.mark.parametrize("build", BUILDS)
+def test_a_log_is_the_same_bits_wherever_tick_log_inplace_takes_it(build: str) -> None:
+    """The shared pass's once-a-tick log likelihood (tick.c's ``shared_likelihood``) is each
+    agent's to the bit only if ``tick_log_inplace`` gives a value the same log wherever it lies
+    in an array of whole lanes (BLK values: a block's ``S`` lanes, the table's rows padded to
+    whole lanes): its loop's vector body takes them all, 2 (baseline) or 4 (x86-64-v3) a call,
+    and a vector log's lane is its own value's. Values as the likelihood's products are (in
+    (0, 1], zeros, the smallest normal ones, ones): each one's log alone in a block of 8 (among
+    others' values), in a block of 64 and in a table of 8 x 24 at every whole-lane offset is the
+    same bits as in the first call."""
+    lib = library(build)
+    log_inplace = lib.tick_log_inplace
+    log_inplace.restype = None
+    log_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
+    rng = np.random.default_rng(58)
+    values = np.concatenate([rng.random(120), rng.random(40) ** 20,
+                             [0.0, 1.0, 2.2250738585072014e-308, 0.5, 1e-16, 0.25, 1.0, 0.0]])
+    assert len(values) % 8 == 0
+
+    def logs(x: np.ndarray) -> np.ndarray:
+        out = np.ascontiguousarray(x, dtype=np.float64).copy()
+        log_inplace(out.ctypes.data, len(out), EPS)
+        return out
+
+    first = logs(values)
+    for width in (8, 64, 192):  # a block's lane, a block's S lanes (T-maze), the T-maze table
+        for at in range(0, len(values), 8):
+            chunk = np.resize(np.roll(values, -at), width)
+            np.testing.assert_array_equal(
+                logs(chunk).view(np.uint64), np.resize(np.roll(first, -at), width).view(np.uint64))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("world_name", ["tmaze-A1", "tmaze-A2", "factors3", "grid10-A0"])
+@pytest.mark.parametrize("precision", ["float64", "int8"])
+def test_a_shared_pass_s_likelihood_tables_made_once_a_tick_step_bit_for_bit_as_each_agent_s(
+    build: str, world_name: str, precision: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shared counts learning ``A`` (``tick_model.shared_tables``): the pass makes ``lnL`` and
+    ``lnQ1`` of the tables every agent infers with once a tick, and each agent's likelihood is
+    a row gathered; the group stepping so is the group whose pass gathers each agent's rows,
+    multiplies them and takes their logs (``shared_tables`` 0), bit for bit: posteriors,
+    ``G``, ``q_pi``, actions and counts, 30 ticks through the episodes' resets,
+    with more agents than the table's rows (the pass makes it) and one agent (it does not:
+    the table's logs would be more than the block's)."""
+    world = make_world(world_name, tmp_path)
+    monkeypatch.setattr(binding, "_LIBRARY", library(build))
+    spec = LearningSpec(pA=world.pA, refresh_every=1,
+                        settings=LearningSettings(lr_pA=world.lr, scope="shared"))
+    model = GenerativeModel.from_arrays(world.A, world.B, world.C, world.D)
+    rows = int(np.prod([a.shape[0] for a in world.A]))
+    for n in (rows + 3, 1):
+        monkeypatch.setenv(NATIVE_ENV, "1")
+        groups = [AifAgentGroup(model, n, settings=SETTINGS,
+                                precision=precision,  # type: ignore[arg-type]
+                                learning=spec) for _ in range(2)]
+        monkeypatch.delenv(NATIVE_ENV)
+        tables, each = (_kernel_of(group) for group in groups)
+        assert tables._model.shared_tables == 1
+        each._model.shared_tables = 0
+        env = outcomes(world, n)
+        obs, start = env.reset()
+        for _ in range(30):
+            actions = []
+            for group in groups:
+                if start.any():
+                    group.reset(start)
+                actions.append(group.step(obs))
+            np.testing.assert_array_equal(*actions)
+            ours, theirs = groups
+            for a, b in zip(ours.qs, theirs.qs, strict=True):
+                np.testing.assert_array_equal(a, b)
+            for name in ("G", "q_pi"):
+                np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+            assert ours.learning is not None
+            assert theirs.learning is not None
+            for a, b in zip(ours.learning.learner.counts, theirs.learning.learner.counts,
+                            strict=True):
+                for x, y in zip(a.counts, b.counts, strict=True):
+                    np.testing.assert_array_equal(x, y)
+            obs, start = env.step(actions[0])
+
+
 @pytest.mark.parametrize("native_faster", [True, False])
 def test_a_frozen_group_of_a_local_planner_s_model_keeps_the_path_measured_cheaper(
     native_faster: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -718,4 +803,5 @@ def test_the_scratch_s_python_twin_is_the_library_s_learning_or_not(
         assert kernel._scratch.size == native.scratch_doubles(
             kernel.num_states.tolist(), kernel.num_controls.tolist(), policies=len(kernel.lnE),
             outcomes=kernel._model.outcomes, entries=kernel._model.entries,
-            learned_values=sum(int(kernel.num_obs[m]) * S for m in kernel.learned))
+            learned_values=sum(int(kernel.num_obs[m]) * S for m in kernel.learned),
+            shared_table=int(np.prod(kernel.num_obs)) if kernel._model.shared_tables else 0)

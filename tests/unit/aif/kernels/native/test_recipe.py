@@ -80,11 +80,13 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     # table against the product and its logs; its first-step table against the step made,
     # three worlds (2, 3 and 4 factors); the scratch's Python twin against the library's, each
     # world; the outcomes' twins summed once against every outcome summed (per agent, shared
-    # float64 and int8, frozen two-step)
+    # float64 and int8, frozen two-step); the vector log's bits at every whole-lane offset; a
+    # shared pass's likelihood tables made once a tick against each agent's rows (four worlds,
+    # float64 and int8)
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
              + len(FROZEN_L2_WORLDS) * len(frozen_l2_sizes("sanitized")) * 2
-             + 3 + len(SIZES) + 4)
+             + 3 + len(SIZES) + 4 + 1 + 4 * 2)
     _assert_clean(done, cases)
 
 
@@ -128,16 +130,16 @@ def test_health_measured_in_the_pass_runs_clean_under_the_sanitizers() -> None:
 @pytest.mark.timeout(1800)
 def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) -> None:
     """The sanitized run catches what it is there for: a build whose write-back puts each
-    agent's policy posterior one place later (the last agent's past the array's end)."""
+    agent's policy posterior one agent later (the last agent's past the array's end)."""
     where = tmp_path / "src"
     where.mkdir()
     for source in recipe.sources():
         shutil.copy(source, where / source.name)
     kernel = (where / "tick.c").read_text()
-    good = "state_put_lanes(st->q_pi, n * P, q_pi, P, b, f32);"
+    good = "state_put_block(st->q_pi, first, q_pi, P, count, f32);"
     assert good in kernel
     (where / "tick.c").write_text(kernel.replace(
-        good, "state_put_lanes(st->q_pi, n * P + 1, q_pi, P, b, f32);"))
+        good, "state_put_block(st->q_pi, first + 1, q_pi, P, count, f32);"))
     broken = native_builds.build("sanitized", extra=("-O1",), where=where)
     done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
     assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
