@@ -539,6 +539,35 @@ def _kernel_of(group: AifAgentGroup) -> binding.NativeTick:
     return kernel
 
 
+def _step_bit_for_bit(
+    groups: list[AifAgentGroup], env: Any, *, ticks: int, learns: bool
+) -> None:
+    """Two groups stepped ``ticks`` times on the same outcomes (the first one's actions move the
+    world): actions, posteriors, ``G``, ``q_pi`` and, when they learn, their counts equal to the
+    bit every tick."""
+    ours, theirs = groups
+    obs, start = env.reset()
+    for _ in range(ticks):
+        actions = []
+        for group in groups:
+            if start.any():
+                group.reset(start)
+            actions.append(group.step(obs))
+        np.testing.assert_array_equal(*actions)
+        for a, b in zip(ours.qs, theirs.qs, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for name in ("G", "q_pi"):
+            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
+        if learns:
+            assert ours.learning is not None
+            assert theirs.learning is not None
+            for a, b in zip(ours.learning.learner.counts, theirs.learning.learner.counts,
+                            strict=True):
+                for x, y in zip(a.counts, b.counts, strict=True):
+                    np.testing.assert_array_equal(x, y)
+        obs, start = env.step(actions[0])
+
+
 @pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("group_kind", [
     ("per_agent", "float64", 1), ("shared", "int8", 1), ("shared", "float64", 1),
@@ -584,28 +613,7 @@ def test_an_outcome_whose_prediction_is_another_s_is_summed_and_logged_once_bit_
         assert (j < 0 and all(keys[i] != keys[k] for i in range(k))) or (
             0 <= j < k and twin[j] < 0 and keys[j] == keys[k]), k
     every._model.outcome_twin = None
-    env = outcomes(world, n)
-    obs, start = env.reset()
-    for _ in range(60):
-        actions = []
-        for group in groups:
-            if start.any():
-                group.reset(start)
-            actions.append(group.step(obs))
-        np.testing.assert_array_equal(*actions)
-        ours, theirs = groups
-        for a, b in zip(ours.qs, theirs.qs, strict=True):
-            np.testing.assert_array_equal(a, b)
-        for name in ("G", "q_pi"):
-            np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
-        if scope is not None:
-            assert ours.learning is not None
-            assert theirs.learning is not None
-            for a, b in zip(ours.learning.learner.counts, theirs.learning.learner.counts,
-                            strict=True):
-                for x, y in zip(a.counts, b.counts, strict=True):
-                    np.testing.assert_array_equal(x, y)
-        obs, start = env.step(actions[0])
+    _step_bit_for_bit(groups, outcomes(world, n), ticks=60, learns=scope is not None)
 
 
 @pytest.mark.parametrize("build", BUILDS)
@@ -669,27 +677,7 @@ def test_a_shared_pass_s_likelihood_tables_made_once_a_tick_step_bit_for_bit_as_
         tables, each = (_kernel_of(group) for group in groups)
         assert tables._model.shared_tables == 1
         each._model.shared_tables = 0
-        env = outcomes(world, n)
-        obs, start = env.reset()
-        for _ in range(30):
-            actions = []
-            for group in groups:
-                if start.any():
-                    group.reset(start)
-                actions.append(group.step(obs))
-            np.testing.assert_array_equal(*actions)
-            ours, theirs = groups
-            for a, b in zip(ours.qs, theirs.qs, strict=True):
-                np.testing.assert_array_equal(a, b)
-            for name in ("G", "q_pi"):
-                np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
-            assert ours.learning is not None
-            assert theirs.learning is not None
-            for a, b in zip(ours.learning.learner.counts, theirs.learning.learner.counts,
-                            strict=True):
-                for x, y in zip(a.counts, b.counts, strict=True):
-                    np.testing.assert_array_equal(x, y)
-            obs, start = env.step(actions[0])
+        _step_bit_for_bit(groups, outcomes(world, n), ticks=30, learns=True)
 
 
 @pytest.mark.parametrize("native_faster", [True, False])
