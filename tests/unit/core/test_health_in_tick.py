@@ -117,7 +117,7 @@ def _recorded(health: AifHealth) -> list[tuple[list[str], np.ndarray]]:
     recorded (and added)."""
     seen: list[tuple[list[str], np.ndarray]] = []
     window = health.window
-    add, add_summed = window.add_rows, window.add_rows_summed
+    add, add_summed, add_block = window.add_rows, window.add_rows_summed, window.add_block
 
     def record(names: Any, values: np.ndarray) -> None:
         seen.append((list(names), np.array(values, copy=True)))
@@ -127,8 +127,17 @@ def _recorded(health: AifHealth) -> list[tuple[list[str], np.ndarray]]:
         seen.append((list(names), np.array(values, copy=True)))
         add_summed(names, values, totals, squares)
 
+    def record_block(names: Any, values: np.ndarray, totals: Any, squares: Any) -> None:
+        # (the pass's sums of the block are its rows', up to rounding)
+        np.testing.assert_allclose(totals, values.sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(squares, (values * values).sum(axis=1), rtol=1e-12,
+                                   atol=1e-12)
+        seen.append((list(names), np.array(values, copy=True)))
+        add_block(names, values, totals, squares)
+
     window.add_rows = record  # type: ignore[method-assign]
     window.add_rows_summed = record_summed  # type: ignore[method-assign]
+    window.add_block = record_block  # type: ignore[method-assign]
     return seen
 
 
@@ -139,9 +148,9 @@ def _asked(group: AifAgentGroup) -> list[int]:
     asked: list[int] = []
     measure = path.measure
 
-    def counted(rows: Any) -> np.ndarray:
+    def counted(rows: Any, fold: Any = None) -> np.ndarray:
         asked.append(len(rows))
-        return measure(rows)
+        return measure(rows, fold)
 
     path.measure = counted  # type: ignore[method-assign]
     return asked
@@ -243,9 +252,9 @@ def test_a_small_group_s_pass_measures_each_measured_tick(
     measure = mine.path.in_tick
     assert measure is not None
 
-    def counted(rows: Any) -> np.ndarray:
+    def counted(rows: Any, fold: Any = None) -> np.ndarray:
         asked.append(len(rows))
-        return measure(rows)
+        return measure(rows, fold)
 
     mine.health.before = partial(_with_in_tick, mine.health.before, counted)  # type: ignore[method-assign]
     runs = []
