@@ -211,6 +211,7 @@ class AifHealth:
         }
         self._block = np.zeros((0, 0))
         self._sums = np.zeros((2, 0))
+        self._totals, self._squares = self._sums
         self._fold: InTickFold | None = None
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
         self.window = HealthWindow([*names, *extra_measures],
@@ -274,6 +275,7 @@ class AifHealth:
         w = len(self._in_tick_names[True])
         if self._block.shape != (w, r) or self._fold is None:  # (a tick the pass measured)
             self._block, self._sums = block, _ = np.zeros((w, r)), np.zeros((2, w))
+            self._totals, self._squares = self._sums  # (views: the fold's sums)
             self._fold = InTickFold(
                 measures=block[w - len(kernels_health.TICK_MEASURES):], entropy=block[0],
                 lnC=self._lnC_table if self.lnC else None,
@@ -539,7 +541,7 @@ class AifHealth:
         the numpy measures' ``np.vstack`` and :meth:`HealthWindow.add_rows`, summed in the
         pass in agent order: the same numbers up to rounding). A policy posterior not of every
         agent (none planned) leaves the entropy's row out."""
-        block, (totals, squares) = self._block, self._sums
+        block, totals, squares = self._block, self._totals, self._squares
         names = self._in_tick_names[True]
         if q_pi is None or q_pi.shape[0] != self.n_agents:  # (the entropy's row left out)
             names = self._in_tick_names[False]

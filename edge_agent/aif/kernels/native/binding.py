@@ -813,7 +813,7 @@ class NativeTick:
         k = len(rows)
         # the pass reads each row in its agent's block, from its block's first agent: a row
         # below 0 or out of order would be read out of the block's lanes
-        if k and (rows[0] < 0 or bool((rows[1:] < rows[:-1]).any())):
+        if k and (rows[0] < 0 or (k > 1 and bool((rows[1:] < rows[:-1]).any()))):
             raise ValueError("measured rows must be ascending and at least 0")
         arrays = (rows, out, entropy, lnC, preference, sums)
         st = self._state
