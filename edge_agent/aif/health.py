@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache, partial
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from edge_agent.aif.kernels.inference import free_energy, joint_rows
 
 __all__ = [
     "TICK_MEASURES",
+    "InTickFold",
     "belief_change",
     "entropy",
     "joint_beliefs",
@@ -113,6 +115,21 @@ def _change_and_free(
 
 #: The rows of :func:`tick_measures`, in order.
 TICK_MEASURES = ("surprise", "excess_surprise", "free_energy", "belief_change")
+
+
+class InTickFold(NamedTuple):
+    """Health's buffers a tick that measures its sample folds it into
+    (:data:`edge_agent.core.health.InTick`), views of one block ``(w, r)`` whose rows are the
+    window's: the policy entropy ``entropy`` (its first row), the preference ``preference``
+    (the next, with ``lnC``, health's ``ln softmax(C_m)`` side by side; both None: the model
+    reports none), the :data:`TICK_MEASURES` ``measures`` ``(4, r)`` (its last four), and
+    ``sums`` ``(2, w)``, each row's sum and sum of squares over the agents."""
+
+    measures: np.ndarray
+    entropy: np.ndarray
+    lnC: np.ndarray | None
+    preference: np.ndarray | None
+    sums: np.ndarray
 
 
 def tick_measures(

@@ -536,7 +536,10 @@ class AifAgentGroup:
         if not state.keeps_prior:
             state.check_behind(self.name)
         path, health = self.path, self.health
-        if health is not None and o is not None:
+        # (a tick health does not measure is only counted: told nothing more, three in four)
+        told = health is not None and (o is None or not health.unmeasured(o.shape[0]))
+        if told and o is not None:
+            assert health is not None
             # (a tick that changes A: what depends on it worked out now, under the tables the
             # agents infer with)
             learns_a = learning is not None and learning.learns_likelihood
@@ -544,7 +547,8 @@ class AifAgentGroup:
                           likelihood=path.likelihood if learns_a else None)
         path.run(o, soft, now, record and self.recorder is not None, who_plans=who_plans,
                  ticks=self.ticks)
-        if health is not None:
+        if told:
+            assert health is not None
             health.after(state.qs, state.q_pi, path.likelihood, state.prior)
         self.ticks += 1
         return state.action

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_agent.aif import health as kernels_health
+from edge_agent.aif.health import InTickFold
 from edge_agent.core.contract import GroupEvent
 from edge_agent.core.drift import CLEAR, DriftDetector, DriftSettings
 from edge_agent.core.group_blocks import IntArray
@@ -57,6 +58,7 @@ __all__ = [
     "AifHealth",
     "ExcessTap",
     "InTick",
+    "InTickFold",
     "Likelihood",
     "TickPrior",
     "health_agents",
@@ -117,11 +119,15 @@ TickPrior = Sequence[np.ndarray] | Callable[[IntArray], Sequence[np.ndarray]] | 
 ``rows`` made again (a group that keeps none); or None: the tick's inference makes it (each
 agent's own tables), and :meth:`AifHealth.after` is given it."""
 
-InTick = Callable[[IntArray], np.ndarray]
-"""``in_tick(rows)``: the tick about to run measures the agents ``rows`` itself (the compiled
-tick: :meth:`~edge_agent.core.tick_paths.CompiledTick.measure`), the :data:`~edge_agent.aif.
-health.TICK_MEASURES` ``(4, r)`` it writes returned (read once the tick is stepped, in place of
-:func:`~edge_agent.aif.health.tick_measures` of the prior and posteriors)."""
+
+InTick = Callable[[IntArray, InTickFold | None], np.ndarray]
+"""``in_tick(rows, fold)``: the tick about to run measures the agents ``rows`` itself (the
+compiled tick: :meth:`~edge_agent.core.tick_paths.CompiledTick.measure`), the :data:`~edge_agent.
+aif.health.TICK_MEASURES` ``(4, r)`` it writes returned (read once the tick is stepped, in place
+of :func:`~edge_agent.aif.health.tick_measures` of the prior and posteriors); ``fold`` (None:
+its own buffer, nothing folded): health's buffers, the measures written into ``fold.measures``
+and, once the tick is stepped, the policy entropy, the preference and every row's sums beside
+them (:class:`InTickFold`)."""
 
 ExcessTap = Callable[[int, np.ndarray], None]
 """``tap(clock, excess)``: a measured tick's number (the group's health clock) and the excess
@@ -196,17 +202,20 @@ class AifHealth:
         self._lnC_table = np.concatenate(self.lnC) if self.lnC else np.zeros(0)
         self._lnC_at = np.cumsum((0, *(c.shape[0] for c in self.lnC[:-1])))
         #: A measured tick's rows as the window takes them (with the policy entropy, without),
-        #: and their buffers (made once per sample size: :meth:`_fold_in_tick`).
+        #: and their buffers, which the tick folds them into (made once per sample size:
+        #: :meth:`resize`, :meth:`_fold_in_tick`).
         self._in_tick_names = {
             planned: (*(("policy_entropy",) if planned else ()),
                       *(("preference",) if self.lnC else ()), *kernels_health.TICK_MEASURES)
             for planned in (True, False)
         }
         self._block = np.zeros((0, 0))
-        self._squared = np.zeros((0, 0))
         self._sums = np.zeros((2, 0))
+        self._totals, self._squares = self._sums
+        self._fold: InTickFold | None = None
         names = [m for m in AIF_MEASURES if m != "preference" or self.lnC]
-        self.window = HealthWindow([*names, *extra_measures])
+        self.window = HealthWindow([*names, *extra_measures],
+                                   together=self._in_tick_names[True])
         self.detector = DriftDetector(drift)
         self._pending: list[GroupEvent] = []
         self._clock = 0
@@ -264,9 +273,13 @@ class AifHealth:
         else:
             self._hold = None
         w = len(self._in_tick_names[True])
-        if self._block.shape != (w, r):  # (a tick the pass measured: _fold_in_tick)
-            self._block, self._squared = np.zeros((w, r)), np.zeros((w, r))
-            self._sums = np.zeros((2, w))
+        if self._block.shape != (w, r) or self._fold is None:  # (a tick the pass measured)
+            self._block, self._sums = block, _ = np.zeros((w, r)), np.zeros((2, w))
+            self._totals, self._squares = self._sums  # (views: the fold's sums)
+            self._fold = InTickFold(
+                measures=block[w - len(kernels_health.TICK_MEASURES):], entropy=block[0],
+                lnC=self._lnC_table if self.lnC else None,
+                preference=block[1] if self.lnC else None, sums=self._sums)
         S = math.prod(self.num_states)
         if [t.shape for t in self._tables_before] != [(r, self.num_obs[m], S)
                                                        for m in self.own_tables]:
@@ -295,13 +308,13 @@ class AifHealth:
     ) -> int:
         """Bytes of the buffers a group of ``n_agents`` measures its sample in: the held
         measured ticks' (:meth:`held_nbytes_for`), a tick the pass measured
-        (:meth:`_fold_in_tick`: its rows, their squares and sums; ``preference``: the model
-        reports one) and, for the modalities ``own_tables`` whose ``A`` each agent learns, the
+        (:meth:`_fold_in_tick`: its rows and their sums; ``preference``: the model reports
+        one) and, for the modalities ``own_tables`` whose ``A`` each agent learns, the
         sampled agents' tables kept before a tick (:meth:`_keep_tables`)."""
         r = AifHealth._sampled(n_agents, num_states, num_obs)
         w = 1 + int(preference) + len(kernels_health.TICK_MEASURES)
         own = 8 * r * sum(int(num_obs[m]) for m in own_tables) * math.prod(num_states)
-        return 8 * (2 * w * r + 2 * w) + own + AifHealth.held_nbytes_for(
+        return 8 * (w * r + 2 * w) + own + AifHealth.held_nbytes_for(
             n_agents, num_states, num_obs, num_policies, fixed_tables=fixed_tables)
 
     @staticmethod
@@ -313,7 +326,7 @@ class AifHealth:
     @property
     def nbytes(self) -> int:
         """Bytes of the buffers made for measuring the sample (:meth:`nbytes_for`)."""
-        arrays = (self._block, self._squared, self._sums, *self._tables_before)
+        arrays = (self._block, self._sums, *self._tables_before)
         held = 0 if self._hold is None else self._hold.nbytes
         return held + sum(a.nbytes for a in arrays)
 
@@ -350,6 +363,20 @@ class AifHealth:
         """The agents this tick measures (moved by one each tick, within the group)."""
         return self._rows
 
+    def unmeasured(self, n: int) -> bool:
+        """Whether this tick, of ``n`` agents, is one :meth:`before` would not measure (not a
+        :data:`HEALTH_EVERY`-th, or the first of a fresh group; the group of ``n`` agents it
+        was sized for): then it is counted as :meth:`before` and :meth:`after` would count it
+        (the health clock, the window's agent-steps) and the caller tells neither; else
+        nothing is done, and the caller tells both."""
+        clock = self._clock
+        if n != self.n_agents or not (clock % HEALTH_EVERY or self._fresh):
+            return False
+        self._clock = clock + 1
+        self._fresh = False
+        self.window.agent_steps += n
+        return True
+
     def before(
         self, obs: IntArray, prior: TickPrior, in_tick: InTick | None = None,
         likelihood: Likelihood | None = None,
@@ -380,12 +407,10 @@ class AifHealth:
             np.add(self._base, offset, out=self._rows)
             np.minimum(self._rows, n - 1, out=self._rows)
         rows = self._rows
-        if in_tick is not None:  # measured in the tick, held or not
+        if in_tick is not None:  # measured in the tick, held or not: folded there
             if self._held:  # (ticks held on another path first, in their order)
                 self.flush()
-            self._obs = obs[rows]
-            self._measured = in_tick(rows)
-            self._prior = None
+            self._measured = in_tick(rows, self._fold)
             return
         hold = self._hold
         if hold is not None and self._tap is None and self.holds:
@@ -458,7 +483,10 @@ class AifHealth:
             self._kept = False
             likelihood = self._kept_tables
         window = self.window
-        window.add_steps(self.n_agents)
+        window.agent_steps += self.n_agents  # (add_steps)
+        if measured is not None:
+            self._fold_in_tick(q_pi)
+            return
         if obs is None:
             return
         rows = self._rows
@@ -474,9 +502,6 @@ class AifHealth:
             self._held = t + 1
             if t + 1 == hold.ticks:
                 self.flush()
-            return
-        if measured is not None:
-            self._fold_in_tick(obs, q_pi, measured)
             return
         if prior is None and made:
             prior = [np.asarray(p[rows], dtype=np.float64) for p in made]
@@ -507,36 +532,27 @@ class AifHealth:
         var = max(0.0, float(np.dot(excess, excess)) / k - mean * mean)
         self._detect(mean, var, k, time.time())
 
-    def _fold_in_tick(self, obs: IntArray, q_pi: np.ndarray | None, measured: np.ndarray) -> None:
-        """:meth:`after` of a tick whose pass measured the sample (``measured`` ``(4, r)``, the
-        path's, written again at its next measured tick): the policy entropy and the preference
-        worked out, then every row into one block and its sums, kept between ticks (the same
-        values as the numpy measures' ``np.vstack`` and :meth:`HealthWindow.add_rows`, summed
-        once for the window and the drift detector: the same numbers up to rounding)."""
-        rows = self._rows
-        k = rows.shape[0]
-        planned = q_pi is not None and q_pi.shape[0] == self.n_agents
-        names = self._in_tick_names[planned]
-        w = len(names)  # (the buffers' first rows: made by resize for the most rows)
-        block, squared, sums = self._block[:w], self._squared[:w], self._sums[:, :w]
-        i = 0
-        if planned:
-            assert q_pi is not None
-            block[0] = kernels_health.entropy(q_pi[rows])
-            i = 1
-        if self.lnC:
-            np.add.reduce(self._lnC_table[obs + self._lnC_at], axis=1, out=block[i])
-            i += 1
-        block[i:] = measured
-        totals, squares = sums
-        np.add.reduce(block, axis=1, out=totals)
-        np.add.reduce(np.multiply(block, block, out=squared), axis=1, out=squares)
-        self.window.add_rows_summed(names, block, totals, squares)
-        total, square = float(totals[i + 1]), float(squares[i + 1])  # the excess surprise's
+    def _fold_in_tick(self, q_pi: np.ndarray | None) -> None:
+        """:meth:`after` of a tick whose pass measured the sample and folded it (:class:
+        `InTickFold`: the policy entropy, the preference and the four measures in one block,
+        each row's sum and sum of squares beside, the path's buffers written again at its next
+        measured tick): the block into the window at once (:meth:`HealthWindow.add_block`) and
+        the excess surprise's mean and variance into the drift detector (the same values as
+        the numpy measures' ``np.vstack`` and :meth:`HealthWindow.add_rows`, summed in the
+        pass in agent order: the same numbers up to rounding). A policy posterior not of every
+        agent (none planned) leaves the entropy's row out."""
+        block, totals, squares = self._block, self._totals, self._squares
+        names = self._in_tick_names[True]
+        if q_pi is None or q_pi.shape[0] != self.n_agents:  # (the entropy's row left out)
+            names = self._in_tick_names[False]
+            block, totals, squares = block[1:], totals[1:], squares[1:]
+        self.window.add_block(names, block, totals, squares)
+        i = len(names) - 3  # the excess surprise's row
+        k = block.shape[1]
+        mean = float(totals[i]) / k
         if self._tap is not None:
-            self._tap(self._clock - 1, block[i + 1].copy())
-        mean = total / k
-        var = max(0.0, square / k - mean * mean)
+            self._tap(self._clock - 1, block[i].copy())
+        var = max(0.0, float(squares[i]) / k - mean * mean)
         self._detect(mean, var, k, time.time())
 
     def _detect(self, mean: float, var: float, k: int, now: float) -> None:

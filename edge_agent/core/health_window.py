@@ -106,12 +106,12 @@ def _round(x: float) -> float:
 
 class _Measure:
     """One measure's running sums and systematic sample (the values whose index in the window
-    is a multiple of ``stride``, ``kept`` of them)."""
+    is a multiple of ``stride``, ``kept`` of them; ``sample``: its row of the window's)."""
 
     __slots__ = ("kept", "n", "sample", "stride", "sum", "sumsq")
 
-    def __init__(self) -> None:
-        self.sample = np.empty(RESERVOIR)
+    def __init__(self, sample: np.ndarray) -> None:
+        self.sample = sample
         self.n = self.kept = 0
         self.stride = 1
         self.sum = 0.0
@@ -153,10 +153,25 @@ class _Measure:
 
 class HealthWindow:
     """Per-measure summaries of one reporting window (see the module docstring); ``names``: the
-    measures it may be told (a fixed set: memory is ``len(names) * RESERVOIR`` floats)."""
+    measures it may be told (a fixed set: memory is ``len(names) * RESERVOIR`` floats);
+    ``together``: those of them told together as one block (:meth:`add_block`), in its
+    order, whose samples are kept side by side in that order (a block of them, or of a run of
+    them, takes one slice and one copy for all)."""
 
-    def __init__(self, names: Iterable[str]) -> None:
-        self._measures = {name: _Measure() for name in names}
+    def __init__(self, names: Iterable[str], *, together: Sequence[str] = ()) -> None:
+        names = list(names)
+        order = [*(n for n in together if n in names), *(n for n in names if n not in together)]
+        #: Every measure's sample, a row each (the measures ``together`` first, in order).
+        self._samples = np.empty((len(order), RESERVOIR))
+        at = {name: i for i, name in enumerate(order)}
+        self._measures = {name: _Measure(self._samples[at[name]]) for name in names}
+        #: Per block of names told to :meth:`add_block`: its measures and their samples' rows
+        #: (a slice where they are side by side in the block's order, else their indices).
+        self._blocks: dict[tuple[str, ...], tuple[list[_Measure], slice | list[int]]] = {}
+        self._at = at
+        #: The block :meth:`add_block` told last, when no measure was told since (its measures
+        #: then in step: the same count and stride), else None.
+        self._last: tuple[str, ...] | None = None
         self.agent_steps = 0
 
     @property
@@ -174,6 +189,7 @@ class HealthWindow:
     def add(self, name: str, values: np.ndarray) -> None:
         """Values of measure ``name`` (one per agent-step, ``(k,)`` float64; non-finite ones
         are left out)."""
+        self._last = None
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if not np.isfinite(v).all():
             v = v[np.isfinite(v)]
@@ -183,6 +199,7 @@ class HealthWindow:
         """:meth:`add` of every row of ``values`` ``(len(names), k)`` float64, row ``i`` to
         measure ``names[i]``: the sums of all rows in two calls (a measured tick of a small group
         is mostly the fixed cost of its numpy calls)."""
+        self._last = None
         if not np.isfinite(values).all():
             for name, row in zip(names, values, strict=True):
                 self.add(name, row)
@@ -199,6 +216,7 @@ class HealthWindow:
         ``squares`` the caller worked out in its own buffers (nothing is allocated here). A row
         whose sums are not finite holds a non-finite value and goes through :meth:`add`, which
         leaves those out."""
+        self._last = None
         for name, row, total, square in zip(
             names, values, totals.tolist(), squares.tolist(), strict=True
         ):
@@ -206,6 +224,50 @@ class HealthWindow:
                 self._measures[name].add_summed(row, total, square)
             else:
                 self.add(name, row)
+
+    def add_block(
+        self, names: tuple[str, ...], values: np.ndarray, totals: np.ndarray,
+        squares: np.ndarray,
+    ) -> None:
+        """:meth:`add_rows_summed` of a block whose measures are told together (and so keep
+        the same count and sample stride: each one's sample takes the same positions of its
+        row), all their samples at once: one slice of ``values`` and one copy (the stride
+        doubled as :meth:`_Measure.add_summed` does, every measure's sample halved at once),
+        the same samples and sums. Measures not in step (told apart before, a value left out)
+        or a row whose sums are not finite: :meth:`add_rows_summed`."""
+        plan = self._blocks.get(names)
+        if plan is None:
+            at = [self._at[name] for name in names]
+            rows: slice | list[int] = (
+                slice(at[0], at[0] + len(at)) if at == list(range(at[0], at[0] + len(at)))
+                else at)
+            plan = self._blocks[names] = ([self._measures[name] for name in names], rows)
+        measures, rows = plan
+        first = measures[0]
+        n, kept, stride = first.n, first.kept, first.stride
+        k = values.shape[1]
+        sums, sumsq = totals.tolist(), squares.tolist()
+        if k == 0 or not math.isfinite(sum(sums) + sum(sumsq)) or (
+                self._last != names
+                and any(m.n != n or m.kept != kept or m.stride != stride for m in measures)):
+            self.add_rows_summed(names, values, totals, squares)
+            return
+        self._last = names
+        samples = self._samples
+        picked = values[:, (-n) % stride :: stride]
+        while kept + picked.shape[1] > RESERVOIR:  # full: every other one, twice the stride
+            half = samples[rows, :kept:2].copy()
+            kept = half.shape[1]
+            samples[rows, :kept] = half
+            stride *= 2
+            picked = values[:, (-n) % stride :: stride]
+        samples[rows, kept : kept + picked.shape[1]] = picked
+        kept += picked.shape[1]
+        n += k
+        for m, total, square in zip(measures, sums, sumsq, strict=True):
+            m.sum += total
+            m.sumsq += square
+            m.n, m.kept, m.stride = n, kept, stride
 
     def add_steps(self, n: int) -> None:
         """``n`` agent-steps were taken (whether or not any was sampled)."""
@@ -221,4 +283,5 @@ class HealthWindow:
         for m in self._measures.values():
             m.clear()
         self.agent_steps = 0
+        self._last = None
         return summary

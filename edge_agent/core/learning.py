@@ -81,6 +81,7 @@ from edge_agent.core.surprise import OutcomeProbabilities, SampledSurprise
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
+    from edge_agent.aif.health import InTickFold
     from edge_agent.core.agent_state import AgentState
     from edge_agent.core.block_stepper import BlockStepper
     from edge_agent.core.health_window import HealthWindow
@@ -213,9 +214,9 @@ class TickPass(Protocol):
     #: Whether the next tick measures health's sampled agents (:meth:`measure` told it).
     measuring: bool
 
-    def measure(self, rows: IntArray) -> np.ndarray:
-        """The next tick measures health's sampled agents ``rows`` in the pass (see
-        :data:`~edge_agent.core.health.InTick`)."""
+    def measure(self, rows: IntArray, fold: InTickFold | None = None) -> np.ndarray:
+        """The next tick measures health's sampled agents ``rows`` in the pass (and folds
+        them into ``fold``: see :data:`~edge_agent.core.health.InTick`)."""
         ...
 
     def unmeasure(self) -> None:

@@ -67,6 +67,7 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.group_blocks import IntArray
 
 if TYPE_CHECKING:
+    from edge_agent.aif.health import InTickFold
     from edge_agent.aif.kernels.native.binding import NativeTick
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.learning_counts import DirichletCounts
@@ -234,15 +235,20 @@ class _CompiledPass:
         self._measures = np.zeros((4, 0))
         self.measuring = False
 
-    def measure(self, rows: IntArray) -> np.ndarray:
+    def measure(self, rows: IntArray, fold: InTickFold | None = None) -> np.ndarray:
         """The next tick measures health's sampled agents ``rows`` (ascending, int64) in the
         pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by it
         under the tables the agents inferred with (a learned ``A`` that learns: before the
-        tick's update); :meth:`unmeasure` after the tick."""
+        tick's update), into ``fold``'s buffers with health's fold beside them (None: the
+        pass's own, nothing folded); :meth:`unmeasure` after the tick."""
+        self.measuring = True
+        if fold is not None:
+            self._kernel.measure(rows, fold.measures, entropy=fold.entropy, lnC=fold.lnC,
+                                 preference=fold.preference, sums=fold.sums)
+            return fold.measures
         if self._measures.shape[1] != len(rows):
             self._measures = np.zeros((4, len(rows)))
         self._kernel.measure(rows, self._measures)
-        self.measuring = True
         return self._measures
 
     def unmeasure(self) -> None:

@@ -55,7 +55,7 @@ from edge_agent.aif import kernels
 from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
-from edge_agent.core.health import InTick, TickPrior
+from edge_agent.core.health import InTick, InTickFold, TickPrior
 
 if TYPE_CHECKING:
     from edge_agent.aif.kernels.native.binding import NativeTick
@@ -245,15 +245,20 @@ class CompiledTick:
         """:meth:`measure`: the pass measures health's sampled agents."""
         return self.measure
 
-    def measure(self, rows: IntArray) -> np.ndarray:
+    def measure(self, rows: IntArray, fold: InTickFold | None = None) -> np.ndarray:
         """The next run measures health's sampled agents ``rows`` (ascending, int64) in the
         pass (:data:`~edge_agent.core.health.InTick`): their ``(4, r)`` measures, written by
-        it. Soft evidence (numpy's blocks) is never measured: health is told it only with
-        integer outcomes."""
+        it, into ``fold``'s buffers with health's fold beside them (None: the path's own,
+        nothing folded). Soft evidence (numpy's blocks) is never measured: health is told it
+        only with integer outcomes."""
+        self._measuring = True
+        if fold is not None:
+            self._kernel.measure(rows, fold.measures, entropy=fold.entropy, lnC=fold.lnC,
+                                 preference=fold.preference, sums=fold.sums)
+            return fold.measures
         if self._measures.shape[1] != len(rows):
             self._measures = np.zeros((4, len(rows)))
         self._kernel.measure(rows, self._measures)
-        self._measuring = True
         return self._measures
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,

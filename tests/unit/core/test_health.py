@@ -450,3 +450,38 @@ def test_a_group_larger_than_held_share_times_its_sample_holds_none() -> None:
         assert group.health.nbytes == AifHealth.nbytes_for(
             n, cm.num_states, cm.num_obs, cm.num_policies, fixed_tables=True,
             preference=bool(cm.lnC)) > held
+
+
+@pytest.mark.parametrize("n", [1, 13, 100])
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_an_unmeasured_tick_only_counted_is_what_telling_it_did(
+    n: int, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick health does not measure (``unmeasured``: three in four, and a fresh group's
+    first) is only counted, the group telling neither ``before`` nor ``after``: its windows,
+    drift statistic and events are those of the same group told both on every tick, bit for
+    bit (the same ticks measured, the same code), through resets and a close every 37 ticks."""
+    monkeypatch.setenv(NATIVE_ENV, "1" if path == "compiled" else "0")
+    model = tmaze_reversal_model()
+    spec = LearningSpec(pA={1: model.A[1] * 2.0 + 0.5 * (model.A[1] > 0)},
+                        settings=LearningSettings(scope="per_agent"))
+    runs = []
+    for told_every_tick in (False, True):
+        group = AifAgentGroup(model, n, learning=spec, precision="float64")
+        assert group.health is not None
+        assert (group.path.in_tick is not None) == (path == "compiled"), group.stepping
+        if told_every_tick:
+            monkeypatch.setattr(group.health, "unmeasured", lambda n: False)
+        env = ReversalTMazeEnv(n, seed=11, reverse_every=50)
+        obs = env.reset()
+        summaries, events = [], []
+        for t in range(150):
+            if env.episode_start.any():
+                group.reset(env.episode_start)
+            obs = env.step(group.step(obs, now=float(t)))
+            events += [(e.kind, e.data["statistic"]) for e in group.alerts()]
+            if (t + 1) % 37 == 0:
+                summaries.append(group.health_summary())
+        runs.append((summaries, events, group.health._clock))
+    assert runs[0] == runs[1]
+    assert len(runs[0][0]) == 4

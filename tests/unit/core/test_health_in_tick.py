@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import health as kernels_health
+from edge_agent.aif.health import InTickFold
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
@@ -117,7 +118,7 @@ def _recorded(health: AifHealth) -> list[tuple[list[str], np.ndarray]]:
     recorded (and added)."""
     seen: list[tuple[list[str], np.ndarray]] = []
     window = health.window
-    add, add_summed = window.add_rows, window.add_rows_summed
+    add, add_summed, add_block = window.add_rows, window.add_rows_summed, window.add_block
 
     def record(names: Any, values: np.ndarray) -> None:
         seen.append((list(names), np.array(values, copy=True)))
@@ -127,8 +128,17 @@ def _recorded(health: AifHealth) -> list[tuple[list[str], np.ndarray]]:
         seen.append((list(names), np.array(values, copy=True)))
         add_summed(names, values, totals, squares)
 
+    def record_block(names: Any, values: np.ndarray, totals: Any, squares: Any) -> None:
+        # (the pass's sums of the block are its rows', up to rounding)
+        np.testing.assert_allclose(totals, values.sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(squares, (values * values).sum(axis=1), rtol=1e-12,
+                                   atol=1e-12)
+        seen.append((list(names), np.array(values, copy=True)))
+        add_block(names, values, totals, squares)
+
     window.add_rows = record  # type: ignore[method-assign]
     window.add_rows_summed = record_summed  # type: ignore[method-assign]
+    window.add_block = record_block  # type: ignore[method-assign]
     return seen
 
 
@@ -139,9 +149,9 @@ def _asked(group: AifAgentGroup) -> list[int]:
     asked: list[int] = []
     measure = path.measure
 
-    def counted(rows: Any) -> np.ndarray:
+    def counted(rows: Any, fold: Any = None) -> np.ndarray:
         asked.append(len(rows))
-        return measure(rows)
+        return measure(rows, fold)
 
     path.measure = counted  # type: ignore[method-assign]
     return asked
@@ -243,9 +253,9 @@ def test_a_small_group_s_pass_measures_each_measured_tick(
     measure = mine.path.in_tick
     assert measure is not None
 
-    def counted(rows: Any) -> np.ndarray:
+    def counted(rows: Any, fold: Any = None) -> np.ndarray:
         asked.append(len(rows))
-        return measure(rows)
+        return measure(rows, fold)
 
     mine.health.before = partial(_with_in_tick, mine.health.before, counted)  # type: ignore[method-assign]
     runs = []
@@ -367,4 +377,69 @@ def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: i
         obs = env.step(actions)
         actions = group.step(obs, now=t + 0.5)
         np.testing.assert_array_equal(measured, kept)
+        obs = env.step(actions)
+
+
+# -- health's fold in the pass (tick.c's fold_measures) ----------------------------------------
+
+#: The groups whose pass folds the sample: frozen (the compiled tick) and learning (the pass).
+FOLDED = [*(("frozen", w, n, p) for w, n in SIZES for p in ("float64", "int8")),
+          *(("learning", c, n, c[4]) for c in LEARNING for n in (13, 100)
+            if not (c[0] == "grid10" and c[3:] == ("shared", "int8") and n > 32))]
+
+
+def _fold_ids(case: Any) -> str:
+    kind, world, n, precision = case
+    return "-".join(map(str, (kind, *world, n) if kind == "learning" else (kind, world, n,
+                                                                           precision)))
+
+
+@pytest.mark.parametrize("case", FOLDED, ids=[_fold_ids(c) for c in FOLDED])
+@pytest.mark.parametrize("preference", [True, False], ids=["preference", "none"])
+def test_the_pass_folds_the_sample_as_health_s_numpy_does(case: Any, preference: bool) -> None:
+    """The pass's fold of the sampled agents (:class:`~edge_agent.aif.health.InTickFold`),
+    against numpy's, tick by tick, through resets, any rows: each one's policy entropy
+    (:func:`~edge_agent.aif.health.entropy` of its ``q_pi`` as the state keeps it) and
+    preference (:func:`~edge_agent.aif.health.preference`, of a table of random numbers: any
+    modality's row read at its own offset), and every row's sum and sum of squares over the
+    agents (the entropy's, the preference's, then the four measures'), up to rounding; without a
+    preference the block's rows and sums close up. The arrays are the fold's, bound again each
+    measured tick; an unmeasured tick leaves them as they were."""
+    kind, world, n, precision = case
+    group = (_learning_group(world, n, health=False) if kind == "learning"
+             else _group(world, n, precision, health=False))
+    world = world[0] if kind == "learning" else world
+    path = group.path
+    assert path.in_tick is not None
+    state = group.state
+    rng = np.random.default_rng(4)
+    lnC = [rng.normal(size=o) for o in group.cm.num_obs]
+    w = 6 if preference else 5
+    block, sums = np.full((w, 70), np.nan), np.full((2, w), np.nan)
+    env = make_env(world, n, seed=5)
+    obs = env.reset()
+    for t in range(12):
+        rows = _sampled_rows(group, n, t, rng)
+        k = rows.shape[0]
+        if block.shape[1] != k:  # (a new sample size: new buffers, bound again)
+            block, sums = np.full((w, k), np.nan), np.full((2, w), np.nan)
+        fold = InTickFold(measures=block[w - 4:], entropy=block[0],
+                          lnC=np.concatenate(lnC) if preference else None,
+                          preference=block[1] if preference else None, sums=sums)
+        o = np.array(obs[rows], dtype=np.int64)
+        assert path.in_tick(rows, fold) is fold.measures
+        actions = group.step(obs, now=float(t))
+        want = [kernels_health.entropy(state.q_pi[rows])]
+        if preference:
+            want.append(kernels_health.preference(lnC, o))
+        np.testing.assert_allclose(block[: w - 4], np.vstack(want), rtol=TOL[precision],
+                                   atol=TOL[precision])
+        np.testing.assert_allclose(sums[0], block.sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sums[1], (block * block).sum(axis=1), rtol=1e-12,
+                                   atol=1e-12)
+        kept = block.copy(), sums.copy()  # the next tick unmeasured: the fold stays
+        obs = env.step(actions)
+        actions = group.step(obs, now=t + 0.5)
+        np.testing.assert_array_equal(block, kept[0])
+        np.testing.assert_array_equal(sums, kept[1])
         obs = env.step(actions)

@@ -59,7 +59,7 @@ def _tick_rows(health: Any) -> list[np.ndarray]:
     held ticks: their rows side by side, in tick order)."""
     seen: list[np.ndarray] = []
     window = health.window
-    add, add_summed = window.add_rows, window.add_rows_summed
+    add, add_summed, add_block = window.add_rows, window.add_rows_summed, window.add_block
 
     def take(names: Any, values: np.ndarray) -> None:
         names = list(names)
@@ -75,8 +75,13 @@ def _tick_rows(health: Any) -> list[np.ndarray]:
         take(names, values)
         add_summed(names, values, totals, squares)
 
+    def record_block(names: Any, values: np.ndarray, totals: Any, squares: Any) -> None:
+        take(names, values)
+        add_block(names, values, totals, squares)
+
     window.add_rows = record
     window.add_rows_summed = record_summed
+    window.add_block = record_block
     return seen
 
 

@@ -137,3 +137,76 @@ def test_rows_with_their_sums_are_summarised_as_each_told_alone() -> None:
         assert (x.n, x.p95) == (y.n, y.p95)
         assert math.isclose(x.mean, y.mean, rel_tol=1e-12, abs_tol=1e-15)
         assert math.isclose(x.std, y.std, rel_tol=1e-12)
+
+
+#: A measured tick's block as the pass folds it (edge_agent.core.health's in-tick names), and
+#: the window's order of the same measures (AIF_MEASURES, then a learning group's).
+BLOCK = ("policy_entropy", "preference", "surprise", "excess_surprise", "free_energy",
+         "belief_change")
+WINDOW = ("surprise", "excess_surprise", "free_energy", "policy_entropy", "belief_change",
+          "preference", "experience")
+
+
+def _summed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return values.sum(axis=1), (values * values).sum(axis=1)
+
+
+def _same_windows(a: HealthWindow, b: HealthWindow, names: tuple[str, ...]) -> None:
+    """The same kept samples (bit for bit), counts, percentiles and sums (to rounding)."""
+    for name in names:
+        np.testing.assert_array_equal(a.kept(name), b.kept(name))
+    x, y = a.close(), b.close()
+    assert set(x.measures) == set(y.measures)
+    for name, s in x.measures.items():
+        t = y.measures[name]
+        assert (s.n, s.p95) == (t.n, t.p95), name
+        assert math.isclose(s.mean, t.mean, rel_tol=1e-12, abs_tol=1e-15), name
+        assert math.isclose(s.std, t.std, rel_tol=1e-12, abs_tol=1e-15), name
+
+
+def test_a_block_told_together_is_summarised_as_its_rows_with_their_sums() -> None:
+    """``add_block`` (a measured tick's six measures, their samples side by side: one slice and
+    one copy for all) keeps what ``add_rows_summed`` does: the same samples, value for value,
+    through the stride doubling past the reservoir; the block without its first row (a tick
+    nobody planned), a measure told apart (the learning's ``experience``, and one of the
+    block's), a non-finite value and a close between: each measure as told alone."""
+    block, rows = HealthWindow(WINDOW, together=BLOCK), HealthWindow(WINDOW)
+    rng = np.random.default_rng(8)
+    for tick in range(700):  # ticks of 1 to 64 agents: the reservoir fills and halves often
+        k = int(rng.integers(1, 65))
+        values = rng.normal(size=(6, k))
+        names = BLOCK
+        if tick % 11 == 5:  # none planned: the block less the policy entropy's row
+            names, values = BLOCK[1:], values[1:]
+        if tick == 40:
+            values[2, 0] = np.nan
+        if tick == 41:
+            values[0, -1] = np.inf
+        totals, squares = _summed(values)
+        block.add_block(names, values, totals, squares)
+        rows.add_rows_summed(names, values, totals, squares)
+        if tick % 17 == 3:  # told apart: out of step until the next block is
+            for window in (block, rows):
+                window.add("excess_surprise", np.arange(3.0))
+                window.add("experience", np.ones(2))
+        if tick == 350:
+            _same_windows(block, rows, WINDOW)  # (both closed: new windows)
+    _same_windows(block, rows, WINDOW)
+
+
+def test_a_block_in_step_is_kept_with_one_copy() -> None:
+    """The block's measures in step (told together since the window opened) take their
+    values from one slice of the block: the first row's sample and the last's are the same
+    positions of their rows, each measure's row of the window's samples."""
+    window = HealthWindow(WINDOW, together=BLOCK)
+    start = 0
+    for k in (5, 64, 300, 64, 1, 200):  # past the reservoir: a stride of 2
+        values = np.arange(start, start + k, dtype=np.float64) + 1000.0 * np.arange(6)[:, None]
+        window.add_block(BLOCK, values, *_summed(values))
+        start += k
+    entropy, change = window.kept("policy_entropy"), window.kept("belief_change")
+    stride = int(entropy[1] - entropy[0])
+    assert stride == 2
+    np.testing.assert_array_equal(entropy, np.arange(0, start, stride)[: len(entropy)])
+    np.testing.assert_array_equal(change, entropy + 5000.0)

@@ -163,6 +163,10 @@ class _State(ctypes.Structure):
         ("measure_rows", _p),  # const int64_t *: (K)
         ("measure_count", _i64),  # int64_t: K
         ("measures", _p),  # double *: (4, K)
+        ("measure_entropy", _p),  # double *: (K) or NULL
+        ("measure_lnC", _p),  # const double *: (sum O_m) or NULL
+        ("measure_preference", _p),  # double *: (K)
+        ("measure_sums", _p),  # double *: (2, W) or NULL
     ]
 
 
@@ -604,7 +608,8 @@ class NativeTick:
         self._bound_ids: tuple[int, ...] = ()
         self._has_prior = False
         #: health's sampled agents and their measures' array while a run measures them
-        self._measured: tuple[np.ndarray, ...] = ()
+        self._measured: tuple[np.ndarray | None, ...] = ()
+        self._measured_ids: tuple[int, ...] = ()
         self._obs = np.zeros((0, len(self.num_obs)), dtype=np.int64)
         #: The last run's agents and flags, as set in the model (set again when they change).
         self._flags: tuple[int, bool, bool, bool] = (-1, True, False, False)
@@ -787,30 +792,51 @@ class NativeTick:
             self.n, self._flags = n, flags
         self._tick(self._model_ref, self._state_ref)
 
-    def measure(self, rows: np.ndarray, out: np.ndarray) -> None:
+    def measure(
+        self, rows: np.ndarray, out: np.ndarray, *, entropy: np.ndarray | None = None,
+        lnC: np.ndarray | None = None, preference: np.ndarray | None = None,
+        sums: np.ndarray | None = None,
+    ) -> None:
         """The next runs (:meth:`run`) measure health's sampled agents ``rows`` (``(K,)`` int64,
         ascending, each below the agents run): each one's surprise, excess surprise, free energy
         and belief change (:func:`edge_agent.aif.health.tick_measures`' rows, under the tables
         the agents inferred with: a learned ``A`` that learns, before the tick's update) written
-        into ``out`` ``(4, K)`` float64, until
-        :meth:`unmeasure`. Both arrays are read and written in place (kept alive here)."""
+        into ``out`` ``(4, K)`` float64, until :meth:`unmeasure`. Health's fold beside them,
+        after the tick (each given or None): ``entropy`` ``(K,)`` each one's policy entropy
+        (:func:`edge_agent.aif.health.entropy` of its ``q_pi``); ``lnC`` ``(sum O_m,)``
+        health's ``ln softmax(C_m)`` side by side with ``preference`` ``(K,)`` each one's
+        :func:`~edge_agent.aif.health.preference`; ``sums`` ``(2, W)`` the sum and the sum of
+        squares over the agents of each row taken (the entropy's, the preference's, then
+        ``out``'s four). Every array is read and written in place (kept alive here); the same
+        arrays as the last call's are bound again without a look at their layout, their rows
+        checked."""
         k = len(rows)
-        if out.shape != (4, k):
-            raise ValueError(f"measures of shape {out.shape} for {k} agents")
         # the pass reads each row in its agent's block, from its block's first agent: a row
         # below 0 or out of order would be read out of the block's lanes
-        if k and (rows[0] < 0 or bool((rows[1:] < rows[:-1]).any())):
+        if k and (rows[0] < 0 or (k > 1 and bool((rows[1:] < rows[:-1]).any()))):
             raise ValueError("measured rows must be ascending and at least 0")
+        arrays = (rows, out, entropy, lnC, preference, sums)
         st = self._state
-        st.measure_rows = _addr(rows, np.int64, size=k)
-        st.measures = _addr(out, size=4 * k)
+        if tuple(map(id, arrays)) != self._measured_ids:
+            self._measured, self._measured_ids = (), ()  # until every pointer is the new ones'
+            if out.shape != (4, k):
+                raise ValueError(f"measures of shape {out.shape} for {k} agents")
+            if (lnC is None) != (preference is None):
+                raise ValueError("a preference needs lnC, and lnC a preference")
+            width = 4 + (entropy is not None) + (lnC is not None)
+            st.measure_rows = _addr(rows, np.int64, size=k)
+            st.measures = _addr(out, size=4 * k)
+            st.measure_entropy = None if entropy is None else _addr(entropy, size=k)
+            st.measure_lnC = None if lnC is None else _addr(lnC, size=sum(self.num_obs))
+            st.measure_preference = None if preference is None else _addr(preference, size=k)
+            st.measure_sums = None if sums is None else _addr(sums, size=2 * width)
+            self._measured, self._measured_ids = arrays, tuple(map(id, arrays))
         st.measure_count = k
-        self._measured = (rows, out)
 
     def unmeasure(self) -> None:
-        """The next runs (:meth:`run`) measure nobody (the default)."""
+        """The next runs (:meth:`run`) measure nobody (the default; the arrays :meth:`measure`
+        bound stay bound, unread, until it binds others)."""
         self._state.measure_count = 0
-        self._measured = ()
 
     @property
     def _held(self) -> int:

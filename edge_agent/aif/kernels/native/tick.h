@@ -208,7 +208,19 @@ typedef struct {
                                      * (edge_agent/aif/health.py's tick_measures, under    \
                                      * the tables the agents inferred with; a learned A    \
                                      * that learns: those before the tick's update, in     \
-                                     * infer_block), written */
+                                     * infer_block), written */                            \
+    X(double *, measure_entropy)    /* (K): each measured agent's policy entropy            \
+                                     * -sum_p q_pi ln(q_pi + eps) (q_pi as the state keeps \
+                                     * it), written after the tick; NULL: not taken */     \
+    X(const double *, measure_lnC)  /* (sum_m O_m): health's ln softmax(C_m) side by side  \
+                                     * (no eps); NULL: no preference taken */              \
+    X(double *, measure_preference) /* (K): each measured agent's sum_m lnC_m[o_m],        \
+                                     * written after the tick (with measure_lnC) */        \
+    X(double *, measure_sums)       /* (2, W): over the K agents, the sum and the sum of   \
+                                     * squares of each row taken, in order: the entropy     \
+                                     * (measure_entropy), the preference (measure_lnC),    \
+                                     * then measures' four (W of them), written after the  \
+                                     * tick (edge_agent/core/health.py's fold); NULL: none */
 
 typedef struct {
     TICK_STATE_FIELDS(TICK_DECLARE_FIELD)

@@ -112,10 +112,12 @@ def test_the_groups_passes_learning_transitions_run_clean_under_the_sanitizers()
 #: and a part), each world and precision, the prior kept; the T-maze int8 of 1,000, the
 #: pass alone and the group's health; and two learning passes of 13 T-maze agents (each its own
 #: ``pA``, a shared int8 ``pA``: measured from the state once the tick's tables followed their
-#: update).
+#: update); the sample's fold (fold_measures) of 13 T-maze agents, frozen in each precision and
+#: those two learning passes, with a preference and without.
 HEALTH_SUITE = REPO / "tests" / "unit" / "core" / "test_health_in_tick.py"
 HEALTH_CASES = ("(kept and 13) or (kept and tmaze and int8 and (1000 or large)) or "
-                "(learning and tmaze and 13 and (per_agent or int8))")
+                "(learning and tmaze and 13 and (per_agent or int8)) or "
+                "(folds and frozen and tmaze and 13)")
 
 
 # The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
@@ -123,7 +125,7 @@ HEALTH_CASES = ("(kept and 13) or (kept and tmaze and int8 and (1000 or large)) 
 def test_health_measured_in_the_pass_runs_clean_under_the_sanitizers() -> None:
     done = _under_sanitizers(native_builds.build("sanitized"), "-k", HEALTH_CASES,
                              suite=HEALTH_SUITE)
-    _assert_clean(done, 10)
+    _assert_clean(done, 18)
 
 
 # The sanitized build is a minute or more of one core's CPU; on a loaded machine, more.
