@@ -145,8 +145,10 @@ class BidRows:
             wanted &= self.held[self.index_rows]
         sel = np.flatnonzero(wanted)
         pos = pos[sel]
-        order = np.argsort(pos, kind="stable")
-        return self.index_rows[sel[order]], pos[order]
+        if slots.size > 1 and not bool((slots[1:] > slots[:-1]).all()):
+            order = np.argsort(pos, kind="stable")  # (the index is in slot order)
+            sel, pos = sel[order], pos[order]
+        return self.index_rows[sel], pos
 
     def find(self, t: int, slot_key: int) -> int:
         """The row of task slot ``t``'s ``slot_key``, or -1."""
@@ -264,9 +266,19 @@ class BidRows:
         self.held[lo:hi] = held
         self.tie[lo:hi] = tie
         self.hash[lo:hi] = hashed
-        put = np.searchsorted(self.index_keys, keys)  # keys are sorted, none there
-        self.index_keys = np.insert(self.index_keys, put, keys)
-        self.index_rows = np.insert(self.index_rows, put, np.arange(lo, hi))
+        # keys are sorted, none in the index: each goes where searchsorted puts it, moved on
+        # by the new keys before it
+        put = np.searchsorted(self.index_keys, keys) + np.arange(keys.size)
+        size = self.index_keys.size + keys.size
+        old = np.ones(size, dtype=bool)
+        old[put] = False
+        index_keys = np.empty(size, dtype=np.int64)
+        index_keys[old] = self.index_keys
+        index_keys[put] = keys
+        index_rows = np.empty(size, dtype=np.int64)
+        index_rows[old] = self.index_rows
+        index_rows[put] = np.arange(lo, hi)
+        self.index_keys, self.index_rows = index_keys, index_rows
 
     def _grow(self, n: int) -> None:
         cap = min(max(n, 2 * self.key.size), max(self.max_rows, n))

@@ -854,36 +854,61 @@ class BoardState:
         chosen: NDArray[np.bool_],
         holders: NDArray[np.int64],
     ) -> dict[str, Team]:
-        first = np.searchsorted(roles.task, np.arange(len(tasks)))
+        first = np.searchsorted(roles.task, np.arange(len(tasks) + 1))
+        # The members in the order a team lists them: by task, role, then holder (node name,
+        # group name, agent: the columns' canonical order), in one sort.
+        picked = np.flatnonzero(chosen)
+        g = rows.role[picked]
+        t_of = roles.task[g]
+        order = np.lexsort((rows.col[picked], g, t_of))
+        picked, g, t_of = picked[order], g[order], t_of[order]
+        h = holders[rows.col[picked]]
+        node_names, group_names = self._nodes.names, self._groups.names
+        seqs = rows.seq[picked].tolist()
         by_task: dict[int, list[Bid]] = {}
-        for i in np.flatnonzero(chosen).tolist():
-            g = int(rows.role[i])
-            t = int(roles.task[g])
-            k = int(rows.seq[i])
-            by_task.setdefault(t, []).append(
-                Bid(
-                    tasks[t],
-                    open_epochs[tasks[t]],
-                    *self._holder_name(int(holders[rows.col[i]])),
-                    float(costs[i]),
-                    k >> 32,
-                    k & 0xFFFFFFFF,
-                    g - int(first[t]),
-                    bool(rows.held[i]),
-                )
+        for t, role, n, grp, agent, cost, k, held in zip(
+            t_of.tolist(),
+            (g - first[t_of]).tolist(),
+            self._holder_node.data[h].tolist(),
+            self._holder_group.data[h].tolist(),
+            self._holder_agent.data[h].tolist(),
+            costs[picked].tolist(),
+            seqs,
+            rows.held[picked].tolist(),
+            strict=True,
+        ):
+            task = tasks[t]
+            bid = Bid(
+                task,
+                open_epochs[task],
+                node_names[n],
+                group_names[grp],
+                agent,
+                cost,
+                k >> 32,
+                k & 0xFFFFFFFF,
+                role,
+                held,
             )
+            by_task.setdefault(t, []).append(bid)
+        slots, bounds = roles.slots.tolist(), first.tolist()
+        team_done = self.team_done
         out: dict[str, Team] = {}
         for t, task in enumerate(tasks):
-            members = sorted(by_task.get(t, ()), key=lambda b: (b.role, b.node, b.group, b.agent))
-            done = sorted(
-                (rel for rel, _ in self.team_done.get(task, {}).values()),
-                key=lambda r: (r.role_index, r.node, r.group, r.agent),
+            parts = team_done.get(task)
+            done = (
+                sorted(
+                    (rel for rel, _ in parts.values()),
+                    key=lambda r: (r.role_index, r.node, r.group, r.agent),
+                )
+                if parts
+                else []
             )
             out[task] = Team(
                 task,
                 open_epochs[task],
-                tuple(role.agents for role in self.specs[task].slots()),
-                tuple(members),
+                tuple(slots[bounds[t] : bounds[t + 1]]),
+                tuple(by_task.get(t, ())),
                 tuple(done),
             )
         return out
