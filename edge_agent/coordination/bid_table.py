@@ -51,6 +51,10 @@ class BidRows:
     """The rows (module docstring), in columns of ``capacity`` entries of which the first ``n``
     are rows (in no order), and an index: the rows' keys sorted (``index_keys``) and the row of
     each (``index_rows``), so that a task's rows are one slice of the index, in slot key order.
+    The rows from ``indexed`` on are not in the index yet: rows whose holders are new to the
+    ledger (a peer's first bids) are appended with no look-up, and put in the index together
+    when it is next read (:meth:`_index`: a formation's every peer's first bids in one sort,
+    not an insertion a message).
     The columns grow by doubling up to ``max_rows`` (the ledger's ``max_bids``: it never merges
     more); rows dropped are compacted away at once. A task's slot is taken when its first
     rows may come (:meth:`task`) and given back when its rows go (:meth:`drop_task`)."""
@@ -62,6 +66,7 @@ class BidRows:
         "held",
         "index_keys",
         "index_rows",
+        "indexed",
         "key",
         "max_rows",
         "n",
@@ -91,6 +96,8 @@ class BidRows:
         """The sum of the rows' ``hash`` modulo 2**64: the digest's bid part."""
         self.index_keys: IntArray = _EMPTY_I
         self.index_rows: IntArray = _EMPTY_I
+        self.indexed = 0
+        """The rows before it are in the index; those from it on are not (yet)."""
         self.slot_of: dict[str, int] = {}
         """Each task's slot, in the order the tasks took them (a task with no rows may have
         one: a message's tasks take theirs before its rows are checked)."""
@@ -127,6 +134,7 @@ class BidRows:
 
     def span(self, t: int) -> tuple[int, int]:
         """Task slot ``t``'s rows: ``index_rows[lo:hi]``, in slot key order."""
+        self._index()
         lo, hi = np.searchsorted(self.index_keys, [t << KEY_BITS, (t + 1) << KEY_BITS])
         return int(lo), int(hi)
 
@@ -137,6 +145,7 @@ class BidRows:
     def rows_of_tasks(self, slots: IntArray, *, held: bool = False) -> tuple[IntArray, IntArray]:
         """The rows of task slots ``slots`` (``held``: the holds only), a task's together in
         the order given, each's in slot key order: ``(rows, position in slots)``."""
+        self._index()
         pos_of = np.full(self.salts.shape[0], -1, dtype=np.int64)
         pos_of[slots] = np.arange(slots.size)
         pos = pos_of[self.index_keys >> KEY_BITS]
@@ -153,6 +162,7 @@ class BidRows:
     def find(self, t: int, slot_key: int) -> int:
         """The row of task slot ``t``'s ``slot_key``, or -1."""
         k = (t << KEY_BITS) | slot_key
+        self._index()
         i = int(np.searchsorted(self.index_keys, k))
         if i < self.index_keys.size and int(self.index_keys[i]) == k:
             return int(self.index_rows[i])
@@ -177,11 +187,13 @@ class BidRows:
         node: int,
         *,
         room: int,
+        unseen: BoolArray | None = None,
     ) -> Merged:
         """Merge one message's rows (of node id ``node``), all of sequence ``seq``, with their
         tie-breaks and hashes: per key the input's best row (lowest cost, then a hold), which
         replaces the row there is when it is larger (module docstring); at most ``room`` new
-        keys are added, the first in the input's order."""
+        keys are added, the first in the input's order. ``unseen``: the rows whose holders are
+        new to the ledger (no row has their key: they are not looked up)."""
         if task.size == 0:
             return Merged(0, 0, 0)
         keys = (task << KEY_BITS) | slot_key
@@ -199,9 +211,14 @@ class BidRows:
             best = order[starts]
             appeared = np.minimum.reduceat(order, starts)
         best_keys = keys[best]
-        at = np.searchsorted(self.index_keys, best_keys)
-        found = at < self.index_keys.size
-        found[found] = self.index_keys[at[found]] == best_keys[found]
+        if unseen is not None and bool(unseen.all()):  # a peer's first bids: all new keys
+            found = np.zeros(best.size, dtype=bool)
+            at = np.zeros(best.size, dtype=np.int64)  # (read where found: nowhere)
+        else:
+            self._index()
+            at = np.searchsorted(self.index_keys, best_keys)
+            found = at < self.index_keys.size
+            found[found] = self.index_keys[at[found]] == best_keys[found]
         # A key held already: replaced when (seq, -cost, held) is larger than what it has.
         old = self.index_rows[at[found]]
         src = best[found]
@@ -266,8 +283,16 @@ class BidRows:
         self.held[lo:hi] = held
         self.tie[lo:hi] = tie
         self.hash[lo:hi] = hashed
-        # keys are sorted, none in the index: each goes where searchsorted puts it, moved on
-        # by the new keys before it
+
+    def _index(self) -> None:
+        """The rows not yet in the index put in it (their keys are in none of its)."""
+        lo, hi = self.indexed, self.n
+        if lo == hi:
+            return
+        self.indexed = hi
+        order = np.argsort(self.key[lo:hi])
+        keys = self.key[lo:hi][order]
+        # each goes where searchsorted puts it, moved on by the new keys before it
         put = np.searchsorted(self.index_keys, keys) + np.arange(keys.size)
         size = self.index_keys.size + keys.size
         old = np.ones(size, dtype=bool)
@@ -277,7 +302,7 @@ class BidRows:
         index_keys[put] = keys
         index_rows = np.empty(size, dtype=np.int64)
         index_rows[old] = self.index_rows
-        index_rows[put] = np.arange(lo, hi)
+        index_rows[put] = order + lo
         self.index_keys, self.index_rows = index_keys, index_rows
 
     def _grow(self, n: int) -> None:
@@ -303,6 +328,7 @@ class BidRows:
         new_row = np.full(self.n, -1, dtype=np.int64)
         new_row[keep] = np.arange(keep.size)
         self.n = int(keep.size)
+        self.indexed = int(np.searchsorted(keep, self.indexed))  # the kept rows keep their order
         moved = new_row[self.index_rows]
         stay = moved >= 0
         self.index_keys, self.index_rows = self.index_keys[stay], moved[stay]

@@ -311,6 +311,7 @@ class TaskBoard(BoardState):
         rows = np.flatnonzero(
             (slot_of_task[t_of] >= 0) & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0)
         )
+        first_new = self._n_holders  # holders made from here on have no rows anywhere
         h = self._holders_of(node, group, agent[rows])
         fresh = h >= 0
         fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
@@ -325,6 +326,7 @@ class TaskBoard(BoardState):
         # the tasks in the message's order of them.
         by_task = np.argsort(t_rows, kind="stable")
         slot, cost, t_rows = slot[by_task], cost[by_task], t_rows[by_task]
+        unseen = h[by_task] >= first_new
         held_rows = held[rows[by_task]]
         task_slot = slot_of_task[t_rows]
         # What the ledger computes of a row, once, as it comes: its hash in the digest, its
@@ -335,7 +337,7 @@ class TaskBoard(BoardState):
         tie = self._tie_breaks(slot, salts[:, 1])
         merged = self.rows.merge(
             task_slot, slot, cost, key, held_rows, tie, hashed, node_id,
-            room=self.max_bids - self.rows.n,
+            room=self.max_bids - self.rows.n, unseen=unseen,
         )  # fmt: skip
         self.overflow += merged.refused
         self.stale_bids += n - merged.changed
