@@ -201,50 +201,48 @@ class BidRows:
         # in the input (``appeared``: the order the room is given in).
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
-        first = np.ones(sk.size, dtype=bool)
-        first[1:] = sk[1:] != sk[:-1]
-        if first.all():  # a key a row (a node's message, usually): the rows as they are
+        twice = sk[1:] == sk[:-1]
+        if not twice.any():  # a key a row (a node's message, usually): the rows as they are
             best = appeared = order
         else:
             order = np.lexsort((~held, cost, keys))
-            starts = np.flatnonzero(first)
+            starts = np.flatnonzero(np.concatenate(([True], ~twice)))
             best = order[starts]
             appeared = np.minimum.reduceat(order, starts)
-        best_keys = keys[best]
-        if unseen is not None and bool(unseen.all()):  # a peer's first bids: all new keys
-            found = np.zeros(best.size, dtype=bool)
-            at = np.zeros(best.size, dtype=np.int64)  # (read where found: nowhere)
-        else:
+        total, replaced = self.total, 0
+        fresh, appeared_fresh = best, appeared
+        if unseen is None or not bool(unseen.all()):  # (a peer's first bids: all new keys)
             self._index()
+            best_keys = keys[best]
             at = np.searchsorted(self.index_keys, best_keys)
             found = at < self.index_keys.size
             found[found] = self.index_keys[at[found]] == best_keys[found]
-        # A key held already: replaced when (seq, -cost, held) is larger than what it has.
-        old = self.index_rows[at[found]]
-        src = best[found]
-        old_seq, old_cost, old_held = self.seq[old], self.cost[old], self.held[old]
-        new_cost, new_held = cost[src], held[src]
-        larger = (seq > old_seq) | (
-            (seq == old_seq)
-            & ((new_cost < old_cost) | ((new_cost == old_cost) & new_held & ~old_held))
-        )
-        replaced = int(np.count_nonzero(larger))
-        total = self.total
-        if replaced:
-            rows, src = old[larger], src[larger]
-            total -= int(np.add.reduce(self.hash[rows]))
-            total += int(np.add.reduce(hashed[src]))
-            self.seq[rows] = seq
-            self.cost[rows] = cost[src]
-            self.held[rows] = held[src]
-            self.hash[rows] = hashed[src]
-            self._seen(task[src], node)
-        new = ~found
-        fresh = best[new]  # in key order
+            if found.any():
+                # A key held already: replaced when (seq, -cost, held) is larger than what it
+                # has.
+                old = self.index_rows[at[found]]
+                src = best[found]
+                old_seq, old_cost, old_held = self.seq[old], self.cost[old], self.held[old]
+                new_cost, new_held = cost[src], held[src]
+                larger = (seq > old_seq) | (
+                    (seq == old_seq)
+                    & ((new_cost < old_cost) | ((new_cost == old_cost) & new_held & ~old_held))
+                )
+                replaced = int(np.count_nonzero(larger))
+                if replaced:
+                    rows, src = old[larger], src[larger]
+                    total -= int(np.add.reduce(self.hash[rows]))
+                    total += int(np.add.reduce(hashed[src]))
+                    self.seq[rows] = seq
+                    self.cost[rows] = cost[src]
+                    self.held[rows] = held[src]
+                    self.hash[rows] = hashed[src]
+                    self._seen(task[src], node)
+                new = ~found
+                fresh, appeared_fresh = best[new], appeared[new]
         refused = max(0, fresh.size - max(room, 0))
-        if refused:  # the first in the input's order are kept, still in key order
-            kept = np.sort(np.argsort(appeared[new], kind="stable")[: fresh.size - refused])
-            fresh = fresh[kept]
+        if refused:  # the first in the input's order are kept
+            fresh = fresh[np.argsort(appeared_fresh, kind="stable")[: fresh.size - refused]]
         if fresh.size:
             self._append(keys[fresh], cost[fresh], seq, held[fresh], tie[fresh], hashed[fresh])
             total += int(np.add.reduce(hashed[fresh]))
