@@ -288,7 +288,9 @@ class BidRows:
         if lo == hi:
             return
         self.indexed = hi
-        order = np.argsort(self.key[lo:hi])
+        # (each message's new rows came in key order: a merge of sorted runs, which the stable
+        # sort's runs take in about half the time of a quicksort)
+        order = np.argsort(self.key[lo:hi], kind="stable")
         keys = self.key[lo:hi][order]
         # each goes where searchsorted puts it, moved on by the new keys before it
         put = np.searchsorted(self.index_keys, keys) + np.arange(keys.size)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 import msgspec
 import numpy as np
@@ -620,10 +620,9 @@ class BoardState:
             return True
         self._settle()
         t = self.rows.slot_of.get(task)
-        known = [n for n in wanted if n is not None]
-        if t is None or len(known) < len(wanted):
+        if t is None or None in wanted:
             return False
-        return self.rows.has_nodes(t, known)
+        return self.rows.has_nodes(t, cast("list[int]", wanted))
 
     def bid_arrays(
         self, task: str
