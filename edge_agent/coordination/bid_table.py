@@ -188,12 +188,14 @@ class BidRows:
         *,
         room: int,
         unseen: BoolArray | None = None,
+        room_order: IntArray | None = None,
     ) -> Merged:
         """Merge one message's rows (of node id ``node``), all of sequence ``seq``, with their
         tie-breaks and hashes: per key the input's best row (lowest cost, then a hold), which
         replaces the row there is when it is larger (module docstring); at most ``room`` new
-        keys are added, the first in the input's order. ``unseen``: the rows whose holders are
-        new to the ledger (no row has their key: they are not looked up)."""
+        keys are added, the first by ``room_order`` (a row's rank; the input's order among
+        equal ranks; none: the input's order). ``unseen``: the rows whose holders are new to
+        the ledger (no row has their key: they are not looked up)."""
         if task.size == 0:
             return Merged(0, 0, 0)
         keys = (task << KEY_BITS) | slot_key
@@ -241,8 +243,12 @@ class BidRows:
                 new = ~found
                 fresh, appeared_fresh = best[new], appeared[new]
         refused = max(0, fresh.size - max(room, 0))
-        if refused:  # the first in the input's order are kept
-            fresh = fresh[np.argsort(appeared_fresh, kind="stable")[: fresh.size - refused]]
+        if refused:  # the first by room_order, then in the input's order, are kept
+            if room_order is None:
+                first = np.argsort(appeared_fresh, kind="stable")
+            else:
+                first = np.lexsort((appeared_fresh, room_order[appeared_fresh]))
+            fresh = fresh[first[: fresh.size - refused]]
         if fresh.size:
             self._append(keys[fresh], cost[fresh], seq, held[fresh], tie[fresh], hashed[fresh])
             total += int(np.add.reduce(hashed[fresh]))

@@ -321,13 +321,9 @@ class TaskBoard(BoardState):
             return changed
         slot = h * ROLE_SPAN + role[rows]
         cost = np.asarray(costs, dtype=np.float64)[rows]
-        t_rows = t_of[rows]
-        # Each task's rows together, in the message's order (the order the room is given in),
-        # the tasks in the message's order of them.
-        by_task = np.argsort(t_rows, kind="stable")
-        slot, cost, t_rows = slot[by_task], cost[by_task], t_rows[by_task]
-        unseen = h[by_task] >= first_new
-        held_rows = held[rows[by_task]]
+        t_rows = t_of[rows]  # (the room is given by task, then in the message's order)
+        unseen = h >= first_new
+        held_rows = held[rows]
         task_slot = slot_of_task[t_rows]
         # What the ledger computes of a row, once, as it comes: its hash in the digest, its
         # tie-break in the team award (its task's two salts kept with the task's slot).
@@ -337,7 +333,7 @@ class TaskBoard(BoardState):
         tie = self._tie_breaks(slot, salts[:, 1])
         merged = self.rows.merge(
             task_slot, slot, cost, key, held_rows, tie, hashed, node_id,
-            room=self.max_bids - self.rows.n, unseen=unseen,
+            room=self.max_bids - self.rows.n, unseen=unseen, room_order=t_rows,
         )  # fmt: skip
         self.overflow += merged.refused
         self.stale_bids += n - merged.changed

@@ -500,3 +500,20 @@ def test_a_formation_s_ledgers_are_main_s(tmp_path: Path) -> None:
     old = on_main15(lambda: run(tmp_path / "old"))
     assert new == old
     assert len(new[-1][0]["teams"]) == 10  # type: ignore[arg-type]
+
+
+def test_a_message_naming_a_task_twice_keeps_one_row_a_slot() -> None:
+    """A message whose list names a task twice (no node of this version sends one; the wire
+    allows it): its rows of both merge as one task's, one row a slot, the largest (main's bid
+    tables took each name's rows as new slots and kept two rows of one slot: the sixteenth
+    pass)."""
+    board = TaskBoard()
+    for spec in specs():
+        board.add_spec(spec)
+    board.add_bids("n0", "g", 1, 1, ["U", "U"], epochs=[0, 0], task_index=[0, 1, 0, 1],
+                   agents=[1, 1, 2, 2], costs=[1.0, 0.5, 1.0, 1.0])  # fmt: skip
+    keys, costs, _, _ = board.bid_arrays("U")
+    assert keys.tolist() == [0, 16]
+    assert costs.tolist() == [0.5, 1.0]
+    assert board.n_bids == 2
+    assert board.rows.total == scratch_total(board)
