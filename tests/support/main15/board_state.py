@@ -27,7 +27,9 @@ from edge_agent.coordination.messages import (
     Release,
     TaskSpec,
 )
-from edge_agent.coordination.team_award import (
+from edge_agent.fleet.names import UINT32
+from tests.support.main15.bid_table import BidTable, Row
+from tests.support.main15.team_award import (
     SALT_BITS,
     FillRecord,
     RoleBids,
@@ -36,8 +38,6 @@ from edge_agent.coordination.team_award import (
     fill_recorded,
     refill,
 )
-from edge_agent.fleet.names import UINT32
-from tests.support.main15.bid_table import BidTable, Row
 
 #: Largest ``P * S`` for which :class:`TaskPreferences` keeps each holder's utility along every
 #: policy precomputed (single-factor models); above it, the policy tree is walked every tick.
