@@ -54,9 +54,6 @@ from edge_agent.coordination.messages import (
     TaskSync,
 )
 
-_ZERO = np.zeros(1, dtype=np.int64)
-
-
 __all__ = [
     "ANNOUNCER",
     "AUTHORITY",
@@ -349,15 +346,17 @@ class TaskBoard(BoardState):
         at = np.searchsorted(known, agents)
         found = at < known.size
         found[found] = known[at[found]] == agents[found]
-        if not found.all():
-            new, first = np.unique(agents[~found], return_index=True)
-            self._new_holders(node, group, new[np.argsort(first)])
-            known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
-            at = np.searchsorted(known, agents)
-            found = at < known.size
-            found[found] = known[at[found]] == agents[found]
         out = np.full(agents.size, -1, dtype=np.int64)
         out[found] = ids[at[found]]
+        if not found.all():
+            # The new agents get ids in the order they first appear: the ids made are those
+            # of the first ones there was room for, each new agent's row given its own.
+            new, first, inverse = np.unique(agents[~found], return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            _, made = self._new_holders(node, group, new[order])
+            id_of = np.full(new.size, -1, dtype=np.int64)
+            id_of[order[: made.size]] = made
+            out[~found] = id_of[inverse]
         return out
 
     def add_consumed(self, node: str, group: str, agent: int, bdseq: int, bseq: int) -> bool:
