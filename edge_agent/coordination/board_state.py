@@ -308,6 +308,14 @@ class _RoleColumns(NamedTuple):
     """Each task's number of roles."""
 
 
+def _checked_holders(max_holders: int, max_tasks: int) -> int:
+    """``max_holders``, when it and ``max_tasks`` fit a bid row's key (its task's slot and its
+    slot key in one int64: :class:`BidRows`); bounds that would not fit are refused."""
+    if max_holders * ROLE_SPAN >= 1 << KEY_BITS or max_tasks >= 1 << (62 - KEY_BITS):
+        raise ValueError("max_bids + max_consumed or max_tasks too large for a bid's key")
+    return max_holders
+
+
 class BoardState:
     """The ledger's facts as stored and what is computed from them (the queries, the award, the
     teams, the digest); :class:`~edge_agent.coordination.ledger.TaskBoard` merges facts into it
@@ -339,7 +347,7 @@ class BoardState:
         self.max_tombstones = max_tombstones
         self.max_consumed = max_consumed
         self.max_nodes = max_nodes
-        self.max_holders = max_bids + max_consumed
+        self.max_holders = _checked_holders(max_bids + max_consumed, max_tasks)
         self.max_owners = max_tasks + max_tombstones
         self.owners: dict[str, tuple[int, str]] = {}
         """Per task id, its owner's :meth:`owner_key`. Kept while the task is known, closed

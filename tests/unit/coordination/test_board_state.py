@@ -120,3 +120,22 @@ def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
     asked.add_dead("n1", 1)
     once.add_dead("n1", 1)
     assert asked.digest() == once.digest()
+
+
+def test_bounds_past_a_bid_key_s_bits_are_refused() -> None:
+    """A bid row's key is its task's slot and its slot key in one int64 (the sixteenth pass):
+    bounds whose holders or tasks would not fit are refused when the ledger is made, not
+    wrapped around; the defaults and the largest that fit are taken."""
+    import pytest
+
+    from edge_agent.coordination.bid_table import KEY_BITS
+    from edge_agent.coordination.board_state import ROLE_SPAN
+    from edge_agent.coordination.ledger import TaskBoard
+
+    TaskBoard()
+    most = (1 << KEY_BITS) // ROLE_SPAN - 1
+    TaskBoard(max_bids=most - 1, max_consumed=1, max_tasks=(1 << (62 - KEY_BITS)) - 1)
+    with pytest.raises(ValueError, match="too large"):
+        TaskBoard(max_bids=most, max_consumed=1)
+    with pytest.raises(ValueError, match="too large"):
+        TaskBoard(max_tasks=1 << (62 - KEY_BITS))
