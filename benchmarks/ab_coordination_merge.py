@@ -6,9 +6,10 @@ and every node's final award and digest compared between the two. Not a stored b
 twelfth pass's table in benchmarks/notes/coordination.md.
 
     python benchmarks/ab_coordination_merge.py [--nodes 20] [--agents 500] [--rounds 3]
-        [--warm 3] [--against old|main13|main]
+        [--warm 3] [--against old|main13|main14|main]
 
-``--against main``: the other side is main after the fourteenth pass (f08b930d,
+``--against main``: the other side is main before the sixteenth pass (``main15_merge``: a bid
+table a task, tests/support/main15); ``--against main14``: main after the fourteenth pass (f08b930d,
 ``main14_merge``: a table's row replaced or dropped has the digest hash its whole table again,
 the team award's rows made a task and a role at a time); ``--against main13``: main's bid
 admission and merge before the fourteenth pass (``main_merge``: a table call a task, the digest
@@ -49,7 +50,9 @@ from edge_agent.coordination import (
     relay_admission,
 )
 from edge_agent.core.native_pass import NATIVE_ENV
-from tests.support.old_merge import main14_merge, main_merge, old_merge
+from tests.support.main15 import board_state as main15_board_state
+from tests.support.main15 import ledger as main15_ledger
+from tests.support.old_merge import main14_merge, main15_merge, main_merge, old_merge
 
 PARTS: list[tuple[Any, str]] = [
     (engine_io.EngineIO, "_on_bids"),
@@ -73,6 +76,17 @@ PARTS: list[tuple[Any, str]] = [
     (relay_admission.RelayAdmission, "spec_signed"),
     (auction.Auctioneer, "_update_teams"),
 ]
+
+
+def timed_parts() -> list[tuple[Any, str]]:
+    """:data:`PARTS` where they are, here and in main's ledger before the sixteenth pass
+    (tests/support/main15: the other side's boards), under the same labels."""
+    twin = {board_state: main15_board_state, board_state.BoardState: main15_board_state.BoardState,
+            ledger.TaskBoard: main15_ledger.TaskBoard}  # fmt: skip
+    out = []
+    for cls, name in PARTS:
+        out += [(c, name) for c in (cls, twin.get(cls)) if c is not None and name in c.__dict__]
+    return out
 
 
 TIMING = [True]
@@ -105,7 +119,7 @@ def formation(
     from tests.support.coordination_harness import TICK_S, GroupSpec, SimFleet
 
     acc: dict[str, float] = collections.defaultdict(float)
-    saved = [(cls, name, cls.__dict__[name]) for cls, name in PARTS]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in timed_parts()]
     settings = teams.CoordinationSettings(
         auction=teams.AuctionSettings(window_s=teams.WINDOW_S, done_belief=None),
         tick_period_s=TICK_S,
@@ -160,9 +174,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warm", type=int, default=3, help="ticks before the announcement")
-    parser.add_argument("--against", choices=("old", "main13", "main"), default="old")
+    parser.add_argument(
+        "--against", choices=("old", "main13", "main14", "main"), default="old"
+    )
     args = parser.parse_args()
-    other = {"old": old_merge, "main13": main_merge, "main": main14_merge}[args.against]
+    other = {"old": old_merge, "main13": main_merge, "main14": main14_merge,
+             "main": main15_merge}[args.against]  # fmt: skip
     pin_tick_path()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.coordination.assignment import fixed_point
-from edge_agent.coordination.bid_table import BidTable, Row
+from edge_agent.coordination.bid_table import KEY_BITS, BidRows
 from edge_agent.coordination.messages import (
     DIGEST_BYTES,
     MAX_ROLES,
@@ -286,6 +286,8 @@ def _splitmix(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
 
 
 _NO_IDS: Final = np.empty(0, dtype=np.int64)
+_SLOT_BITS: Final = (1 << KEY_BITS) - 1
+"""A row's key (:mod:`~edge_agent.coordination.bid_table`) masked by it: its slot key."""
 
 
 class _RoleColumns(NamedTuple):
@@ -304,8 +306,14 @@ class _RoleColumns(NamedTuple):
     """Each task's first role (an index into the roles)."""
     n_roles: NDArray[np.int64]
     """Each task's number of roles."""
-    salts: NDArray[np.uint64]
-    """Each task's part of its bids' tie-breaks (:meth:`BoardState._salt_of`)."""
+
+
+def _checked_holders(max_holders: int, max_tasks: int) -> int:
+    """``max_holders``, when it and ``max_tasks`` fit a bid row's key (its task's slot and its
+    slot key in one int64: :class:`BidRows`); bounds that would not fit are refused."""
+    if max_holders * ROLE_SPAN >= 1 << KEY_BITS or max_tasks >= 1 << (62 - KEY_BITS):
+        raise ValueError("max_bids + max_consumed or max_tasks too large for a bid's key")
+    return max_holders
 
 
 class BoardState:
@@ -339,7 +347,7 @@ class BoardState:
         self.max_tombstones = max_tombstones
         self.max_consumed = max_consumed
         self.max_nodes = max_nodes
-        self.max_holders = max_bids + max_consumed
+        self.max_holders = _checked_holders(max_bids + max_consumed, max_tasks)
         self.max_owners = max_tasks + max_tombstones
         self.owners: dict[str, tuple[int, str]] = {}
         """Per task id, its owner's :meth:`owner_key`. Kept while the task is known, closed
@@ -360,7 +368,8 @@ class BoardState:
         """Per task in ``closers``, its signed spec when the closer came: a sync relays it with
         the closer, so that a peer that never knew the task can check the closer against what
         the task's announcer said (the spec of a closed task may be evicted from ``specs``)."""
-        self.bids: dict[str, BidTable] = {}
+        self.rows = BidRows(max_bids)
+        """Every task's bids at its floor, in one set of columns (:class:`BidRows`)."""
         self.team_done: dict[str, dict[tuple[str, str, int], tuple[Release, bytes]]] = {}
         """Per open team task, its members' ``done`` releases of the current round (with their
         signatures): their slots are finished, and the task closes when all are."""
@@ -392,7 +401,6 @@ class BoardState:
         self._holder_hash = _Growable(0)
         self._task_hash: dict[str, int] = {}
         self._node_dead = _Growable(-1)
-        self.n_bids = 0
         self.version = 0
         self.overflow = 0
         self.stale_bids = 0
@@ -527,14 +535,15 @@ class BoardState:
     def bidders(self, task: str, node: str, group: str, role: int | None = None) -> set[int]:
         """Agents of ``node/group`` with a bid on ``task`` (on its ``role``, when given)."""
         self._settle()
-        per = self.bids.get(task)
+        t = self.rows.slot_of.get(task)
         n, g = self._nodes.ids.get(node), self._groups.ids.get(group)
-        if per is None or n is None or g is None:
+        if t is None or n is None or g is None:
             return set()
-        holder = per.keys // ROLE_SPAN
+        keys = self.rows.key[self.rows.rows_of(t)] & _SLOT_BITS
+        holder = keys // ROLE_SPAN
         mine = (self._holder_node.data[holder] == n) & (self._holder_group.data[holder] == g)
         if role is not None:
-            mine &= per.keys % ROLE_SPAN == role
+            mine &= keys % ROLE_SPAN == role
         return set(self._holder_agent.data[holder[mine]].tolist())
 
     def knows(self, bid: Bid) -> bool:
@@ -549,20 +558,20 @@ class BoardState:
             return True
         n, g = self._nodes.ids.get(bid.node), self._groups.ids.get(bid.group)
         h = None if n is None or g is None else self._holder_id(n, g, bid.agent)
-        per = self.bids.get(bid.task)
-        if h is None or per is None:
+        t = self.rows.slot_of.get(bid.task)
+        if h is None or t is None:
             return False
-        row = per.find(h * ROLE_SPAN + bid.role)
-        return row >= 0 and int(per.seqs[row]) >= key
+        row = self.rows.find(t, h * ROLE_SPAN + bid.role)
+        return row >= 0 and int(self.rows.seq[row]) >= key
 
     def valid_bids(self, task: str) -> Iterator[Bid]:
         """Bids that count for ``task`` at its current epoch (all the stored ones)."""
         self._settle()
         epoch = self.floor.get(task)
-        per = self.bids.get(task)
-        if epoch is None or per is None:
+        t = self.rows.slot_of.get(task)
+        if epoch is None or t is None:
             return
-        keys, costs, seqs, helds = (a.tolist() for a in per.arrays())
+        keys, costs, seqs, helds = (a.tolist() for a in self.bid_arrays(task))
         for key, cost, k, held in zip(keys, costs, seqs, helds, strict=True):
             yield Bid(
                 task,
@@ -582,20 +591,20 @@ class BoardState:
         out: list[Bid] = []
         if n is None:
             return out
-        # Every task's rows in one set of columns: a few numpy calls, not a few a task.
-        named = [(task, per) for task in tasks if (per := self.bids.get(task)) is not None]
+        # Every task's rows are in one set of columns: a few numpy calls, not a few a task.
+        named = [(task, t) for task in tasks if (t := self.rows.slot_of.get(task)) is not None]
         if not named:
             return out
-        parts = [per.arrays() for _, per in named]
-        keys = np.concatenate([p[0] for p in parts])
-        held = np.concatenate([p[3] for p in parts])
-        mine = np.flatnonzero(held)
-        mine = mine[self._holder_node.data[keys[mine] // ROLE_SPAN] == n]
+        cols = self.rows
+        slots = np.array([t for _, t in named], dtype=np.int64)
+        rows, where_all = cols.rows_of_tasks(slots, held=True)
+        keys = cols.key[rows] & _SLOT_BITS
+        mine = np.flatnonzero(self._holder_node.data[keys // ROLE_SPAN] == n)
         if not mine.size:
             return out
-        where = np.repeat(np.arange(len(parts)), [p[0].size for p in parts])[mine].tolist()
-        costs = np.concatenate([p[1] for p in parts])[mine].tolist()
-        seqs = np.concatenate([p[2] for p in parts])[mine].tolist()
+        where = where_all[mine].tolist()
+        costs = cols.cost[rows[mine]].tolist()
+        seqs = cols.seq[rows[mine]].tolist()
         for t, key, cost, k in zip(where, keys[mine].tolist(), costs, seqs, strict=True):
             task = named[t][0]
             out.append(
@@ -618,15 +627,25 @@ class BoardState:
         if not wanted:
             return True
         self._settle()
-        per = self.bids.get(task)
-        if per is None or None in wanted:
+        t = self.rows.slot_of.get(task)
+        if t is None or None in wanted:
             return False
-        if per.nodes is None:
-            keys = per.arrays()[0]
-            present = np.zeros(len(self._nodes.names), dtype=bool)
-            present[self._holder_node.data[keys // ROLE_SPAN]] = True
-            per.nodes = frozenset(np.flatnonzero(present).tolist())
-        return per.nodes.issuperset(wanted)
+        return self.rows.has_nodes(t, cast("list[int]", wanted))
+
+    def bid_arrays(
+        self, task: str
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64], NDArray[np.bool_]]:
+        """``task``'s rows as ``(slot keys, costs, seqs, held)``, in slot key order (what a
+        bid table a task held: the tests' view of the columns)."""
+        t = self.rows.slot_of.get(task)
+        rows = _NO_IDS if t is None else self.rows.rows_of(t)
+        cols = self.rows
+        return cols.key[rows] & _SLOT_BITS, cols.cost[rows], cols.seq[rows], cols.held[rows]
+
+    @property
+    def n_bids(self) -> int:
+        """The bids stored (every task's)."""
+        return self.rows.n
 
     def is_team(self, task: str) -> bool:
         """Whether ``task``'s spec (as this board has it) asks for a team."""
@@ -643,7 +662,7 @@ class BoardState:
         if version == self.version:
             return single
         singles = {t: e for t, e in self.open_epochs().items() if not self.specs[t].is_team}
-        if any(t in self.bids for t in singles):
+        if any(t in self.rows.slot_of for t in singles):
             _, _, roles, rows, holders, _ = self._team_input()
             members = counted_holds(roles, rows, len(holders))
             single = self._single_award(singles, {int(h) for h in holders[rows.col[members]]})
@@ -730,25 +749,25 @@ class BoardState:
                 done = np.bincount(cols.first_role[t_of[ok]] + r_of[ok], minlength=done.size)
                 done = np.minimum(done, cols.slots)
         roles = RoleTable(cols.role_task, cols.slots, done)
-        tables = self.bids
-        have = [t for t, task in enumerate(tasks) if task in tables]
-        parts = [tables[tasks[t]].arrays() for t in have]
-        where, n_roles, salts = (cols.first_role[have], cols.n_roles[have],
-                                 cols.salts[have])  # fmt: skip
+        cols_of = self.rows
+        have = [(t, slot) for t, task in enumerate(tasks)
+                if (slot := cols_of.slot_of.get(task)) is not None]  # fmt: skip
         empty = np.empty(0, dtype=np.int64)
-        if not parts:
+        if not have:
             no_bids = RoleBids(empty, empty, empty, empty, np.empty(0, dtype=bool), empty)
             return roles, no_bids, empty, np.empty(0, dtype=np.float64)
-        keys = np.concatenate([p[0] for p in parts])
+        # Every task's rows are in the one set of columns: no flush nor concatenation a task.
+        at, slots = np.array(have, dtype=np.int64).reshape(-1, 2).T
+        rows, pos = cols_of.rows_of_tasks(slots)
+        keys = cols_of.key[rows] & _SLOT_BITS
         role = keys % ROLE_SPAN
-        sizes = [p[0].size for p in parts]
-        base, limit, task_salt = (np.repeat(where, sizes), np.repeat(n_roles, sizes),
-                                  np.repeat(salts, sizes))  # fmt: skip
-        ok = role < limit  # admission refuses a role past the spec's; a spec taken over may differ
-        keys, role, base, task_salt = keys[ok], role[ok], base[ok], task_salt[ok]
-        costs = np.concatenate([p[1] for p in parts])[ok]
-        seqs = np.concatenate([p[2] for p in parts])[ok]
-        held = np.concatenate([p[3] for p in parts])[ok]
+        t_of = at[pos]
+        ok = role < cols.n_roles[t_of]  # admission refuses a role past the spec's; a spec
+        rows, keys, role, t_of = rows[ok], keys[ok], role[ok], t_of[ok]  # taken over may differ
+        base = cols.first_role[t_of]
+        costs = cols_of.cost[rows]
+        seqs = cols_of.seq[rows]
+        held = cols_of.held[rows]
         holder = keys // ROLE_SPAN
         # Holder ids are dense (0 ... holders made - 1): a mask finds the distinct ones, in
         # the canonical order of every holder, and an array indexed by id maps each to its
@@ -760,13 +779,9 @@ class BoardState:
         col_of = np.empty(seen.size, dtype=np.int64)
         col_of[canon] = np.arange(canon.size)
         col = col_of[holder]
-        # The tie-break: a hash of (task, role, holder), the same on every node.
-        mixed = _splitmix(
-            self._holder_hash.data[holder].view(np.uint64)
-            ^ task_salt
-            ^ (role.astype(np.uint64) * _ODD[1])
-        )
-        salt = (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
+        # The tie-break (a hash of task, role and holder, the same on every node) was made
+        # with the row (:meth:`_tie_breaks`).
+        salt = cols_of.tie[rows]
         bids = RoleBids(base + role, col, fixed_point(costs), seqs, held, salt)
         return roles, bids, canon, costs
 
@@ -812,17 +827,28 @@ class BoardState:
             np.zeros(len(slots), dtype=np.int64),
             np.array(first_role, dtype=np.int64),
             np.array(n_roles, dtype=np.int64),
-            np.array([self._salt_of(task) for task in tasks], dtype=np.uint64),
         )
         self._role_cols = (self.specs_version, list(tasks), cols)
         return cols
 
-    def _salt_of(self, task: str) -> int:
-        """``task``'s part of its bids' tie-breaks (cached with its digest hash)."""
+    def _task_salts(self, task: str) -> tuple[int, int]:
+        """``task``'s hash in the digest's bid rows, times ``_ODD[2]``, and its part of its
+        bids' tie-breaks, its hash times ``_ODD[0]`` (modulo 2**64; the hash cached)."""
         th = self._task_hash.get(task)
         if th is None:
             th = self._task_hash[task] = stable_hash64(("task", task))
-        return (th * int(_ODD[0])) & _MASK64
+        return (th * int(_ODD[2])) & _MASK64, (th * int(_ODD[0])) & _MASK64
+
+    def _tie_breaks(self, keys: NDArray[np.int64], salts: NDArray[np.uint64]) -> NDArray[np.int64]:
+        """The team award's tie-break of each bid row (slot ``keys``; ``salts``, each's task's
+        part): a hash of its task, role and holder, the same on every node, made once, when
+        the row comes (:class:`~edge_agent.coordination.bid_table.BidRows`' ``tie``)."""
+        mixed = _splitmix(
+            self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
+            ^ salts
+            ^ ((keys % ROLE_SPAN).astype(np.uint64) * _ODD[1])
+        )
+        return (mixed >> np.uint64(64 - SALT_BITS)).astype(np.int64)
 
     def _team_view(
         self,
@@ -835,36 +861,61 @@ class BoardState:
         chosen: NDArray[np.bool_],
         holders: NDArray[np.int64],
     ) -> dict[str, Team]:
-        first = np.searchsorted(roles.task, np.arange(len(tasks)))
+        first = np.searchsorted(roles.task, np.arange(len(tasks) + 1))
+        # The members in the order a team lists them: by task, role, then holder (node name,
+        # group name, agent: the columns' canonical order), in one sort.
+        picked = np.flatnonzero(chosen)
+        g = rows.role[picked]
+        t_of = roles.task[g]
+        order = np.lexsort((rows.col[picked], g, t_of))
+        picked, g, t_of = picked[order], g[order], t_of[order]
+        h = holders[rows.col[picked]]
+        node_names, group_names = self._nodes.names, self._groups.names
+        seqs = rows.seq[picked].tolist()
         by_task: dict[int, list[Bid]] = {}
-        for i in np.flatnonzero(chosen).tolist():
-            g = int(rows.role[i])
-            t = int(roles.task[g])
-            k = int(rows.seq[i])
-            by_task.setdefault(t, []).append(
-                Bid(
-                    tasks[t],
-                    open_epochs[tasks[t]],
-                    *self._holder_name(int(holders[rows.col[i]])),
-                    float(costs[i]),
-                    k >> 32,
-                    k & 0xFFFFFFFF,
-                    g - int(first[t]),
-                    bool(rows.held[i]),
-                )
+        for t, role, n, grp, agent, cost, k, held in zip(
+            t_of.tolist(),
+            (g - first[t_of]).tolist(),
+            self._holder_node.data[h].tolist(),
+            self._holder_group.data[h].tolist(),
+            self._holder_agent.data[h].tolist(),
+            costs[picked].tolist(),
+            seqs,
+            rows.held[picked].tolist(),
+            strict=True,
+        ):
+            task = tasks[t]
+            bid = Bid(
+                task,
+                open_epochs[task],
+                node_names[n],
+                group_names[grp],
+                agent,
+                cost,
+                k >> 32,
+                k & 0xFFFFFFFF,
+                role,
+                held,
             )
+            by_task.setdefault(t, []).append(bid)
+        slots, bounds = roles.slots.tolist(), first.tolist()
+        team_done = self.team_done
         out: dict[str, Team] = {}
         for t, task in enumerate(tasks):
-            members = sorted(by_task.get(t, ()), key=lambda b: (b.role, b.node, b.group, b.agent))
-            done = sorted(
-                (rel for rel, _ in self.team_done.get(task, {}).values()),
-                key=lambda r: (r.role_index, r.node, r.group, r.agent),
+            parts = team_done.get(task)
+            done = (
+                sorted(
+                    (rel for rel, _ in parts.values()),
+                    key=lambda r: (r.role_index, r.node, r.group, r.agent),
+                )
+                if parts
+                else []
             )
             out[task] = Team(
                 task,
                 open_epochs[task],
-                tuple(role.agents for role in self.specs[task].slots()),
-                tuple(members),
+                tuple(slots[bounds[t] : bounds[t + 1]]),
+                tuple(by_task.get(t, ())),
                 tuple(done),
             )
         return out
@@ -872,18 +923,17 @@ class BoardState:
     def _single_award(self, open_epochs: dict[str, int], excluded: set[int]) -> dict[str, Bid]:
         """:func:`award` over the one-agent tasks ``open_epochs``, without the holders
         ``excluded`` (team members)."""
-        tasks = sorted(t for t in open_epochs if t in self.bids)
+        slot_of = self.rows.slot_of
+        tasks = sorted(t for t in open_epochs if t in slot_of)
         out: dict[str, Bid] = {}
         if tasks:
-            parts = [self.bids[t].arrays() for t in tasks]
-            sizes = [p[0].size for p in parts]
-            pos = np.repeat(np.arange(len(tasks)), sizes)
-            keys = np.concatenate([p[0] for p in parts])
-            held = np.concatenate([p[3] for p in parts])
-            only = (keys % ROLE_SPAN == 0) & ~held  # a one-agent task's only role
-            pos, holders = pos[only], keys[only] // ROLE_SPAN
-            costs = np.concatenate([p[1] for p in parts])[only]
-            seqs = np.concatenate([p[2] for p in parts])[only]
+            cols = self.rows
+            rows, pos = cols.rows_of_tasks(np.array([slot_of[t] for t in tasks], np.int64))
+            keys = cols.key[rows] & _SLOT_BITS
+            only = (keys % ROLE_SPAN == 0) & ~cols.held[rows]  # a one-agent task's only role
+            pos, holders, rows = pos[only], keys[only] // ROLE_SPAN, rows[only]
+            costs = cols.cost[rows]
+            seqs = cols.seq[rows]
             order = np.lexsort(
                 (
                     self._holder_agent.data[holders],
@@ -918,89 +968,18 @@ class BoardState:
         """16-byte hash of every fact that matters, independent of their order.
 
         Tasks, tombstones, consumed and dead entries are in a set hash updated on every change;
-        bids are hashed per task (vectorised, cached until that task's bids change).
+        bids are a sum of a hash a row, each made when its row comes (:meth:`_row_hashes`) and
+        the sum kept as rows come and go.
         """
         version, cached = self._digest
         if version == self.version:
             return cached
         self._settle()
-        self._bids_hashes([(t, per) for t, per in self.bids.items() if per.digest is None])
-        total = 0
-        for per in self.bids.values():
-            total = (total + (per.digest or 0)) & _MASK64
+        total = self.rows.total  # every row's hash, kept as rows come and go
         packed = self._hash.value.to_bytes(16, "little") + total.to_bytes(8, "little")
         result = hashlib.blake2b(packed, digest_size=DIGEST_BYTES).digest()
         self._digest = (self.version, result)
         return result
-
-    def _bids_hashes(self, tables: list[tuple[str, BidTable]]) -> None:
-        """Each table's hash of its rows (``per.digest``), the tables' rows in one pass: the
-        sum of a hash per row of its task, holder, cost, ``(bdseq, bseq)``, role and hold. A
-        table whose hash was kept through its changes since (``per.digest_base``) hashes only
-        the rows that came (added) and went (taken): a formation's peers' first bids add rows
-        to every task's table, its holds replace rows one at a time, and every ``task_state``
-        that came between two of them hashed every row again."""
-        parts = []  # (table's index, its rows or new slots, task salt)
-        bases: list[tuple[BidTable, int]] = []
-        changed: list[Row] = []  # the kept tables' rows that came and went, a table's together
-        changed_of: list[tuple[int, int, int]] = []  # (table's index, its rows, task salt)
-        for task, per in tables:
-            if not len(per):
-                per.digest, per.digest_base, per.unhashed, per.changed = 0, None, [], []
-                continue
-            salt = self._task_salt(task)
-            if per.digest_base is None:
-                parts.append((len(bases), per.arrays(), salt))
-                bases.append((per, 0))
-                continue
-            if per.unhashed:  # new slots since (BidTable.add_new)
-                new = per.unhashed
-                rows = (
-                    np.concatenate([c[0] for c in new]),
-                    np.concatenate([c[1] for c in new]),
-                    np.concatenate([np.full(c[0].size, c[2], dtype=np.int64) for c in new]),
-                    np.concatenate([c[3] for c in new]),
-                )
-                parts.append((len(bases), rows, salt))
-            if per.changed:
-                changed_of.append((len(bases), len(per.changed), salt))
-                changed += per.changed
-            bases.append((per, per.digest_base))
-        totals = [base for _, base in bases]
-        if changed:
-            keys, costs, seqs, held, sign = zip(*changed, strict=True)
-            cols = (
-                np.array(keys, dtype=np.int64),
-                np.array(costs, dtype=np.float64),
-                np.array(seqs, dtype=np.int64),
-                np.array(held, dtype=bool),
-            )
-            parts.append((-1, cols, 0))
-        if parts:
-            sizes = [a[0].size for _, a, _ in parts]
-            salts = [t for _, _, t in parts]
-            if changed:  # the last part: its rows' salts and signs, and a sum a table
-                sizes[-1:] = [n for _, n, _ in changed_of]
-                salts[-1:] = [t for _, _, t in changed_of]
-            x = self._row_hashes(
-                np.concatenate([a[0] for _, a, _ in parts]),
-                np.concatenate([a[1] for _, a, _ in parts]),
-                np.concatenate([a[2] for _, a, _ in parts]).view(np.uint64) * _ODD[1],
-                np.concatenate([a[3] for _, a, _ in parts]),
-                np.repeat(np.array(salts, dtype=np.uint64), sizes),
-            )
-            if changed:
-                gone = np.flatnonzero(np.array(sign, dtype=np.int64) < 0) + (x.size - len(sign))
-                x[gone] = np.negative(x[gone])  # uint64: a row gone takes its hash away
-            starts = np.cumsum([0, *sizes[:-1]])  # every part has rows: no empty segment
-            sums = np.add.reduceat(x, starts).tolist()  # uint64: wraps modulo 2**64
-            owners = [j for j, _, _ in parts[:-1]] if changed else [j for j, _, _ in parts]
-            owners += [j for j, _, _ in changed_of]
-            for j, total in zip(owners, sums, strict=True):
-                totals[j] += int(total)
-        for (per, _), total in zip(bases, totals, strict=True):
-            per.digest, per.digest_base = total & _MASK64, None
-            per.unhashed, per.changed = [], []
 
     def _row_hashes(
         self,
@@ -1010,21 +989,15 @@ class BoardState:
         held: NDArray[np.bool_],
         salt: NDArray[np.uint64],
     ) -> NDArray[np.uint64]:
-        """The digest's hash of each bid row (:meth:`_bids_hashes`): ``seq_term`` is its seq's
-        (as uint64) times ``_ODD[1]``, ``salt`` its task's hash times ``_ODD[2]``."""
+        """The digest's hash of each bid row (the sum over the rows, :meth:`digest`):
+        ``seq_term`` is its seq's (as uint64) times ``_ODD[1]``, ``salt`` its task's hash times
+        ``_ODD[2]``."""
         x = self._holder_hash.data[keys // ROLE_SPAN].view(np.uint64)
         x = x ^ (costs.view(np.uint64) * _ODD[0]) ^ seq_term
         # A team task's role and hold flag (0 for a one-agent task's bids: their hash is as it
         # was before teams, so that nodes of both versions agree on one-agent ledgers).
         slot = (keys % ROLE_SPAN + ROLE_SPAN * held).astype(np.uint64)
         return _splitmix(x ^ (slot * _ODD[3]) ^ salt)
-
-    def _task_salt(self, task: str) -> int:
-        """``task``'s hash in the digest's bid rows, times ``_ODD[2]`` (modulo 2**64)."""
-        th = self._task_hash.get(task)
-        if th is None:
-            th = self._task_hash[task] = stable_hash64(("task", task))
-        return (th * int(_ODD[2])) & _MASK64
 
     # -- canonical facts in the digest ----------------------------------------------------------
     def _spec_fact(self, spec: TaskSpec) -> tuple[object, ...]:
@@ -1064,12 +1037,13 @@ class BoardState:
         self._unsettled = False
         consumed, dead = self._holder_consumed.data, self._node_dead.data
         hn = self._holder_node.data
-        for per in self.bids.values():
-            if not len(per):
-                continue
-            holder = per.keys // ROLE_SPAN
-            gone = (per.seqs <= consumed[holder]) | ((per.seqs >> 32) <= dead[hn[holder]])
-            self.n_bids -= per.drop(gone)
+        cols = self.rows
+        if not cols.n:
+            return
+        holder = (cols.key[: cols.n] & _SLOT_BITS) // ROLE_SPAN
+        seqs = cols.seq[: cols.n]
+        if cols.drop((seqs <= consumed[holder]) | ((seqs >> 32) <= dead[hn[holder]])):
+            cols.nodes_again(hn, ROLE_SPAN)
 
     def _drop_bids(self, task: str) -> None:
         """The round ended (a new one, or the task closed): its bids and finished parts go."""
@@ -1077,9 +1051,7 @@ class BoardState:
         if done and task in self._live:
             for rel, _ in done.values():
                 self._hash.remove(_done_fact(rel))
-        per = self.bids.pop(task, None)
-        if per is not None:
-            self.n_bids -= len(per)
+        self.rows.drop_task(task)
 
     def _evict_closed(self) -> None:
         for task in [t for t in self.floor if t not in self._live]:

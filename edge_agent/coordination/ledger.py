@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.coordination.bid_table import BidTable
 from edge_agent.coordination.board_state import (
     _MASK64,
     _NO_INTS,
@@ -55,26 +53,6 @@ from edge_agent.coordination.messages import (
     TaskSpec,
     TaskSync,
 )
-
-_ZERO = np.zeros(1, dtype=np.int64)
-
-
-class _TaskRows(NamedTuple):
-    """A bid message's admitted rows in task order (:meth:`TaskBoard.add_bids`)."""
-
-    tasks: list[str]
-    """Each task's name, one per run of rows."""
-    tables: list[BidTable | None]
-    starts: NDArray[np.int64]
-    """Where each task's rows start."""
-    slot: NDArray[np.int64]
-    cost: NDArray[np.float64]
-    held: NDArray[np.bool_]
-    key: int
-    """The message's seq (:func:`seq_key`)."""
-    node: int
-    """The ledger's id of the message's node (every row's holder is of it)."""
-
 
 __all__ = [
     "ANNOUNCER",
@@ -293,8 +271,9 @@ class TaskBoard(BoardState):
             return False
         key = seq_key(bdseq, bseq)
         changed = False
-        usable: list[BidTable | None] = []
+        usable: list[int] = []  # each task's slot in the columns, -1: not usable
         floors, closed, fact_floor = self.floor, self.closed, self._fact_floor
+        slot_of = self.rows.slot_of
         for task, epoch in zip(tasks, epochs, strict=True):
             # A bid's epoch counts even when the bid does not: floors depend on every bid seen.
             # The open round, already noted (a formation's every message after the first):
@@ -307,12 +286,12 @@ class TaskBoard(BoardState):
                 ok, raised = self._accepts_epoch(task, epoch)
                 changed |= raised
                 if not ok:
-                    usable.append(None)
+                    usable.append(-1)
                     continue
-            per = self.bids.get(task)  # (a table made only when the task has none)
-            if per is None:
-                per = self.bids[task] = BidTable()
-            usable.append(per)
+            t = slot_of.get(task)  # (a slot taken only when the task has none)
+            if t is None:
+                t = self.rows.task(task, self._task_salts(task))
+            usable.append(t)
         node_id = self._node(node)
         n = len(task_index)
         if node_id is None or self._node_dead.data[node_id] >= bdseq:
@@ -325,110 +304,39 @@ class TaskBoard(BoardState):
         role = np.zeros(n, np.int64) if roles is None else _int64s(roles)
         held = np.zeros(n, bool) if holds is None else np.asarray(holds, dtype=bool)
         agent = _int64s(agents)
-        ok_task = np.array([per is not None for per in usable], dtype=bool)
-        rows = np.flatnonzero(ok_task[t_of] & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0))
-        first_new = self._n_holders
+        slot_of_task = np.array(usable, dtype=np.int64)
+        rows = np.flatnonzero(
+            (slot_of_task[t_of] >= 0) & (role >= 0) & (role < ROLE_SPAN) & (agent >= 0)
+        )
+        first_new = self._n_holders  # holders made from here on have no rows anywhere
         h = self._holders_of(node, group, agent[rows])
         fresh = h >= 0
         fresh[fresh] = key > self._holder_consumed.data[h[fresh]]
         rows, h = rows[fresh], h[fresh]
-        slot = h * ROLE_SPAN + role[rows]
-        cost = np.asarray(costs, dtype=np.float64)[rows]
-        t_rows = t_of[rows]
-        by_task = np.argsort(t_rows, kind="stable")  # each task's rows, in the message's order
-        sorted_t = t_rows[by_task]
-        bounds = np.flatnonzero(sorted_t[1:] != sorted_t[:-1]) + 1
-        # A task's rows are new slots, added with no look-up (BidTable.add_new), when their
-        # agents are new to the ledger (holder ids made by this message: no table has a row of
-        # them), their slots distinct and their costs finite: a node's first bids.
-        new = (h >= first_new) & np.isfinite(cost)
-        by_slot = np.lexsort((slot, t_rows))
-        twice = (slot[by_slot[1:]] == slot[by_slot[:-1]]) & (
-            t_rows[by_slot[1:]] == t_rows[by_slot[:-1]]
-        )
-        new[by_slot[1:][twice]] = False
-        if not by_task.size:
+        if not rows.size:
             self.stale_bids += n
             return changed
-        starts = np.concatenate((_ZERO, bounds))
-        all_new = np.logical_and.reduceat(new[by_task], starts)
-        # Each task's rows are one slice of the rows in task order (views, not a copy a task).
-        present = sorted_t[starts].tolist()
-        rows_of = _TaskRows(
-            [tasks[t] for t in present],
-            [usable[t] for t in present],
-            starts,
-            slot[by_task],
-            cost[by_task],
-            held[rows[by_task]],
-            key,
-            node_id,
-        )
-        if by_task.size <= self.max_bids - self.n_bids:
-            inserted = self._merge_all(rows_of, all_new)
-        else:
-            inserted = self._merge_each(rows_of, all_new.tolist())
-        self.stale_bids += n - inserted
-        if inserted:
+        slot = h * ROLE_SPAN + role[rows]
+        cost = np.asarray(costs, dtype=np.float64)[rows]
+        t_rows = t_of[rows]  # (the room is given by task, then in the message's order)
+        unseen = h >= first_new
+        held_rows = held[rows]
+        task_slot = slot_of_task[t_rows]
+        # What the ledger computes of a row, once, as it comes: its hash in the digest, its
+        # tie-break in the team award (its task's two salts kept with the task's slot).
+        salts = self.rows.salts[task_slot]
+        seq_term = np.array([(key * int(_ODD[1])) & _MASK64], dtype=np.uint64)
+        hashed = self._row_hashes(slot, cost, seq_term, held_rows, salts[:, 0])
+        tie = self._tie_breaks(slot, salts[:, 1])
+        merged = self.rows.merge(
+            task_slot, slot, cost, key, held_rows, tie, hashed, node_id,
+            room=self.max_bids - self.rows.n, unseen=unseen, room_order=t_rows,
+        )  # fmt: skip
+        self.overflow += merged.refused
+        self.stale_bids += n - merged.changed
+        if merged.changed:
             self._changed()
-        return changed or inserted > 0
-
-    def _merge_all(self, rows: _TaskRows, all_new: NDArray[np.bool_]) -> int:
-        """:meth:`add_bids`' rows into their tables when there is room for every one (no
-        task's new slots are cut): the tasks whose rows are all new slots take them as they
-        are, with the digest's hashes of their rows made here for the whole message at once
-        (:meth:`_bids_hashes`' rows; :meth:`BidTable.add_hashed`); the others merge. The rows
-        that changed a table."""
-        slot, cost, held, key, node = rows.slot, rows.cost, rows.held, rows.key, rows.node
-        starts = rows.starts.tolist()
-        ends = [*starts[1:], int(slot.size)]
-        sums: list[int] = [0] * len(starts)  # (read only for a task whose rows are new)
-        if all_new.any():
-            salts = np.array([self._task_salt(t) for t in rows.tasks], dtype=np.uint64)
-            seq_term = np.array([(key * int(_ODD[1])) & _MASK64], dtype=np.uint64)
-            sizes = np.subtract(ends, starts)
-            x = self._row_hashes(slot, cost, seq_term, held, np.repeat(salts, sizes))
-            sums = np.add.reduceat(x, rows.starts).tolist()  # uint64: wraps modulo 2**64
-        inserted = added = 0
-        for lo, hi, per, fresh, hashed in zip(
-            starts, ends, rows.tables, all_new.tolist(), sums, strict=True
-        ):
-            if per is None:  # not reached: the rows are of usable tasks
-                continue
-            if fresh:
-                per.add_hashed(slot[lo:hi], cost[lo:hi], key, held[lo:hi], hashed, node)
-                added += hi - lo
-                inserted += hi - lo
-            else:
-                # The rows it changes are of the message's node: its nodes, when known, are
-                # those and that one (bid_by_all asks them of every team round every tick).
-                known = per.nodes
-                merged = per.merge(slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=hi - lo)
-                if merged.changed and known is not None:
-                    per.nodes = known if node in known else known | {node}
-                added += merged.added
-                inserted += merged.changed
-        self.n_bids += added
-        return inserted
-
-    def _merge_each(self, rows: _TaskRows, all_new: list[bool]) -> int:
-        """:meth:`add_bids`' rows into their tables a task at a time, as the room left allows:
-        the rows that changed a table."""
-        slot, cost, held, key = rows.slot, rows.cost, rows.held, rows.key
-        starts = rows.starts.tolist()
-        ends = [*starts[1:], int(slot.size)]
-        inserted = 0
-        for lo, hi, per, fresh in zip(starts, ends, rows.tables, all_new, strict=True):
-            if per is None:  # not reached: the rows are of usable tasks
-                continue
-            merge = per.add_new if fresh else per.merge
-            merged = merge(
-                slot[lo:hi], cost[lo:hi], key, held[lo:hi], room=self.max_bids - self.n_bids
-            )
-            self.n_bids += merged.added
-            self.overflow += merged.refused
-            inserted += merged.changed
-        return inserted
+        return changed or merged.changed > 0
 
     def _holders_of(self, node: str, group: str, agents: NDArray[np.int64]) -> NDArray[np.int64]:
         """The holder id of each of ``node/group``'s ``agents`` (-1: no room for a new one),
@@ -438,15 +346,17 @@ class TaskBoard(BoardState):
         at = np.searchsorted(known, agents)
         found = at < known.size
         found[found] = known[at[found]] == agents[found]
-        if not found.all():
-            new, first = np.unique(agents[~found], return_index=True)
-            self._new_holders(node, group, new[np.argsort(first)])
-            known, ids = self._agent_maps.get((n, g), (_NO_INTS, _NO_INTS))
-            at = np.searchsorted(known, agents)
-            found = at < known.size
-            found[found] = known[at[found]] == agents[found]
         out = np.full(agents.size, -1, dtype=np.int64)
         out[found] = ids[at[found]]
+        if not found.all():
+            # The new agents get ids in the order they first appear: the ids made are those
+            # of the first ones there was room for, each new agent's row given its own.
+            new, first, inverse = np.unique(agents[~found], return_index=True, return_inverse=True)
+            order = np.argsort(first)
+            _, made = self._new_holders(node, group, new[order])
+            id_of = np.full(new.size, -1, dtype=np.int64)
+            id_of[order[: made.size]] = made
+            out[~found] = id_of[inverse]
         return out
 
     def add_consumed(self, node: str, group: str, agent: int, bdseq: int, bseq: int) -> bool:
@@ -610,7 +520,7 @@ class TaskBoard(BoardState):
         dead = [DeadSession(node=n, bdseq=b) for n, b in self.dead.items()]
         bids = [
             b
-            for t in self.bids
+            for t in self.rows.slot_of
             if t not in team
             for b in self.valid_bids(t)
             if own is None or b.node == own

@@ -123,6 +123,15 @@ def _keys(bids: RoleBids, rows: BoolArray, n_cols: int) -> IntArray:
     return keys
 
 
+def _sorted_has(sorted_keys: IntArray, keys: IntArray) -> BoolArray:
+    """Whether each of ``keys`` is in ``sorted_keys`` (sorted): :func:`numpy.isin` by a binary
+    search in the few (a fill's slots), not a sort of the many (every usable bid row)."""
+    at = np.searchsorted(sorted_keys, keys)
+    has = at < sorted_keys.size
+    has[has] = sorted_keys[at[has]] == keys[has]
+    return has
+
+
 def _usable_rows(bids: RoleBids, members: BoolArray, busy: BoolArray) -> IntArray:
     rows: IntArray = np.flatnonzero(~members & ~busy[bids.col])
     return rows
@@ -171,7 +180,9 @@ def refill(
         return None
     usable = _usable_rows(bids, members, busy)
     role, col, cost, salt = record.usable
-    kept = ~np.isin(col, taken % n_cols)
+    gone = np.zeros(n_cols, dtype=bool)  # the new members' agents (a few of ~n_cols)
+    gone[taken % n_cols] = True
+    kept = ~gone[col]
     if not (
         np.array_equal(bids.role[usable], role[kept])
         and np.array_equal(bids.col[usable], col[kept])
@@ -183,7 +194,7 @@ def refill(
         return None  # (with no new member it is the same fill whatever the assignments)
     filled = np.setdiff1d(record.filled, taken, assume_unique=True)
     out = np.zeros(bids.role.size, dtype=bool)
-    out[usable] = np.isin(bids.role[usable] * n_cols + bids.col[usable], filled)
+    out[usable] = _sorted_has(filled, bids.role[usable] * n_cols + bids.col[usable])
     usable_now = (bids.role[usable], bids.col[usable], bids.cost[usable], bids.salt[usable])
     return out, FillRecord(roles, now, filled, usable_now, n_cols, record.solver)
 

@@ -17,16 +17,26 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.coordination import board_state
+from edge_agent.coordination import engine_io
 from edge_agent.coordination.assignment import fixed_point
-from edge_agent.coordination.bid_table import (
+from edge_agent.coordination.messages import TaskBids
+from edge_agent.coordination.relay_admission import (
+    _NO_COSTS,
+    _NO_ROWS,
+    AdmittedBids,
+    RelayAdmission,
+)
+from edge_agent.coordination.team_award import SALT_BITS, RoleBids, RoleTable
+from edge_agent.coordination.utility import MIN_BID_COST
+from tests.support.main15 import board_state
+from tests.support.main15.bid_table import (
     BidTable,
     BoolArray,
     FloatArray,
     IntArray,
     Merged,
 )
-from edge_agent.coordination.board_state import (
+from tests.support.main15.board_state import (
     _MASK64,
     _ODD,
     MAX_SESSION,
@@ -38,18 +48,22 @@ from edge_agent.coordination.board_state import (
     seq_key,
     stable_hash64,
 )
-from edge_agent.coordination.ledger import _ZERO, TaskBoard, _TaskRows
-from edge_agent.coordination.messages import TaskBids
-from edge_agent.coordination.relay_admission import (
-    _NO_COSTS,
-    _NO_ROWS,
-    AdmittedBids,
-    RelayAdmission,
-)
-from edge_agent.coordination.team_award import SALT_BITS, RoleBids, RoleTable
-from edge_agent.coordination.utility import MIN_BID_COST
+from tests.support.main15.ledger import _ZERO, TaskBoard, _TaskRows
 
 _NO_INTS = np.empty(0, dtype=np.int64)
+
+
+@contextmanager
+def main15_merge() -> Iterator[None]:
+    """Every node's ledger made while inside (``EngineIO``'s board) main's before the sixteenth
+    pass (:mod:`tests.support.main15`: a bid table a task); boards made inside must only be
+    used inside. The other oracles here patch that copy, and put it in the nodes too."""
+    saved = engine_io.TaskBoard
+    engine_io.TaskBoard = TaskBoard  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        engine_io.TaskBoard = saved  # type: ignore[misc]
 
 
 def _dict(board: BoardState) -> dict[tuple[int, int, int], int]:
@@ -261,7 +275,8 @@ def old_merge() -> Iterator[None]:
     for cls, name, f in _PATCHES:
         setattr(cls, name, f)
     try:
-        yield
+        with main15_merge():
+            yield
     finally:
         for cls, name, value in saved:
             if value is None:
@@ -420,7 +435,8 @@ def main_merge() -> Iterator[None]:
     for cls, name, f in _MAIN_PATCHES:
         setattr(cls, name, f)
     try:
-        yield
+        with main15_merge():
+            yield
     finally:
         for cls, name, value in saved:
             setattr(cls, name, value)
@@ -913,7 +929,8 @@ def main14_merge() -> Iterator[None]:
     for cls, name, f in _MAIN14_PATCHES:
         setattr(cls, name, f)
     try:
-        yield
+        with main15_merge():
+            yield
     finally:
         for cls, name, value in saved:
             setattr(cls, name, value)

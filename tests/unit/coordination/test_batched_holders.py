@@ -8,7 +8,10 @@ merged and admitted as arrays, its new rows hashed with it (the fourteenth pass)
 and the admission main's add_bids and admit_bids left (``main_merge``), to the bit. And a table's
 hash kept through its rows' replacements and drops, the team award's rows made as arrays (the
 fifteenth pass): the ledger, award, teams and digest main's after the fourteenth pass left
-(``main14_merge``), to the bit."""
+(``main14_merge``), to the bit. And every task's bids in one set of columns, each row's digest
+hash and tie-break made when it comes (the sixteenth pass): the ledger, award, teams, digest
+and holds main's before it left (``tests/support/main15``, a bid table a task), to the bit;
+the older oracles above are patches of that copy."""
 
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from edge_agent.coordination import bid_table
 from edge_agent.coordination.ledger import Bid, TaskBoard
 from edge_agent.coordination.messages import Release, ReleaseStatus, Role, TaskBids, TaskSpec
 from edge_agent.coordination.relay_admission import RelayAdmission
 from edge_agent.coordination.signing import PeerKeys
-from tests.support.old_merge import main14_merge, main_merge, old_merge
+from tests.support.main15 import bid_table
+from tests.support.main15.ledger import TaskBoard as MainBoard
+from tests.support.old_merge import main14_merge, main15_merge, main_merge, old_merge
+from tests.unit.coordination.test_board_state import scratch_total
 
 T = TypeVar("T")
 
@@ -60,7 +65,7 @@ def specs() -> list[TaskSpec]:
     ]
 
 
-def state(board: TaskBoard) -> dict[str, object]:
+def state(board: TaskBoard | MainBoard) -> dict[str, object]:
     """Everything the ledger keeps of its holders and bids, and what it computes from them."""
     n = board._n_holders
     columns = (board._holder_node, board._holder_group, board._holder_agent,
@@ -68,7 +73,7 @@ def state(board: TaskBoard) -> dict[str, object]:
     return {
         "holders": n,
         "columns": [c.data[:n].tolist() for c in columns],
-        "tables": {t: [a.tolist() for a in per.arrays()] for t, per in sorted(board.bids.items())},
+        "tables": tables(board),
         "counts": (board.n_bids, board.overflow, board.stale_bids, board.version),
         "floor": (dict(board.floor), dict(board._fact_floor), dict(board.closed)),
         "award": board.award(),
@@ -78,6 +83,13 @@ def state(board: TaskBoard) -> dict[str, object]:
         "knows": [board.knows(b) for b in PROBES],
         "by_all": [board.bid_by_all(t, peers) for t in TASKS for peers in BY_ALL],
     }
+
+
+def tables(board: TaskBoard | MainBoard) -> dict[str, list[list[object]]]:
+    """Every task's rows (slot key order), of a task with a slot in the columns or a table."""
+    if isinstance(board, MainBoard):
+        return {t: [a.tolist() for a in per.arrays()] for t, per in sorted(board.bids.items())}
+    return {t: [a.tolist() for a in board.bid_arrays(t)] for t in sorted(board.rows.slot_of)}
 
 
 def random_ops(seed: int) -> tuple[list[tuple[object, ...]], dict[str, int]]:
@@ -123,7 +135,7 @@ def random_ops(seed: int) -> tuple[list[tuple[object, ...]], dict[str, int]]:
     return ops, bounds if full else {}
 
 
-def apply(board: TaskBoard, op: tuple[object, ...]) -> object:
+def apply(board: TaskBoard | MainBoard, op: tuple[object, ...]) -> object:
     kind = op[0]
     if kind == "bids":
         _, node, group, bdseq, bseq, tasks, epochs, index, agents, costs, roles, holds = op
@@ -150,7 +162,7 @@ def on_old(f: Callable[[], T]) -> T:
 @pytest.mark.parametrize("seed", range(400))
 def test_a_batched_merge_leaves_the_ledger_one_agent_at_a_time_left(seed: int) -> None:
     ops, bounds = random_ops(seed)
-    new, old = TaskBoard(**bounds), on_old(lambda: TaskBoard(**bounds))
+    new, old = TaskBoard(**bounds), on_old(lambda: MainBoard(**bounds))
     for spec in specs():
         assert new.add_spec(spec) == on_old(lambda spec=spec: old.add_spec(spec))
     for i, op in enumerate(ops):
@@ -219,7 +231,7 @@ def test_a_message_merged_as_arrays_leaves_main_s_ledger(seed: int) -> None:
     """The same random histories, the ledgers compared after every fact (the digest asked
     after each: a table's hash kept up as new rows come is compared every time)."""
     ops, bounds = random_ops(seed)
-    new, old = TaskBoard(**bounds), on_main(lambda: TaskBoard(**bounds))
+    new, old = TaskBoard(**bounds), on_main(lambda: MainBoard(**bounds))
     for spec in specs():
         assert new.add_spec(spec) == on_main(lambda spec=spec: old.add_spec(spec))
     for op in ops:
@@ -279,8 +291,8 @@ def test_new_rows_hashed_after_a_merge_cut_by_the_room_keep_the_digest_main_s() 
     wait for the digest to hash them); the next, with room, adds its rows' hashes to the same
     table before the digest is asked: the digest is main's."""
 
-    def run() -> list[object]:
-        board = TaskBoard(max_bids=16)
+    def run(board_type: type[TaskBoard | MainBoard] = TaskBoard) -> list[object]:
+        board = board_type(max_bids=16)
         for spec in specs():
             board.add_spec(spec)
         seen: list[object] = []
@@ -298,7 +310,7 @@ def test_new_rows_hashed_after_a_merge_cut_by_the_room_keep_the_digest_main_s() 
         seen.append(state(board))
         return seen
 
-    assert run() == on_main(run)
+    assert run() == on_main(lambda: run(MainBoard))
 
 
 def on_main14(f: Callable[[], T]) -> T:
@@ -326,7 +338,7 @@ def more_ops(ops: list[tuple[object, ...]], rng: np.random.Generator) -> list[tu
     return out
 
 
-def apply15(board: TaskBoard, op: tuple[object, ...]) -> object:
+def apply15(board: TaskBoard | MainBoard, op: tuple[object, ...]) -> object:
     if op[0] == "spec":
         _, task, epoch, team, counts = op
         roles = [Role(capability="grid", count=c, goal_state=2) for c in counts]  # type: ignore[attr-defined]
@@ -339,15 +351,6 @@ def apply15(board: TaskBoard, op: tuple[object, ...]) -> object:
                       bseq=bseq, status=ReleaseStatus.DONE, role=role)  # type: ignore[arg-type]  # fmt: skip
         return board.add_release(rel)
     return apply(board, op)
-
-
-def scratch_digest(board: TaskBoard) -> bytes:
-    """The digest with every table's rows hashed again (no hash kept through a change)."""
-    board.digest()
-    for per in board.bids.values():
-        per._rows_changed()
-    board._digest = (-1, b"")
-    return board.digest()
 
 
 @pytest.mark.parametrize(("max_delta", "small"), [(64, 64), (2, 64), (64, 0)])
@@ -364,7 +367,7 @@ def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
     ops, bounds = random_ops(seed)
     rng = np.random.default_rng(seed + 10_000)
     ask = rng.random(len(ops)) < 0.35
-    new, old = TaskBoard(**bounds), on_main14(lambda: TaskBoard(**bounds))
+    new, old = TaskBoard(**bounds), on_main14(lambda: MainBoard(**bounds))
     for spec in specs():
         assert new.add_spec(spec) == on_main14(lambda spec=spec: old.add_spec(spec))
     for op, now in zip(more_ops(ops, rng), ask.tolist(), strict=True):
@@ -372,10 +375,10 @@ def test_a_table_s_hash_kept_through_its_changes_leaves_main_s_ledger(
         if now:
             assert state15(new) == on_main14(lambda: state15(old))
     assert state15(new) == on_main14(lambda: state15(old))
-    assert scratch_digest(new) == new.digest()
+    assert scratch_total(new) == new.rows.total
 
 
-def state15(board: TaskBoard) -> dict[str, object]:
+def state15(board: TaskBoard | MainBoard) -> dict[str, object]:
     """:func:`state`, the team award's roles and bid rows as it takes them, and every node's
     holds."""
     _, tasks, roles, rows, holders, costs = board._team_input()
@@ -388,8 +391,8 @@ def test_a_role_s_done_parts_count_up_to_its_slots() -> None:
     """Two members finish their parts of a role of one slot (the task stays open: the other
     role is not done): the award takes the role as done once, as main did."""
 
-    def run() -> object:
-        board = TaskBoard()
+    def run(board_type: type[TaskBoard | MainBoard] = TaskBoard) -> object:
+        board = board_type()
         roles = [Role(capability="grid", count=2, goal_state=2)]
         board.add_spec(TaskSpec(task="W", epoch=0, capability="grid", goal_state=1,
                                 announced_by="hub", team=1, roles=roles))  # fmt: skip
@@ -400,17 +403,18 @@ def test_a_role_s_done_parts_count_up_to_its_slots() -> None:
         return state15(board)["award_in"]
 
     got = run()
-    assert got == on_main14(run)
+    assert got == on_main14(lambda: run(MainBoard))
     assert got[3] == [1, 0]  # type: ignore[index]  # the roles' done: role 0's one slot
 
 
-def test_holds_replacing_rows_one_at_a_time_keep_the_table_s_hash() -> None:
+def test_holds_replacing_rows_one_at_a_time_keep_the_digest_main_s() -> None:
     """A formation's holds: a node's bids on a team task, then its holds of two of them, one
-    message a row, the digest asked between: the table's hash is kept (not made again from
-    every row) and equals main's and the one made from every row."""
+    message a row, the digest asked between: the kept sum of the rows' hashes is the one made
+    from every row, and every digest and the state equal main's (before and after the
+    fourteenth pass)."""
 
-    def run() -> list[object]:
-        board = TaskBoard()
+    def run(board_type: type[TaskBoard | MainBoard] = TaskBoard) -> list[object]:
+        board = board_type()
         for spec in specs():
             board.add_spec(spec)
         seen: list[object] = []
@@ -423,16 +427,93 @@ def test_holds_replacing_rows_one_at_a_time_keep_the_table_s_hash() -> None:
         for bseq, agent, role in [(2, 0, 0), (3, 1, 1), (4, 2, 1)]:
             board.add_bids("n0", "g", 1, bseq, ["V"], epochs=[0], task_index=[0], agents=[agent],
                            costs=[0.5], roles=[role], holds=[True])  # fmt: skip
-            per = board.bids["V"]
-            seen.append((per.digest, per.digest_base is not None, len(per.changed)))
+            if isinstance(board, TaskBoard):
+                assert board.rows.total == scratch_total(board)
             seen.append(board.digest())
         seen.append(state(board))
         return seen
 
     new = run()
-    kept = [new[i] for i in (1, 3, 5)]
-    assert [s[1:] for s in kept] == [(True, 2), (True, 2), (True, 2)]  # type: ignore[index]
-    old = on_main14(run)
-    assert [s for i, s in enumerate(new) if i not in (1, 3, 5)] == [
-        s for i, s in enumerate(old) if i not in (1, 3, 5)
-    ]
+    assert new == on_main14(lambda: run(MainBoard)) == run(MainBoard)
+
+
+def on_main15(f: Callable[[], T]) -> T:
+    """``f()`` with main's ledger before the sixteenth pass made (the nodes' boards too)."""
+    with main15_merge():
+        return f()
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_one_set_of_bid_columns_leaves_main_s_ledger(seed: int) -> None:
+    """The random histories of the fifteenth pass (finished parts, team specs changed: a task's
+    rows dropped and its slot taken again by another round), through this ledger and main's
+    before the sixteenth pass (a bid table a task): after every fact the answer, after a random
+    third of them and at the end every task's rows, the counters, floors, awards, teams, the
+    digest, ``knows()``, ``bid_by_all``, the team award's input (roles, done slots, bid rows
+    with their tie-breaks, columns, costs) and every node's holds main's; the kept sum of the
+    rows' hashes the one made from every row; and, for a third of the seeds, a board whose
+    bound on bids is a few rows (the room given a message's new rows in order)."""
+    ops, bounds = random_ops(seed)
+    if seed % 3 == 0:
+        bounds = {"max_bids": 1 + seed % 11, "max_consumed": 2}
+    rng = np.random.default_rng(seed + 20_000)
+    ask = rng.random(len(ops)) < 0.35
+    new, old = TaskBoard(**bounds), MainBoard(**bounds)
+    for spec in specs():
+        assert new.add_spec(spec) == old.add_spec(spec)
+    for op, now in zip(more_ops(ops, rng), ask.tolist(), strict=True):
+        assert apply15(new, op) == apply15(old, op)
+        if now:
+            assert state15(new) == state15(old)
+            assert scratch_total(new) == new.rows.total
+    assert state15(new) == state15(old)
+    assert scratch_total(new) == new.rows.total
+    assert len(new.rows) == new.n_bids <= new.max_bids
+
+
+def test_a_formation_s_ledgers_are_main_s(tmp_path: Path) -> None:
+    """Five engines of 100 agents form ten teams and five one-agent tasks on the in-memory
+    broker, once with one set of bid columns a ledger and once with main's bid tables: every
+    node's ledger, award, teams, digest and holds the same after every tick."""
+    from tests.support.coordination_harness import GroupSpec, SimFleet
+    from tests.unit.coordination.test_engine import GRID, grid_tasks, settings
+
+    team_specs = [msgspec.structs.replace(s, team=int(2 + i % 4)) for i, s in
+                  enumerate(grid_tasks(10, seed=3, prefix="team"))]  # fmt: skip
+    one = grid_tasks(5, seed=4, prefix="one")
+
+    def run(sub: Path) -> list[list[dict[str, object]]]:
+        fleet = SimFleet(sub, 5, {"grid": GroupSpec(GRID, 100, capabilities=("grid",))},
+                         settings())  # fmt: skip
+        try:
+            fleet.tick(3)
+            fleet.nodes[0].engine.announce(team_specs + one)
+            seen = []
+            for _ in range(12):
+                fleet.tick()
+                seen.append([state15(n.engine.board) for n in fleet.nodes])
+            return seen
+        finally:
+            fleet.close()
+
+    new = run(tmp_path / "new")
+    old = on_main15(lambda: run(tmp_path / "old"))
+    assert new == old
+    assert len(new[-1][0]["teams"]) == 10  # type: ignore[arg-type]
+
+
+def test_a_message_naming_a_task_twice_keeps_one_row_a_slot() -> None:
+    """A message whose list names a task twice (no node of this version sends one; the wire
+    allows it): its rows of both merge as one task's, one row a slot, the largest (main's bid
+    tables took each name's rows as new slots and kept two rows of one slot: the sixteenth
+    pass)."""
+    board = TaskBoard()
+    for spec in specs():
+        board.add_spec(spec)
+    board.add_bids("n0", "g", 1, 1, ["U", "U"], epochs=[0, 0], task_index=[0, 1, 0, 1],
+                   agents=[1, 1, 2, 2], costs=[1.0, 0.5, 1.0, 1.0])  # fmt: skip
+    keys, costs, _, _ = board.bid_arrays("U")
+    assert keys.tolist() == [0, 16]
+    assert costs.tolist() == [0.5, 1.0]
+    assert board.n_bids == 2
+    assert board.rows.total == scratch_total(board)

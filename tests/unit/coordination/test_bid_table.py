@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.coordination.bid_table import SMALL, BidTable
+from tests.support.main15.bid_table import SMALL, BidTable
 
 
 def rows_of(table: BidTable) -> dict[int, tuple[float, int, bool]]:

@@ -6,7 +6,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.coordination.board_state import holder_hashes, stable_hash64
+from edge_agent.coordination.board_state import BoardState, holder_hashes, stable_hash64
 
 
 @given(
@@ -25,10 +25,27 @@ def test_holder_hashes_are_the_stable_hash_of_each_holder(
     ]
 
 
-def test_tables_hashed_together_hash_as_each_alone() -> None:
-    """The digest hashes every changed task's bids in one pass (issue 55: a formation changes
-    every task's table each tick): each table's hash is the one it has hashed alone, a table
-    emptied by a dead session's bids dropped included."""
+def scratch_total(board: BoardState) -> int:
+    """The digest's bid part made from scratch: every row hashed again, its task's salt looked
+    up by name (the ledger keeps the sum as rows come and go)."""
+    import numpy as np
+
+    from edge_agent.coordination.board_state import _ODD, _SLOT_BITS
+
+    parts = []
+    for task in board.rows.slot_of:
+        keys, costs, seqs, held = board.bid_arrays(task)
+        salt = np.full(keys.size, board._task_salts(task)[0], dtype=np.uint64)
+        parts.append(board._row_hashes(keys, costs, seqs.view(np.uint64) * _ODD[1], held, salt))
+    assert all((p.size == 0) or (p.dtype == np.uint64) for p in parts)
+    assert _SLOT_BITS > 0
+    return int(np.concatenate([np.zeros(1, np.uint64), *parts]).sum(dtype=np.uint64))
+
+
+def test_the_kept_bid_hash_is_every_row_hashed_again() -> None:
+    """The digest's bid part is kept as rows come, are replaced and go (issue 55, the
+    sixteenth pass: one set of bid columns a ledger): it is every row's hash made again from
+    scratch, a task emptied by a dead session's bids dropped included."""
     from edge_agent.coordination.ledger import Bid, TaskBoard
     from edge_agent.coordination.messages import TaskSpec
 
@@ -40,16 +57,13 @@ def test_tables_hashed_together_hash_as_each_alone() -> None:
     bids = [("a", "n1"), ("a", "n2"), ("b", "n1"), ("c", "n3"), ("d", "n2")]
     for i, (t, node) in enumerate(bids):
         board.add_bid(Bid(t, 0, node, "g", i, 0.5 * i, 1, i + 1, 0, i % 2 == 0 and t != "d"))
+        assert board.rows.total == scratch_total(board)
+    board.add_bid(Bid("a", 0, "n1", "g", 0, 0.25, 1, 9, 0, True))  # a row replaced
+    assert board.rows.total == scratch_total(board)
     board.add_dead("n3", 1)  # c's only bid goes
     board.digest()
-    tables = list(board.bids.items())
-    together = [per.digest for _, per in tables]
-    for task, per in tables:
-        per.digest = None
-        board._bids_hashes([(task, per)])
-    assert [per.digest for _, per in tables] == together
-    assert board.bids["c"].digest == 0
-    assert len(set(together)) == len(together)
+    assert board.bid_arrays("c")[0].size == 0
+    assert board.rows.total == scratch_total(board) != 0
 
 
 def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
@@ -84,15 +98,14 @@ def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
             board.add_bids(node, "g", 1, 1, ["a", "b", "c"], epochs=[0, 0, 0], task_index=ti,
                            agents=agents, costs=costs, roles=roles, holds=held)  # fmt: skip
             if ask:
-                added.append(sum(per.digest is not None for per in board.bids.values()))
+                added.append(board.rows.total == scratch_total(board))
                 board.digest()
         return board
 
     added: list[int] = []
     asked, once = board_of(list(range(6)), ask=True), board_of([5, 3, 1, 0, 2, 4], ask=False)
-    # every message's rows' hashes added, the first's too (a new table's hash is 0: the
-    # fifteenth pass)
-    assert added == [3, 3, 3, 3, 3, 3]
+    # every message's rows' hashes added to the kept sum (the sixteenth pass)
+    assert added == [True] * 6
     assert asked.digest() == once.digest()
     for board in (asked, once):
         for node, ti, agents, costs, roles, held in holds:
@@ -107,3 +120,22 @@ def test_a_digest_after_new_slots_adds_their_hashes_to_the_one_before() -> None:
     asked.add_dead("n1", 1)
     once.add_dead("n1", 1)
     assert asked.digest() == once.digest()
+
+
+def test_bounds_past_a_bid_key_s_bits_are_refused() -> None:
+    """A bid row's key is its task's slot and its slot key in one int64 (the sixteenth pass):
+    bounds whose holders or tasks would not fit are refused when the ledger is made, not
+    wrapped around; the defaults and the largest that fit are taken."""
+    import pytest
+
+    from edge_agent.coordination.bid_table import KEY_BITS
+    from edge_agent.coordination.board_state import ROLE_SPAN
+    from edge_agent.coordination.ledger import TaskBoard
+
+    TaskBoard()
+    most = (1 << KEY_BITS) // ROLE_SPAN - 1
+    TaskBoard(max_bids=most - 1, max_consumed=1, max_tasks=(1 << (62 - KEY_BITS)) - 1)
+    with pytest.raises(ValueError, match="too large"):
+        TaskBoard(max_bids=most, max_consumed=1)
+    with pytest.raises(ValueError, match="too large"):
+        TaskBoard(max_tasks=1 << (62 - KEY_BITS))
