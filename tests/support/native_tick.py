@@ -109,6 +109,8 @@ def make_world(name: str, tmp_path: Path) -> World:
         return _random_world((3, 4, 2), (3, 2, 3), (3, 4, 2), (0, 2), seed=3)
     if name == "limits":
         return _limits_world()
+    if name == "odd":  # 15 joint states, tables of 45 and 75 values: no multiple of four
+        return _random_world((5, 3), (2, 2), (3, 5), (0, 1), seed=15)
     world, table = name.split("-")
     return _bench_world(world, int(table[1:]), tmp_path / f"{name}.npz")
 
@@ -212,7 +214,7 @@ class Pass:
 
 #: The agents each world is stepped with.
 SIZES = {"tmaze-A1": (1, 13, 40), "tmaze-A2": (1, 13, 40), "grid10-A0": (13, 40),
-         "factors3": (13,), "limits": (13,)}
+         "factors3": (13,), "limits": (13,), "odd": (13,)}
 SCOPES = ("per_agent", "shared", "per_agent-frozen", "shared-frozen")
 #: The worlds whose group that does not learn the compiled tick can take: every one (grid10's
 #: too, whose numpy path is the local one-step planner: the group measures which is cheaper).

@@ -40,7 +40,8 @@
  * product and S logs per agent and tick; and, more than one factor, one row of tick_model.lnQ1,
  * the mean-field iteration's first step of every joint outcome, edge_tick_first_step's, made
  * once: the iteration starts from uniform beliefs), the learning of each agent's own counts (row-major,
- * as stored) and writing the results back; an agent's own transitions are gathered into the block's lanes value by
+ * as stored; its table made in the block's lanes, the rows moved four values of four agents at
+ * a time: rows_into_lanes, lanes_into_rows) and writing the results back; an agent's own transitions are gathered into the block's lanes value by
  * value where they are applied. A policy's predicted joint outcomes are summed outcome by
  * outcome over their entries (index_outcomes' order, once a call), each in registers: no
  * read-modify-write of a row per entry. The logs and exps are batched over flat arrays of a block's values
@@ -560,10 +561,82 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         memcpy(sc->cur, sc->nxt, (size_t)width_of(m) * sizeof(lane));
 }
 
+/* Four agents' four values at a time, GCC's vector extensions (x86-64-v3: AVX2's unpacks and
+ * lane permutes; the baseline and aarch64 as the compiler lowers them): four rows of four
+ * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
+ * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
+ * arithmetic: the same bits. */
+typedef double quad __attribute__((vector_size(4 * sizeof(double))));
+typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
+
+#ifdef __clang__
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shuffle(a, b, (quad_index){i, j, k, l})
+#endif
+/* r0..r3 (quads, rows) become their columns */
+#define TRANSPOSE_QUADS(r0, r1, r2, r3)                                                    \
+    do {                                                                                   \
+        const quad t0 = SHUFFLE_QUADS(r0, r1, 0, 4, 2, 6);                                 \
+        const quad t1 = SHUFFLE_QUADS(r0, r1, 1, 5, 3, 7);                                 \
+        const quad t2 = SHUFFLE_QUADS(r2, r3, 0, 4, 2, 6);                                 \
+        const quad t3 = SHUFFLE_QUADS(r2, r3, 1, 5, 3, 7);                                 \
+        r0 = SHUFFLE_QUADS(t0, t2, 0, 1, 4, 5);                                            \
+        r1 = SHUFFLE_QUADS(t1, t3, 0, 1, 4, 5);                                            \
+        r2 = SHUFFLE_QUADS(t0, t2, 2, 3, 6, 7);                                            \
+        r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
+    } while (0)
+
+/* a quad from 4 doubles at p, or to them (memcpy: no alignment asked; macros, not functions:
+ * a quad passed by value changes the ABI without AVX) */
+#define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
+#define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
+
+/* x[i][b] = from[b][i] for the block's eight rows' first k values. */
+INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;
+            QUAD_AT(r0, from[h] + i);
+            QUAD_AT(r1, from[h + 1] + i);
+            QUAD_AT(r2, from[h + 2] + i);
+            QUAD_AT(r3, from[h + 3] + i);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(&x[i][h], r0);
+            QUAD_TO(&x[i + 1][h], r1);
+            QUAD_TO(&x[i + 2][h], r2);
+            QUAD_TO(&x[i + 3][h], r3);
+        }
+    for (; i < k; i++) LANES x[i][b] = from[b][i];
+}
+
+/* to[b][i] = x[i][b] for the block's eight rows' first k values (rows that are the same row
+ * take the same values: a padding lane's). */
+INLINE void lanes_into_rows(double *const *to, const lane *x, int64_t k) {
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;
+            QUAD_AT(r0, &x[i][h]);
+            QUAD_AT(r1, &x[i + 1][h]);
+            QUAD_AT(r2, &x[i + 2][h]);
+            QUAD_AT(r3, &x[i + 3][h]);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(to[h] + i, r0);
+            QUAD_TO(to[h + 1] + i, r1);
+            QUAD_TO(to[h + 2] + i, r2);
+            QUAD_TO(to[h + 3] + i, r3);
+        }
+    for (; i < k; i++)
+        for (int b = 0; b < BLK; b++) to[b][i] = x[i][b];
+}
+
 /* Each agent's observed row of modality k's table (agent n's at table + n stride: stride 0,
  * one every agent's) into the block's lanes (row: S lanes; the lanes past count agent
- * first's): the rows found, then moved value by value over the lanes (agent by agent, each
- * row's values strided into the lanes, they were ~7 instructions a value). */
+ * first's): the rows found, then moved four values of four agents at a time (rows_into_lanes;
+ * agent by agent, each row's values strided into the lanes, they were ~7 instructions a value,
+ * value by value over the lanes ~5). */
 INLINE void gather_rows(const tick_model *m, const tick_state *st, int64_t k,
                         const double *table, int64_t stride, int64_t first, int64_t count,
                         lane *row) {
@@ -573,8 +646,7 @@ INLINE void gather_rows(const tick_model *m, const tick_state *st, int64_t k,
         const int64_t n = first + (b < count ? b : 0);
         from[b] = table + n * stride + st->obs[n * M + k] * S;
     }
-    for (int64_t s = 0; s < S; s++)
-        for (int b = 0; b < BLK; b++) row[s][b] = from[b][s];
+    rows_into_lanes(row, from, S);
 }
 
 /* The likelihood of a model with tables (no lnL), the modalities' observed rows multiplied in
@@ -795,14 +867,11 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             if (sc->lnQ1 != NULL) step_row[b] = sc->lnQ1 + j * width;
         }
     }
-    /* the rows into the block's lanes, value by value (agent by agent, each row's values
-     * strided into the lanes: ~7 instructions a value, ~110 an agent-step, T-maze) */
-    if (sc->lnL != NULL)
-        for (int64_t s = 0; s < S; s++)
-            for (int b = 0; b < BLK; b++) sc->log_lik[s][b] = lik_row[b][s];
-    if (sc->lnL != NULL && tabled && sc->lnQ1 != NULL)
-        for (int64_t i = 0; i < width; i++)
-            for (int b = 0; b < BLK; b++) sc->step1[i][b] = step_row[b][i];
+    /* the rows into the block's lanes, four values of four agents at a time (rows_into_lanes;
+     * agent by agent, each row's values strided into the lanes, they were ~7 instructions a
+     * value, ~110 an agent-step, T-maze; value by value over the lanes ~3.8 a value) */
+    if (sc->lnL != NULL) rows_into_lanes(sc->log_lik, lik_row, S);
+    if (sc->lnL != NULL && tabled && sc->lnQ1 != NULL) rows_into_lanes(sc->step1, step_row, width);
     if (m->prior_given) {  /* the prior the caller keeps */
         for (int64_t f = 0; f < F; f++)
             state_get_block(st->prior[f], first, sc->log_prior + offset[f], m->num_states[f],
@@ -849,44 +918,49 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         if (m->pA[k] == NULL) continue;
         const int64_t O = m->num_obs[k];
         lane *Ab = sc->A[k];
-        for (int b = 0; b < BLK; b++) {
+        /* the agents' updates, in agent order (the lanes past count learn nothing; shared
+         * counts: the table follows once, after every block; each agent its own: below, the
+         * block's tables at once) */
+        for (int b = 0; b < count && m->learn; b++) {
             const int64_t n = agent[b];
             const int64_t o_seen = st->obs[n * M + k];
             double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
-            double total[MAX_S];
-            if (!m->learn) {  /* frozen: the block's lanes of the agent's table as it is */
-                const double *table = m->A[k] + n * m->A_agent_stride[k];
-                for (int64_t i = 0; i < O * S; i++) Ab[i][b] = table[i];
-                continue;
+            double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
+            for (int64_t s = 0; s < S; s++) {
+                double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
+                row[s] += gain;
+                seen[s] += gain;
             }
-            if (b < count) {
-                double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
-                for (int64_t s = 0; s < S; s++) {
-                    double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
-                    row[s] += gain;
-                    seen[s] += gain;
-                }
+        }
+        if (!m->learn) {  /* frozen: the block's lanes of the agents' tables as they are */
+            const double *tables[BLK];
+            LANES tables[b] = m->A[k] + agent[b] * m->A_agent_stride[k];
+            rows_into_lanes(Ab, tables, O * S);
+        } else if (!m->shared_counts) {
+            /* each agent's table its counts' expectation, made in the block's lanes (the
+             * agents' counts moved into them four values of four agents at a time,
+             * rows_into_lanes; each column's total summed over the outcomes in order, its
+             * reciprocal, the products: the numbers agent by agent makes, lane by lane), then
+             * written to each agent's table (lanes_into_rows; a padding lane's agent is the
+             * block's first: the same values written twice). Agent by agent, each value
+             * made and stored into its lane strided, they were ~320 instructions an
+             * agent-step, T-maze N = 1,000; now ~90. */
+            const double *counts[BLK];
+            double *tables[BLK];
+            LANES {
+                counts[b] = m->pA[k] + agent[b] * O * S;
+                tables[b] = m->A[k] + agent[b] * m->A_agent_stride[k];
             }
-            if (m->shared_counts) continue;  /* the table follows once, after every block */
-            if (b >= count) {  /* a padding lane: agent first's table, lane 0's (not kept) */
-                for (int64_t i = 0; i < O * S; i++) Ab[i][b] = Ab[i][0];
-                continue;
+            rows_into_lanes(Ab, counts, O * S);
+            for (int64_t s = 0; s < S; s++) {
+                lane total;
+                LANES total[b] = Ab[s][b];
+                for (int64_t o = 1; o < O; o++) LANES total[b] += Ab[o * S + s][b];
+                LANES total[b] = 1.0 / total[b];
+                for (int64_t o = 0; o < O; o++) LANES Ab[o * S + s][b] *= total[b];
             }
-            for (int64_t s = 0; s < S; s++) total[s] = counts[s];
-            for (int64_t o = 1; o < O; o++)
-                for (int64_t s = 0; s < S; s++) total[s] += counts[o * S + s];
-            for (int64_t s = 0; s < S; s++) total[s] = 1.0 / total[s];
-            /* the agent's table and its lane, each value stored twice as it is made (a second
-             * loop reading the table back into the lane: ~45 instructions an agent-step more,
-             * T-maze) */
-            double *table = m->A[k] + n * m->A_agent_stride[k];
-            for (int64_t o = 0; o < O; o++)
-                for (int64_t s = 0; s < S; s++) {
-                    const double v = counts[o * S + s] * total[s];
-                    table[o * S + s] = v;
-                    Ab[o * S + s][b] = v;
-                }
+            lanes_into_rows(tables, Ab, O * S);
         }
     }
 

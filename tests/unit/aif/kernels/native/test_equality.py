@@ -4,9 +4,11 @@ for every world x scope x build:
 
 - worlds: the T-maze learning its cue or its reward modality and grid10 its observation model
   (the benchmark's workloads, closed loop: the world steps with the actions, episode starts
-  included), a random 3-factor model of 18 policies learning two modalities, and a random model
+  included), a random 3-factor model of 18 policies learning two modalities, a random model
   at every limit the binding admits (tick.h's, read from the library: 4 factors, 128 joint
-  states, 8 modalities, 64 policies, 16 controls of a factor) learning three; 1, 13 (a whole
+  states, 8 modalities, 64 policies, 16 controls of a factor) learning three, and a random
+  2-factor model of 15 joint states learning both its modalities (tables of 45 and 75 values:
+  the pass moves a block's rows four values at a time, and the rest one by one); 1, 13 (a whole
   block of the pass's 8 and a partial one) or 40 agents (five whole blocks);
 - scopes: each agent its own counts (``per_agent``), one set every agent teaches (``shared``),
   and each of them frozen for a third of the ticks (the pass's ``learn`` off: the tables as they
@@ -793,3 +795,36 @@ def test_the_scratch_s_python_twin_is_the_library_s_learning_or_not(
             outcomes=kernel._model.outcomes, entries=kernel._model.entries,
             learned_values=sum(int(kernel.num_obs[m]) * S for m in kernel.learned),
             shared_table=int(np.prod(kernel.num_obs)) if kernel._model.shared_tables else 0)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("world_name", ["tmaze-A1", "tmaze-A2", "factors3", "odd"])
+def test_each_agent_s_table_is_its_counts_expectation_to_the_bit_made_in_the_block_s_lanes(
+    build: str, world_name: str, tmp_path: Path,
+) -> None:
+    """Each agent its own counts: the pass makes the block's tables in its lanes (the counts
+    moved in four values of four agents at a time, the rest one by one; each column's total
+    over the outcomes summed in order, its reciprocal, the products) and writes them back, and
+    each agent's table is then its counts' expectation as agent by agent makes it, bit for
+    bit: ``counts * (1 / (counts[0] + counts[1] + ...))``, every agent (13: a whole block and
+    a partial one) after every tick of 30 through the episodes' starts, the middle ten frozen
+    (the tables as they are, read into the lanes; the tick's results then the same as a
+    learning pass's whose counts did not move would give: checked by the equality suite)."""
+    world = make_world(world_name, tmp_path)
+    n = 13
+    driver = Pass(world, n, "per_agent", library(build))
+    env = outcomes(world, n)
+    obs, start = env.reset()
+    for tick in range(30):
+        learn = not 10 <= tick < 20
+        before = [a.copy() for a in driver.A]
+        driver.step(obs, start, learn=learn)
+        for counts, table, was in zip(driver.counts, driver.A, before, strict=True):
+            total = counts[:, 0].copy()
+            for o in range(1, counts.shape[1]):
+                total = total + counts[:, o]
+            made = counts * (1.0 / total)[:, None, :]
+            np.testing.assert_array_equal(table.view(np.uint64),
+                                          (made if learn else was).view(np.uint64))
+        assert np.all(np.isfinite(driver.G))
+        obs, start = env.step(driver.action.copy())
