@@ -374,7 +374,7 @@ class AifHealth:
             return False
         self._clock = clock + 1
         self._fresh = False
-        self.window.agent_steps += n
+        self.window.add_steps(n)
         return True
 
     def before(
@@ -483,7 +483,7 @@ class AifHealth:
             self._kept = False
             likelihood = self._kept_tables
         window = self.window
-        window.agent_steps += self.n_agents  # (add_steps)
+        window.add_steps(self.n_agents)
         if measured is not None:
             self._fold_in_tick(q_pi)
             return
