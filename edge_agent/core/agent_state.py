@@ -57,6 +57,53 @@ def _row_bytes(size: int) -> np.dtype:
     return np.dtype((np.void, size))
 
 
+#: The most bytes of a :class:`RowTiles` tile (a row repeated: its rows ``TILE_BYTES // row
+#: bytes``, at least one).
+TILE_BYTES = 2048
+
+
+class RowTiles:
+    """``a[:] = row`` for every row of ``a (N, K)`` (a reset of every agent), as :func:`fill_rows`
+    writes it, from a tile of the row repeated (cast to ``a``'s dtype, at most
+    :data:`TILE_BYTES`): ``a``'s rows a tile at a time, one contiguous copy of the tile's values
+    each (a row's bytes written as one value loop over every row, about 5x the time at 1,000
+    T-maze agents' ``(N, 4)`` float64 beliefs). Each ``key`` keeps its tile, made again when the
+    row cast is not the one it was made of (compared by its bytes: a row changed in place is
+    seen) or ``a``'s dtype or width differ."""
+
+    def __init__(self) -> None:
+        #: ``key`` -> the row's bytes cast (what the tile repeats) and the tile ``(T, K)``.
+        self._tiles: dict[int, tuple[bytes, np.ndarray]] = {}
+
+    def fill(self, key: int, a: np.ndarray, sel: slice | np.ndarray, row: np.ndarray) -> None:
+        """``a[sel] = row`` (:func:`fill_rows`; every row of a C-contiguous ``a`` from ``key``'s
+        tile when ``sel`` is ``slice(None)``)."""
+        if (not isinstance(sel, slice) or sel != _EVERY or a.ndim != 2
+                or a.shape[0] < FILL_ROWS_MIN or not a.flags.c_contiguous):
+            fill_rows(a, sel, row)
+            return
+        r = np.ascontiguousarray(row, dtype=a.dtype)
+        if r.shape != a.shape[1:]:
+            fill_rows(a, sel, row)
+            return
+        made = self._tiles.get(key)
+        value = r.tobytes()
+        if made is None or made[0] != value or made[1].dtype != a.dtype:
+            tile = np.tile(r, (max(1, TILE_BYTES // max(1, r.nbytes)), 1))
+            self._tiles[key] = made = (value, tile)
+        tile = made[1]
+        n, t = a.shape[0], tile.shape[0]
+        whole = n // t * t
+        if whole:
+            a[:whole].reshape(-1, tile.size)[...] = tile.reshape(-1)
+        if whole < n:
+            a[whole:] = tile[: n - whole]
+
+
+#: Every row: the selection a reset of every agent is given.
+_EVERY = slice(None)
+
+
 def snapshot_taker(state: Mapping[str, np.ndarray], group: str) -> Take:
     """The :data:`Take` of group ``group``'s snapshot ``state``: a
     :class:`~edge_agent.core.contract.StateReader` (a snapshot's arrays) has each array copied
@@ -126,6 +173,8 @@ class AgentState:
         self.action: NDArray[np.int64] = np.zeros((0, num_factors), dtype=np.int64)
         self.has_action: NDArray[np.bool_] = np.zeros(0, dtype=bool)
         self.prior_reset: NDArray[np.bool_] = np.zeros(0, dtype=bool)
+        #: Each factor's prior ``D`` repeated, that a reset of every agent writes from.
+        self._tiles = RowTiles()
         self.prior_small: NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
 
     # -- sizes -------------------------------------------------------------------------------------
@@ -216,10 +265,11 @@ class AgentState:
     # -- verbs -------------------------------------------------------------------------------------
     def reset(self, sel: slice | np.ndarray, D: Sequence[np.ndarray]) -> None:
         """Agents ``sel`` start a trial: beliefs and prior ``D``, no action, uniform ``q_pi``."""
+        tiles = self._tiles
         for f, d in enumerate(D):
             if self.keeps_prior:
-                fill_rows(self.prior[f], sel, d)
-            fill_rows(self.qs[f], sel, d)
+                tiles.fill(f, self.prior[f], sel, d)
+            tiles.fill(f, self.qs[f], sel, d)
         if not self.keeps_prior:
             self.prior_reset[sel] = True
         self.has_action[sel] = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.core.agent_state import AgentState, fill_rows
+from edge_agent.core.agent_state import TILE_BYTES, AgentState, RowTiles, fill_rows
 from edge_agent.errors import InputError
 
 S, P, F = (3, 2), 4, 2
@@ -106,6 +106,59 @@ def test_rows_filled_are_the_bytes_of_the_row_assigned(dtype: type, k: int) -> N
                 expected[sel] = row
                 fill_rows(a, sel, row)
                 assert a.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 100, TILE_BYTES])
+def test_a_tile_writes_the_bytes_of_its_row_and_follows_the_row(dtype: type, k: int) -> None:
+    """RowTiles.fill writes what ``a[sel] = row`` writes, whatever the agents (a tile's rows a
+    divisor of them or not, fewer than a tile), and a key's tile is made again when its row is
+    another, changed in place, or cast to another dtype: every reset writes the row it is
+    given."""
+    rng = np.random.default_rng(k)
+    tiles = RowTiles()
+    row = rng.random(k)
+    for n in (1, 7, 255, 256, 300, 512, 1000, 1025):
+        for sel in (slice(None), slice(2, 5), np.flatnonzero(rng.random(n) < 0.3)):
+            for _ in range(2):  # the same row again, then one changed in place
+                a = rng.random((n, k)).astype(dtype)
+                expected = a.copy()
+                expected[sel] = row
+                tiles.fill(0, a, sel, row)
+                assert a.tobytes() == expected.tobytes()
+                row[rng.integers(k)] = rng.random()
+    wide = rng.random((1000, k))  # the same key, the other dtype: the tile is not reused
+    other = np.float64 if dtype == np.float32 else np.float32
+    for a in (rng.random((1000, k)).astype(other), wide.astype(dtype)):
+        expected = a.copy()
+        expected[:] = row
+        tiles.fill(0, a, slice(None), row)
+        assert a.tobytes() == expected.tobytes()
+    # a row of the same bytes in another dtype (two float32 as one float64)
+    pair = np.array([0.25, 0.75], dtype=np.float32)
+    for a, r in ((np.zeros((1000, 2), np.float32), pair),
+                 (np.zeros((1000, 1)), pair.view(np.float64))):
+        tiles.fill(1, a, slice(None), r)
+        assert (a == r).all()
+
+
+def test_a_reset_of_every_agent_writes_the_prior_it_is_given() -> None:
+    """A reset of every agent (tiles) writes the ``D`` it is given each time: another array, or
+    the same changed in place."""
+    n = 1000
+    s = state(n)
+    d = [np.array([0.2, 0.3, 0.5]), np.array([0.5, 0.5])]
+    for new in ([0.5, 0.3, 0.2], [0.8, 0.1, 0.1]):
+        s.reset(slice(None), d)
+        for f in range(2):
+            assert (s.qs[f] == d[f]).all()
+            assert (s.prior[f] == d[f]).all()
+        d[0][:] = new  # in place
+    d = [np.array([0.6, 0.3, 0.1]), np.array([0.9, 0.1])]  # other arrays
+    s.reset(slice(None), d)
+    for f in range(2):
+        assert (s.qs[f] == d[f]).all()
+        assert (s.prior[f] == d[f]).all()
 
 
 @pytest.mark.parametrize("keeps_prior", [True, False])
