@@ -18,8 +18,9 @@ from edge_agent.errors import InputError
 
 __all__ = ["GroupInputs"]
 
-#: A batch's outcomes are checked this many agents' rows at a time (:meth:`GroupInputs._within`).
-_CHECK_ROWS = 64
+#: A batch's outcomes are compared with their limits this many values at most at a time
+#: (:meth:`GroupInputs._within`: the limits of as many agents' rows side by side, made once).
+CHECK_VALUES = 4096
 
 
 class GroupInputs:
@@ -34,10 +35,13 @@ class GroupInputs:
         self.num_controls = tuple(int(u) for u in num_controls)
         self.dtype = dtype
         self._limit = np.array(self.num_obs, dtype=np.uint64)
-        #: The limits of :data:`_CHECK_ROWS` agents side by side: a batch's rows compared that
-        #: many at a time (a compare of ``(N, M)`` against ``(M,)`` loops over its ``N`` rows
-        #: of ``M`` values, a call of numpy's inner loop each).
-        self._limits = np.tile(self._limit, _CHECK_ROWS)
+        #: The limits of as many agents' rows side by side as a batch has (at most
+        #: :data:`CHECK_VALUES` values; made again, longer, for a larger batch) and the
+        #: compare's output beside them: a batch's outcomes compared as one run of values (a
+        #: compare of ``(N, M)`` against ``(M,)`` loops over its ``N`` rows of ``M`` values, a
+        #: call of numpy's inner loop each).
+        self._limits = self._limit[:0]
+        self._below = np.zeros(0, dtype=bool)
 
     def obs(self, obs: np.ndarray, n_agents: int) -> IntArray:
         """``obs (N, M)`` integer outcomes, each within its modality's range, as int64."""
@@ -54,26 +58,39 @@ class GroupInputs:
         if n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
             values = o[0].tolist()
             ok = min(values) >= 0 and all(map(operator.lt, values, self.num_obs))
-        elif n_agents < 4 * _CHECK_ROWS:  # one pass: negative outcomes wrap to huge values
-            ok = bool(np.logical_and.reduce(np.less(o.view(np.uint64), self._limit), axis=None))
-        else:  # a large batch's rows 64 at a time
-            ok = self._within(o.view(np.uint64))
+        else:  # negative outcomes wrap to huge values
+            ok = self._within(o.view(np.uint64).reshape(-1))
         if not ok:
             self._raise_out_of_range(o)
         return o
 
-    def _within(self, o: np.ndarray) -> bool:
-        """Whether every outcome of ``o (N, M)`` (uint64) is below its modality's limit: the
-        rows :data:`_CHECK_ROWS` at a time against :attr:`_limits`, the rest against the
-        limits."""
-        whole = o.shape[0] // _CHECK_ROWS * _CHECK_ROWS
-        below = 0
-        if whole:
-            below = int(np.count_nonzero(np.less(o[:whole].reshape(-1, self._limits.shape[0]),
-                                                 self._limits)))
-        if whole < o.shape[0]:
-            below += int(np.count_nonzero(np.less(o[whole:], self._limit)))
-        return below == o.size
+    def _within(self, values: np.ndarray) -> bool:
+        """Whether every outcome of ``values`` (an ``(N, M)`` batch's, flat, uint64) is below its
+        modality's limit: compared with :attr:`_limits` (made for the largest batch yet, at most
+        :data:`CHECK_VALUES` values) a run of its length at a time, the rest against its
+        start."""
+        size = values.size
+        limits, below = self._limits, self._below
+        if size == limits.size:  # (a tick's case: the batch the limits were made for)
+            np.less(values, limits, out=below)
+            return np.count_nonzero(below) == size
+        if size > limits.size:  # a larger batch than before: longer limits, up to the most
+            M = len(self.num_obs)
+            rows = max(1, min(size, CHECK_VALUES) // M)
+            if rows * M > limits.size:
+                self._limits = limits = np.tile(self._limit, rows)
+                self._below = below = np.zeros(limits.size, dtype=bool)
+        run = limits.size
+        whole = size // run * run
+        count = 0
+        for start in range(0, whole, run):
+            np.less(values[start:start + run], limits, out=below)
+            count += int(np.count_nonzero(below))
+        if whole < size:
+            rest = size - whole
+            np.less(values[whole:], limits[:rest], out=below[:rest])
+            count += int(np.count_nonzero(below[:rest]))
+        return count == size
 
     def evidence(
         self, obs: np.ndarray | Sequence[np.ndarray], n_agents: int

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.core.group_inputs import GroupInputs
+from edge_agent.core.group_inputs import CHECK_VALUES, GroupInputs
 from edge_agent.errors import InputError
 
 INPUTS = GroupInputs((3, 2), (4,), np.dtype(np.float32))
@@ -59,18 +59,40 @@ def test_actions_within_each_factors_controls() -> None:
         INPUTS.actions(np.array([[4], [0]]), 2)
 
 
-@pytest.mark.parametrize("n", [2, 63, 64, 65, 130, 256, 257, 1000])
+@pytest.mark.parametrize("n", [2, 63, 64, 65, 130, 256, 257, 1000, 1365, 1366, 3000])
 def test_a_batch_s_outcomes_are_checked_every_agent_every_modality(n: int) -> None:
-    """The rows checked 64 at a time and the rest after them: one outcome out of range
-    anywhere (either end of its modality's range, at any agent) is refused, none taken."""
+    """The outcomes compared a run of the limits' length at a time (CHECK_VALUES at most: 1,365
+    agents of 3 modalities) and the rest after them: one outcome out of range anywhere (either
+    end of its modality's range, at any agent, either side of a run's end) is refused, none
+    taken."""
     inputs = GroupInputs((4, 3, 3), (2,), np.dtype(np.float32))
     rng = np.random.default_rng(n)
     obs = np.stack([rng.integers(0, o, n) for o in (4, 3, 3)], axis=1)
     np.testing.assert_array_equal(inputs.obs(obs, n), obs)
-    for agent in sorted({0, 63 % n, 64 % n, n - 1}):
+    for agent in sorted({0, 63 % n, 64 % n, 1364 % n, 1365 % n, 2730 % n, n - 1}):
         for m, o in enumerate((4, 3, 3)):
             for bad in (-1, o, 2**40):
                 wrong = obs.copy()
                 wrong[agent, m] = bad
                 with pytest.raises(InputError, match=rf"obs\[{agent}, {m}\] = {bad} is out"):
                     inputs.obs(wrong, n)
+
+
+def test_the_limits_follow_the_batch_s_size() -> None:
+    """The limits made for one batch serve a smaller one (their start) and are made again,
+    longer, for a larger one (a resized group), up to CHECK_VALUES: every outcome of every
+    batch is checked, whatever came before."""
+    inputs = GroupInputs((4, 3, 3), (2,), np.dtype(np.float32))
+    rng = np.random.default_rng(0)
+    for n in (5, 2, 7, 400, 9, 1365, 2000, 3, 5000, 1000):
+        obs = np.stack([rng.integers(0, o, n) for o in (4, 3, 3)], axis=1)
+        np.testing.assert_array_equal(inputs.obs(obs, n), obs)
+        made = inputs._limits
+        assert made.size <= CHECK_VALUES
+        inputs.obs(obs, n)
+        assert inputs._limits is made  # (made once for a batch's size: none a tick)
+        for agent in sorted({0, n // 2, n - 1}):
+            wrong = obs.copy()
+            wrong[agent, 2] = 3
+            with pytest.raises(InputError, match=rf"obs\[{agent}, 2\] = 3 is out"):
+                inputs.obs(wrong, n)
