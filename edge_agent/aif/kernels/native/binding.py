@@ -603,6 +603,9 @@ class NativeTick:
         #: The arrays bound last (their pointers are in the model's and the state's arrays).
         self._bound_learning: tuple[np.ndarray, ...] = ()
         self._bound_transitions: tuple[np.ndarray, ...] = ()
+        #: Their ids (held there: no other array can have them), compared at each bind.
+        self._learning_ids: tuple[int, ...] = ()
+        self._transition_ids: tuple[int, ...] = ()
         self._bound_float: tuple[np.ndarray, ...] = ()  # kept alive while the pass reads them
         self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
         self._bound_ids: tuple[int, ...] = ()
@@ -654,11 +657,10 @@ class NativeTick:
         order of ``learned``: float64 (the masks bool), C-contiguous; read and written by the
         next :meth:`step` (bind again when one of them is replaced)."""
         bound = (*tables, *counts, *masks, *experience)
-        if len(bound) == len(self._bound_learning) and all(
-            a is b for a, b in zip(bound, self._bound_learning, strict=True)
-        ):
+        ids = tuple(map(id, bound))
+        if ids == self._learning_ids:
             return  # the same arrays as last time (a tick's case): their pointers are in
-        self._bound_learning = ()  # until every pointer is the new arrays'
+        self._bound_learning, self._learning_ids = (), ()  # until every pointer is the new's
         S = int(self.state_index.shape[1])
         for m, table, count, mask, seen in zip(self.learned, tables, counts, masks, experience,
                                                strict=True):
@@ -671,7 +673,7 @@ class NativeTick:
         self._learned_rows = min(
             (len(t) for m, t in zip(self.learned, tables, strict=True) if self.stride[m]),
             default=_ANY)
-        self._bound_learning = bound
+        self._bound_learning, self._learning_ids = bound, ids
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
             self._make_scratch()
 
@@ -697,11 +699,10 @@ class NativeTick:
         ``learned_B``: float64 (the masks bool), C-contiguous; read and written by the next
         :meth:`step` (bind again when one of them is replaced)."""
         bound = (*values, *counts, *masks, *experience)
-        if len(bound) == len(self._bound_transitions) and all(
-            a is b for a, b in zip(bound, self._bound_transitions, strict=True)
-        ):
+        ids = tuple(map(id, bound))
+        if ids == self._transition_ids:
             return
-        self._bound_transitions = ()
+        self._bound_transitions, self._transition_ids = (), ()
         for f, value, count, mask, seen in zip(self.learned_B, values, counts, masks,
                                                experience, strict=True):
             nnz = self.learned_B[f].size
@@ -715,7 +716,7 @@ class NativeTick:
         self._learned_B_rows = min(
             (len(v) for f, v in zip(self.learned_B, values, strict=True) if self.stride_B[f]),
             default=_ANY)
-        self._bound_transitions = bound
+        self._bound_transitions, self._transition_ids = bound, ids
 
     def step(
         self, obs: np.ndarray, qs: Sequence[np.ndarray], action: np.ndarray,
