@@ -208,7 +208,9 @@ class DirichletCounts:
     def note_agent_ticks(self, n: int) -> None:
         """``n`` agent-ticks were learned from by every table of this kind (an ``A`` update:
         each agent's outcome; ``B``: each agent's transition; ``D``: each agent's trial)."""
-        self.agent_ticks += n
+        ticks = self.agent_ticks
+        for slot in range(len(ticks)):  # (a table or a few: an element each beats a ufunc call)
+            ticks[slot] += n
 
     def add(
         self, slot: int, increment: np.ndarray, lr: float, forgetting: float, *,
