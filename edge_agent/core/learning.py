@@ -77,7 +77,7 @@ from edge_agent.aif.learning_storage import counts_arrays, rows_arrays, saved_co
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.quant import QuantizedModel
 from edge_agent.core.group_blocks import IntArray
-from edge_agent.core.surprise import OutcomeProbabilities, SampledSurprise
+from edge_agent.core.surprise import OutcomeProbabilities, SampledSurprise, TakenProbabilities
 from edge_agent.errors import InputError
 
 if TYPE_CHECKING:
@@ -204,6 +204,12 @@ class TickPass(Protocol):
     ) -> np.ndarray:
         """The surprise's ``p(o_m)`` of the agents ``rows`` (an
         :data:`~edge_agent.core.surprise.OutcomeProbabilities`) of the tick stepped last."""
+        ...
+
+    def taken(self) -> TakenProbabilities | None:
+        """The surprise's ``p(o_m)`` as the pass took it, of the agents asked (None: worked
+        out by :meth:`outcome_probabilities` from the outcomes and the prior); the same for
+        the pass's life."""
         ...
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
@@ -461,6 +467,12 @@ class GroupLearning:
         inference starts from: the surprise (``p_obs``: who gives ``p(o)``, by default the
         scope's tables as they are)."""
         self.surprise.note(obs, prior, p_obs or self.scope.outcome_probabilities)
+
+    def observe_taken(self, n_agents: int, taken: TakenProbabilities) -> None:
+        """:meth:`observe` of a tick of ``n_agents`` agents that took its outcomes' ``p(o)``
+        itself (``taken``: a compiled pass's, :meth:`SampledSurprise.note_taken
+        <edge_agent.core.surprise.SampledSurprise.note_taken>`)."""
+        self.surprise.note_taken(n_agents, taken)
 
     def learned_in_pass(self, n_agents: int, *, compiled_behind: bool, acted: int = 0) -> None:
         """A scope's one pass (:meth:`TickPass.step_tick`) learned this tick: the ``pA``

@@ -167,6 +167,8 @@ class PassTick:
     ) -> None:
         self._pass, self._learning, self._learn = tick_pass, learning, learn
         self._scope = learning.scope
+        #: The surprise's p(o) as the pass takes it (None: of the outcomes and the prior).
+        self._taken = tick_pass.taken()
         self._state, self._stepper, self._recorder = state, stepper, recorder
 
     def tick_prior(self) -> TickPrior:
@@ -194,7 +196,10 @@ class PassTick:
         tick_pass, learning, state = self._pass, self._learning, self._state
         prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model,
                                     qs_prev=learning.qs_prev)
-        learning.observe(obs, prior, tick_pass.outcome_probabilities)
+        if self._taken is not None:
+            learning.observe_taken(len(obs), self._taken)
+        else:
+            learning.observe(obs, prior, tick_pass.outcome_probabilities)
         learning.learned_in_pass(len(obs), compiled_behind=tick_pass.leaves_compiled_behind,
                                  acted=tick_pass.acted)
         if record:

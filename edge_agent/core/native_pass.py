@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
     from edge_agent.aif.sparse_transitions import SparseTransitions
-    from edge_agent.core.surprise import OutcomeProbabilities
+    from edge_agent.core.surprise import OutcomeProbabilities, TakenProbabilities
 
 __all__ = [
     "LOCAL_MEASURED",
@@ -275,6 +275,16 @@ class _CompiledPass:
         del obs, joint
         return self._p_obs[rows]
 
+    def taken(self) -> TakenProbabilities | None:
+        """Who gives the surprise the ``p(o_m)`` the pass took (:meth:`_taken_rows`: the
+        agents' rows of it, read when asked), or None where it is worked out from the outcomes
+        and the prior (:meth:`outcome_probabilities` of them)."""
+        return self._taken_rows
+
+    def _taken_rows(self, rows: IntArray) -> np.ndarray:
+        """``(r, M)``: the agents ``rows``' ``p(o_m)`` the last pass took (a copy)."""
+        return self._p_obs[rows]
+
 
 class NativePass(_CompiledPass):
     """The learning tick of a per-agent group as one compiled pass (``kernel``): ``tables_A``,
@@ -457,6 +467,13 @@ class SharedNativePass(_CompiledPass):
         if self._surprise is not None and not self._float:
             return self._surprise(obs, rows, joint)
         return super().outcome_probabilities(obs, rows, joint)
+
+    def taken(self) -> TakenProbabilities | None:
+        """See :meth:`_CompiledPass.taken`; None for an int8 group whose surprise is its
+        twin's (the scope's ``surprise``, of the outcomes and the prior)."""
+        if self._surprise is not None and not self._float:
+            return None
+        return super().taken()
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` ``(O_m, S)`` the agents infer with now: the learned ones the

@@ -30,6 +30,10 @@ SURPRISE_EVERY = 8
 #: ``rows`` (indices into the group) whose outcomes are ``obs`` ``(r, M)`` and joint predicted
 #: beliefs ``joint`` ``(r, S)``, under the likelihood they infer with (written into freely).
 OutcomeProbabilities = Callable[[IntArray, IntArray, np.ndarray], np.ndarray]
+#: ``taken(rows)``: ``(r, M)`` float64, the ``p(o_m)`` a tick already took of the agents ``rows``
+#: under their prior (a compiled pass's, :meth:`~edge_agent.core.native_pass.NativePass.taken`;
+#: written into freely).
+TakenProbabilities = Callable[[IntArray], np.ndarray]
 
 
 class SampledSurprise:
@@ -52,21 +56,39 @@ class SampledSurprise:
         over that many spread evenly (every ``ceil(N / SURPRISE_AGENTS)``-th), and only every
         :data:`SURPRISE_EVERY`-th tick (the first included), which keeps it off most ticks of a
         small model."""
-        self._clock += 1
-        if (self._clock - 1) % SURPRISE_EVERY:
+        rows = self._sampled(obs.shape[0])
+        if rows is None:
             return
-        n = obs.shape[0]
-        step = -(-n // SURPRISE_AGENTS)
-        if self._rows is None or self._rows[1] != n:
-            self._rows = (np.arange(0, n, step), n)
-        rows = self._rows[0]
+        step = -(-obs.shape[0] // SURPRISE_AGENTS)
         if step > 1:  # views of those rows (the float64 joint below copies them once)
             obs, prior = obs[::step], [p[::step] for p in prior]
         joint = joint_states([np.asarray(p, dtype=np.float64) for p in prior])
-        p = p_obs(obs, rows, joint)
+        self._fold(p_obs(obs, rows, joint), len(rows))
+
+    def note_taken(self, n_agents: int, taken: TakenProbabilities) -> None:
+        """:meth:`note` of a tick of ``n_agents`` agents that took its outcomes' ``p(o_m)``
+        itself (``taken``: a compiled pass's): the same agents on the same ticks, their
+        ``p(o)`` asked of ``taken`` alone (no outcomes or prior read, no joint made)."""
+        rows = self._sampled(n_agents)
+        if rows is not None:
+            self._fold(taken(rows), len(rows))
+
+    def _sampled(self, n: int) -> IntArray | None:
+        """The agents whose surprise this tick (of ``n`` agents) folds in, or None on a tick
+        not sampled (counted)."""
+        self._clock += 1
+        if (self._clock - 1) % SURPRISE_EVERY:
+            return None
+        if self._rows is None or self._rows[1] != n:
+            self._rows = (np.arange(0, n, -(-n // SURPRISE_AGENTS)), n)
+        return self._rows[0]
+
+    def _fold(self, p: np.ndarray, r: int) -> None:
+        """The ``r`` sampled agents' ``p(o_m)`` ``(r, M)`` (written into) into the moving
+        mean."""
         np.add(p, EPS, out=p)
         np.log(p, out=p)
-        total = -float(p.sum()) / len(rows)  # the modalities' means over the agents, summed
+        total = -float(p.sum()) / r  # the modalities' means over the agents, summed
         if self._ticks == 0:
             self.value = total
         else:

@@ -46,3 +46,26 @@ def test_a_large_group_is_sampled_evenly() -> None:
     np.testing.assert_array_equal(got[:, 0], rows)
     expected = -np.mean(np.log(np.where(rows % 2 == 0, 0.25, 1.0) + EPS))
     assert abs(meter.value - expected) < 1e-12
+
+
+def test_a_tick_that_took_its_p_is_sampled_as_one_that_did_not() -> None:
+    """note_taken (a compiled pass's p(o), asked of the sampled rows alone) folds the same
+    agents on the same ticks into the same moving mean as note."""
+    n = 3 * SURPRISE_AGENTS + 5
+    rng = np.random.default_rng(0)
+    ticks = [rng.random((n, 2)) for _ in range(3 * SURPRISE_EVERY + 2)]
+    given, taken = SampledSurprise(), SampledSurprise()
+    asked: list[np.ndarray] = []
+    obs = np.zeros((n, 2), dtype=np.int64)
+    prior = [np.full((n, 3), 1 / 3)]
+
+    def take(rows: np.ndarray) -> np.ndarray:
+        asked.append(rows)
+        return p[rows]
+
+    for p in ticks:
+        given.note(obs, prior, lambda o, rows, joint, p=p: p[rows])
+        taken.note_taken(n, take)
+        assert taken.value == given.value
+    assert len(asked) == -(-len(ticks) // SURPRISE_EVERY)
+    np.testing.assert_array_equal(asked[0], np.arange(0, n, -(-n // SURPRISE_AGENTS)))
