@@ -409,14 +409,18 @@ class DirichletCounts:
         axis = 1 if self.scope == "per_agent" else 0
         return normalise(self.counts[slot], axis=axis)
 
-    def mark_refreshed(self) -> None:
+    def mark_refreshed(self, *, touched: bool = False) -> None:
         """The agents now infer with the normalised counts: masks become the counts' support
-        (pymdp's ``A = norm(pA)`` after an update), touched columns are cleared."""
+        (pymdp's ``A = norm(pA)`` after an update), touched columns are cleared (``touched``:
+        every column counts as touched instead, the tables a shared pass follows being behind
+        the compiled ones; the agents' action tables are cleared)."""
         if not self.refreshed and self.kind != "D":
             for slot, p in enumerate(self.prior):
                 self.mask[slot] = p > 0
         self.refreshed = True
-        for t in (*self.touched, *self.touched_by_agent):
+        for t in self.touched:
+            t.fill(touched)
+        for t in self.touched_by_agent:
             t.fill(False)
 
     def take_delta(self) -> Delta:

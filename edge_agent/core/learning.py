@@ -502,10 +502,8 @@ class GroupLearning:
     def _refreshed_in_pass(self, counts: DirichletCounts, *, compiled_behind: bool) -> None:
         """The pass refreshed the tables of ``counts``; ``compiled_behind`` (shared counts):
         every column counts as touched until :meth:`take_tables` brings them in."""
-        counts.mark_refreshed()
+        counts.mark_refreshed(touched=compiled_behind)
         if compiled_behind:
-            for touched in counts.touched:
-                touched.fill(True)
             self.behind = True
 
     @property

@@ -192,3 +192,25 @@ def test_a_column_whose_increments_are_0_in_float32_is_not_taken() -> None:
     columns, values = column_increments(increments)
     assert columns.tolist() == [0]
     np.testing.assert_array_equal(values, [[0.0, 0.5, 0.0]])
+
+
+@pytest.mark.parametrize("scope", ["shared", "per_agent"])
+def test_a_refresh_clears_the_touched_columns_or_marks_them_all(scope: str) -> None:
+    """mark_refreshed clears the touched columns (and the agents' action tables), or, given
+    ``touched`` (a shared pass's tables behind the compiled ones), marks every column touched
+    and still clears the agents' action tables; the masks become the counts' support once."""
+    S, U = 4, 2
+    B = np.zeros((S, S, U))
+    for s in range(S):
+        B[(s + 1) % S, s, 0] = 1.0
+        B[s, s, 1] = 1.0
+    prior = B + 0.5 * (np.arange(S)[:, None, None] == 0)
+    counts = DirichletCounts.create("B", {0: prior}, [B], scope=scope, n_agents=3)
+    for touched in (True, False, True):
+        counts.touched[0][1, 0] = True
+        for flags in counts.touched_by_agent:
+            flags[0, 1] = True
+        counts.mark_refreshed(touched=touched)
+        assert counts.touched[0].all() if touched else not counts.touched[0].any()
+        assert not any(flags.any() for flags in counts.touched_by_agent)
+        np.testing.assert_array_equal(counts.mask[0], prior > 0)
