@@ -270,6 +270,13 @@ class AgentState:
             if self.keeps_prior:
                 tiles.fill(f, self.prior[f], sel, d)
             tiles.fill(f, self.qs[f], sel, d)
+        if isinstance(sel, slice) and sel == _EVERY:  # every agent: each array filled whole
+            if not self.keeps_prior:
+                self.prior_reset.fill(True)
+            self.has_action.fill(False)
+            self.q_pi.fill(1.0 / self.num_policies)
+            self.G.fill(0.0)
+            return
         if not self.keeps_prior:
             self.prior_reset[sel] = True
         self.has_action[sel] = False

@@ -161,6 +161,37 @@ def test_a_reset_of_every_agent_writes_the_prior_it_is_given() -> None:
         assert (s.prior[f] == d[f]).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("keeps_prior", [True, False])
+def test_a_reset_of_every_agent_writes_what_a_reset_of_each_writes(
+    dtype: type, keeps_prior: bool
+) -> None:
+    """A reset of every agent (``slice(None)``: each array filled whole) leaves the bytes a
+    reset of the same agents by index leaves."""
+    n, policies = 300, 7  # (1/7 rounds in float32)
+    states = []
+    for sel in (slice(None), np.arange(n)):
+        s = AgentState(S, policies, F, np.dtype(dtype), keep_prior=keeps_prior)
+        s.allocate(n, keeps_prior=keeps_prior, block_size=4, new=zeros,
+                   make_priors=lambda out, n: None)
+        rng = np.random.default_rng(0)
+        for a in (*s.qs, *s.prior, s.q_pi, s.G):
+            a[...] = rng.random(a.shape)
+        s.has_action[...] = True
+        s.prior_reset[...] = False
+        s.reset(sel, D)
+        states.append(s)
+    every, each = states
+    for name in ("qs", "prior"):
+        for a, b in zip(getattr(every, name), getattr(each, name), strict=True):
+            assert a.tobytes() == b.tobytes()
+    for name in ("q_pi", "G", "has_action", "prior_reset"):
+        assert getattr(every, name).tobytes() == getattr(each, name).tobytes(), name
+    assert not every.has_action.any()
+    if not keeps_prior:
+        assert every.prior_reset.all()
+
+
 @pytest.mark.parametrize("keeps_prior", [True, False])
 def test_its_bytes_are_what_it_allocates(keeps_prior: bool) -> None:
     n = 6
