@@ -73,7 +73,7 @@ class GroupInputs:
         limits, below = self._limits, self._below
         if size == limits.size:  # (a tick's case: the batch the limits were made for)
             np.less(values, limits, out=below)
-            return np.count_nonzero(below) == size
+            return int(np.count_nonzero(below)) == size
         if size > limits.size:  # a larger batch than before: longer limits, up to the most
             M = len(self.num_obs)
             rows = max(1, min(size, CHECK_VALUES) // M)
