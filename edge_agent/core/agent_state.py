@@ -71,6 +71,12 @@ class RowTiles:
     row cast is not the one it was made of (compared by its bytes: a row changed in place is
     seen) or ``a``'s dtype or width differ."""
 
+    @staticmethod
+    def nbytes_for(row_bytes: Sequence[int]) -> int:
+        """The most bytes the tiles of rows of ``row_bytes`` hold (one key each: at most
+        :data:`TILE_BYTES`, or the row when it is longer): reserved with the group."""
+        return sum(max(TILE_BYTES, b) for b in row_bytes)
+
     def __init__(self) -> None:
         #: ``key`` -> the row's bytes cast (what the tile repeats) and the tile ``(T, K)``.
         self._tiles: dict[int, tuple[bytes, np.ndarray]] = {}

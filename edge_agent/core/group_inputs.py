@@ -43,6 +43,15 @@ class GroupInputs:
         self._limits = self._limit[:0]
         self._below = np.zeros(0, dtype=bool)
 
+    @staticmethod
+    def check_nbytes(n_agents: int, num_modalities: int) -> int:
+        """The most bytes the check of a batch of ``n_agents`` holds (its limits and the
+        compare's output, at most :data:`CHECK_VALUES` values of 8 + 1 bytes): reserved with the
+        group (:meth:`GroupMemory.bytes_for <edge_agent.core.group_memory.GroupMemory.
+        bytes_for>`)."""
+        values = min(n_agents * num_modalities, max(CHECK_VALUES, num_modalities))
+        return values * (np.dtype(np.uint64).itemsize + 1)
+
     def obs(self, obs: np.ndarray, n_agents: int) -> IntArray:
         """``obs (N, M)`` integer outcomes, each within its modality's range, as int64."""
         return self._outcomes(np.asarray(obs), n_agents)

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.core.agent_state import RowTiles
 from edge_agent.core.budget import MemoryBudget, Reservation
+from edge_agent.core.group_inputs import GroupInputs
 from edge_agent.core.health import AifHealth
 from edge_agent.core.history_recorder import Fields, history_bytes_per_agent
 from edge_agent.core.priors import prior_follows
@@ -181,12 +183,23 @@ class GroupMemory:
                                     own_tables=() if learning is None else learning.own_tables,
                                     preference=bool(cm.lnC))
 
+    def boundary_nbytes(self, n_agents: int) -> int:
+        """The most bytes the group's boundary holds for ``n_agents``: the check of a tick's
+        outcomes (:meth:`GroupInputs.check_nbytes <edge_agent.core.group_inputs.GroupInputs.
+        check_nbytes>`) and a reset's tiles of each factor's ``D`` (:meth:`RowTiles.nbytes_for
+        <edge_agent.core.agent_state.RowTiles.nbytes_for>`)."""
+        cm = self._stepper.cm
+        return (GroupInputs.check_nbytes(n_agents, len(cm.num_obs))
+                + RowTiles.nbytes_for([s * self._state.dtype.itemsize for s in cm.num_states]))
+
     def bytes_for(self, n_agents: int, history_capacity: int) -> int:
         """Bytes to reserve for ``n_agents``: state, history, shared timestamps, block scratch,
-        a small group's held health samples and the group's own compiled tick
+        a small group's held health samples, the boundary's buffers (:meth:`boundary_nbytes`)
+        and the group's own compiled tick
         (:attr:`compiled_nbytes`, the same at every size)."""
         times = 8 * history_capacity
-        scratch = self.scratch_nbytes(n_agents) + self.health_nbytes(n_agents)
+        scratch = (self.scratch_nbytes(n_agents) + self.health_nbytes(n_agents)
+                   + self.boundary_nbytes(n_agents))
         return (n_agents * self.per_agent_nbytes(history_capacity, n_agents) + times + scratch
                 + self.compiled_nbytes)
 

@@ -38,7 +38,9 @@ def test_the_agents_reservation_is_what_their_parts_hold() -> None:
     held = memory.health_nbytes(3 * BLOCK)
     assert group.health is not None
     assert held == group.health.nbytes
-    assert memory.bytes_for(3 * BLOCK, 8) == 3 * BLOCK * per_agent + 8 * 8 + scratch + held
+    boundary = memory.boundary_nbytes(3 * BLOCK)
+    assert memory.bytes_for(3 * BLOCK, 8) == (3 * BLOCK * per_agent + 8 * 8 + scratch + held
+                                              + boundary)
     assert budget.by_owner()["g"] == memory.bytes_for(3 * BLOCK, 8)
     group.resize(5 * BLOCK)
     assert budget.by_owner()["g"] == memory.bytes_for(5 * BLOCK, 8)
@@ -49,6 +51,28 @@ def test_the_agents_reservation_is_what_their_parts_hold() -> None:
     group.release()
     assert "g" not in budget.by_owner()
     assert f"model:{group.key}" not in budget.by_owner()
+
+
+@pytest.mark.parametrize(("world", "n"), [("tmaze", 1), ("tmaze", 1000), ("grid10", 700),
+                                          ("grid2f", 5000)])
+def test_the_boundary_s_buffers_stay_within_what_the_group_reserves_for_them(
+    world: str, n: int
+) -> None:
+    """The check of a tick's outcomes and a reset's tiles of ``D`` hold at most
+    :meth:`GroupMemory.boundary_nbytes`, after ticks of the group's size and a reset of every
+    agent (the buffers those make are the largest)."""
+    env: Any = make_env(world, n, seed=1)
+    group = AifAgentGroup(env.model, n, budget=MemoryBudget(256 << 20), name="g")
+    obs = env.reset()
+    for _ in range(2):
+        obs = env.step(group.step(obs))
+    group.reset(np.ones(n, dtype=np.bool_))
+    obs = env.step(group.step(obs))
+    inputs, tiles = group.inputs, group.state._tiles
+    held = inputs._limits.nbytes + inputs._below.nbytes + sum(
+        tile.nbytes for _, tile in tiles._tiles.values())
+    assert (held > 0) == (n > 1)  # (one agent's check is Python's, its reset a row)
+    assert held <= group.memory.boundary_nbytes(n)
 
 
 def test_groups_of_one_model_on_either_path_reserve_it_alike_and_their_compiled_ticks_each(
@@ -75,7 +99,8 @@ def test_groups_of_one_model_on_either_path_reserve_it_alike_and_their_compiled_
     for group in (few, many):
         assert owners[group.name] == group.bytes_for(group.n_agents, 0) == (
             group.n_agents * group.per_agent_nbytes() + group.scratch_nbytes(group.n_agents)
-            + group.memory.compiled_nbytes + group.memory.health_nbytes(group.n_agents))
+            + group.memory.compiled_nbytes + group.memory.health_nbytes(group.n_agents)
+            + group.memory.boundary_nbytes(group.n_agents))
     assert budget.used == few.shared_nbytes + owners["few"] + owners["many"]
 
 
@@ -117,6 +142,7 @@ def test_a_group_reserves_its_held_health_samples() -> None:
     per_agent = memory.per_agent_nbytes()
     assert budget.by_owner()["g"] == memory.bytes_for(3, 0) == (
         3 * per_agent + scratch + group.health.nbytes + memory.compiled_nbytes
+        + memory.boundary_nbytes(3)
     )
     assert 0 < memory.health_nbytes(100) <= HELD_BYTES
     bare = AifAgentGroup(env.model, 3, health=False)

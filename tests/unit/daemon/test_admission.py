@@ -207,7 +207,8 @@ def test_frozen_groups_of_one_model_on_either_path_reserve_it_once_and_their_com
         assert own == group.bytes_for(group.n_agents, 8)
         assert own - compiled == (group.n_agents * group.per_agent_nbytes() + 8 * 8
                                   + group.scratch_nbytes(group.n_agents)
-                                  + group.memory.health_nbytes(group.n_agents))
+                                  + group.memory.health_nbytes(group.n_agents)
+                                  + group.memory.boundary_nbytes(group.n_agents))
     assert budget.used == report["base_bytes"] + owners["few"] + owners["many"] + few.shared_nbytes
     # check-config's plan (probes of one agent, sized only: no compiled tick built or measured)
     # is what run reserved, line by line

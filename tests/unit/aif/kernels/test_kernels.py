@@ -524,7 +524,8 @@ def test_planner_choice_and_scratch_accounting() -> None:
     assert grid.health is not None
     assert grid.memory.health_nbytes(5000) == grid.health.nbytes
     assert grid.bytes_for(5000, 64) == (5000 * grid.per_agent_nbytes(64) + 8 * 64 + ws.nbytes
-                                        + grid.memory.compiled_nbytes + grid.health.nbytes)
+                                        + grid.memory.compiled_nbytes + grid.health.nbytes
+                                        + grid.memory.boundary_nbytes(5000))
     deep = AifAgentGroup(gridworld_model(4, 4), 10, settings=AifSettings(policy_len=2))
     assert deep.cm.local is None  # one-step planners only
     assert deep.cm.small is None
