@@ -242,9 +242,10 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
             moved2 += (m->second_start[f + 1] - m->second_start[f]) * m->num_states[f];
     }
 #define TAKE(field, count) do { if (base) sc->field = base + used; used += (count); } while (0)
-    TAKE(log_prior, W); TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
+    TAKE(log_prior, W); TAKE(log_lik, S);  /* one after the other: their logs in one call */
+    TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
     TAKE(qL, W); TAKE(step1, W);
-    TAKE(log_lik, S); TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
+    TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
     TAKE(neg_entropy, S); TAKE(qj, S);
     TAKE(value, E); TAKE(log_value, E);
     TAKE(moved, moved);
@@ -882,14 +883,18 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     const double *lik_row[BLK], *step_row[BLK];  /* each agent's rows of lnL, lnQ1 */
     LANES agent[b] = first + (b < count ? b : 0);
 
-    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log */
+    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log.
+     * The kept prior, or transitions every agent's: below, the whole block's; the factors
+     * whose transitions are each agent's (own_b) made here, agent by agent (none: the loop
+     * over the factors not entered, ~25 instructions an agent-step, T-maze N = 1,000) */
+    int own_b = 0;
+    for (int64_t f = 0; f < F; f++) own_b |= !(m->prior_given || one_b(m, f));
     for (int b = 0; b < BLK; b++) {
         const int64_t n = agent[b];
         acted[b] = st->has_action[n] && !(st->start != NULL && st->start[n]);
-        for (int64_t f = 0; f < F; f++) {
+        for (int64_t f = 0; f < F && own_b; f++) {
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
-            /* the kept prior, or transitions every agent's: below, the whole block's */
             if (m->prior_given || one_b(m, f)) continue;
             if (acted[b]) {
                 const void *qs = st->qs[f];
@@ -947,8 +952,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     for (int64_t i = from; i < to; i++)
         measure_predictions(m, st, sc, st->measure_rows[i] - first, i, offset);
     if (sc->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
-    tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
-    if (sc->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
+    /* the log prior's and (made here: no lnL) the likelihood's logs, in one call (carve keeps
+     * sc->log_lik just after sc->log_prior; whole lanes: each value's log its own) */
+    tick_log_inplace(&sc->log_prior[0][0], (width + (sc->lnL == NULL ? S : 0)) * BLK, EPS);
     infer_states(m, sc, offset, tabled);
     for (int64_t i = from; i < to; i++)
         measure_posterior(m, st, sc, st->measure_rows[i] - first, i, offset, width);
