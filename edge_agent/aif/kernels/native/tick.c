@@ -854,7 +854,13 @@ INLINE void prior_lanes(const tick_model *m, const tick_state *st, block_scratch
     }
     if (!any) return;
     (void)sc;
-    state_get_block(st->qs[f], first, q, s_f, count, m->state_f32);
+    if (!m->state_f32 && s_f % 4 == 0) {  /* whole quads: four values of four agents a move */
+        const double *rows[BLK];
+        LANES rows[b] = (const double *)st->qs[f] + agent[b] * s_f;
+        rows_into_lanes(q, rows, s_f);
+    } else {
+        state_get_block(st->qs[f], first, q, s_f, count, m->state_f32);
+    }
     const double *vals[BLK];
     for (int b = 0; b < BLK; b++) vals[b] = b_values(m, f, agent[b]);
     for (int64_t u = 0; u < m->num_controls[f]; u++) {
