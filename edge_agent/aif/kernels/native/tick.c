@@ -242,9 +242,10 @@ static int64_t carve(const tick_model *m, lane *base, block_scratch *sc) {
             moved2 += (m->second_start[f + 1] - m->second_start[f]) * m->num_states[f];
     }
 #define TAKE(field, count) do { if (base) sc->field = base + used; used += (count); } while (0)
-    TAKE(log_prior, W); TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
+    TAKE(log_prior, W); TAKE(log_lik, S);  /* one after the other: their logs in one call */
+    TAKE(cur, W); TAKE(nxt, W); TAKE(log_cur, W); TAKE(log_nxt, W);
     TAKE(qL, W); TAKE(step1, W);
-    TAKE(log_lik, S); TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
+    TAKE(joint, S); TAKE(weighted, S); TAKE(utility, S);
     TAKE(neg_entropy, S); TAKE(qj, S);
     TAKE(value, E); TAKE(log_value, E);
     TAKE(moved, moved);
@@ -468,6 +469,43 @@ INLINE void free_energy(const tick_model *m, lane *const *q, lane *const *log_q,
     }
 }
 
+/* softmax_lanes of each factor's values at once (the iteration's: its factors' steps are
+ * independent): x, out and log_out each the factors' rows one after the other (offset), every
+ * factor's exps in one call and the factors' totals' logs in one (a call each per factor, the
+ * calls' entries and tails were ~5% of the per-agent pA tick, T-maze N = 1,000). The same
+ * operations on the same values as softmax_lanes factor by factor: the vector exp and log of a
+ * value are its own whatever the values beside it, and every count here is whole lanes (the
+ * vector bodies' multiple), so no value goes through another tail. */
+INLINE void softmax_factors(const tick_model *m, const int64_t *offset, const lane *x,
+                            lane *out, lane *log_out) {
+    const int64_t F = m->factors, W = offset[F - 1] + m->num_states[F - 1];
+    lane top[MAX_F], log_total[MAX_F];
+    for (int64_t f = 0; f < F; f++) {
+        const lane *xf = x + offset[f];
+        lane *of = out + offset[f], t;  /* in registers (top[f] is stored once) */
+        LANES t[b] = xf[0][b];
+        for (int64_t i = 1; i < m->num_states[f]; i++) LANES t[b] = xf[i][b] > t[b] ? xf[i][b] : t[b];
+        for (int64_t i = 0; i < m->num_states[f]; i++) LANES of[i][b] = xf[i][b] - t[b];
+        LANES top[f][b] = t[b];
+    }
+    tick_exp_inplace(&out[0][0], W * BLK);
+    for (int64_t f = 0; f < F; f++) {
+        lane *of = out + offset[f], total;
+        LANES total[b] = 0.0;
+        for (int64_t i = 0; i < m->num_states[f]; i++) LANES total[b] += of[i][b];
+        LANES log_total[f][b] = total[b];
+        LANES total[b] = 1.0 / total[b];
+        for (int64_t i = 0; i < m->num_states[f]; i++) LANES of[i][b] *= total[b];
+    }
+    tick_log_inplace(&log_total[0][0], F * BLK, 0.0);
+    for (int64_t f = 0; f < F; f++) {
+        const lane *xf = x + offset[f];
+        lane *lf = log_out + offset[f], t, l;  /* in registers: log_total's address is taken */
+        LANES { t[b] = top[f][b]; l[b] = log_total[f][b]; }
+        for (int64_t i = 0; i < m->num_states[f]; i++) LANES lf[i][b] = xf[i][b] - t[b] - l[b];
+    }
+}
+
 /* The block's posteriors into sc->cur: each agent iterates until its own free energy moves by
  * less than dF_tol (a stopped agent keeps its q while the others go on). */
 INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *offset,
@@ -514,13 +552,14 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             for (int64_t s = 0; s < S; s++)
                 LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
         }
+        /* each factor's values into its rows of sc->qL, then their softmaxes at once (nxt[f]
+         * and log_nxt[f] are the factors' rows of one buffer each: they swap together) */
         for (int64_t f = 0; f < F; f++) {
-            lane *qL = sc->qL;
+            lane *qL = sc->qL + offset[f];
             int64_t s_f = m->num_states[f];
             if (from_table) {
                 const lane *step = sc->step1 + offset[f];
                 for (int64_t i = 0; i < s_f; i++) LANES qL[i][b] = step[i][b] + log_prior[f][i][b];
-                softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
                 continue;
             }
             const int64_t *index = m->state_index + f * S;
@@ -534,8 +573,8 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             }
             for (int64_t i = 0; i < s_f; i++)
                 LANES qL[i][b] = qL[i][b] / cur[f][i][b] + log_prior[f][i][b];
-            softmax_lanes(qL, nxt[f], log_nxt[f], s_f);
         }
+        softmax_factors(m, offset, sc->qL, nxt[0], log_nxt[0]);
         free_energy(m, nxt, log_nxt, log_prior, sc->log_lik, sc->joint, vfe);
         /* the agents still iterating take the new q; the others keep theirs (every agent
          * iterating: the buffers swap, nothing copied) */
@@ -803,22 +842,37 @@ INLINE void prior_lanes(const tick_model *m, const tick_state *st, block_scratch
     int64_t u_of[BLK], any = 0;
     uint8_t taken[MAX_U] = {0};
     for (int b = 0; b < BLK; b++) {
-        u_of[b] = acted[b] ? st->action[agent[b] * F + f] : -1;
-        if (acted[b]) taken[u_of[b]] = 1, any = 1;
+        /* (the action read whatever acted: every lane's agent has a row, no branch) */
+        const int64_t a = st->action[agent[b] * F + f];
+        u_of[b] = acted[b] ? a : -1;
     }
+    for (int b = 0; b < BLK; b++)
+        if (acted[b]) taken[u_of[b]] = 1, any = 1;
     for (int64_t i = 0; i < s_f; i++) {
         const double d = m->D[f][i];
         LANES lp[i][b] = d;
     }
     if (!any) return;
     (void)sc;
-    state_get_block(st->qs[f], first, q, s_f, count, m->state_f32);
+    if (!m->state_f32 && s_f % 4 == 0) {  /* whole quads: four values of four agents a move */
+        const double *rows[BLK];
+        LANES rows[b] = (const double *)st->qs[f] + agent[b] * s_f;
+        rows_into_lanes(q, rows, s_f);
+    } else {
+        state_get_block(st->qs[f], first, q, s_f, count, m->state_f32);
+    }
     const double *vals[BLK];
     for (int b = 0; b < BLK; b++) vals[b] = b_values(m, f, agent[b]);
     for (int64_t u = 0; u < m->num_controls[f]; u++) {
         if (!taken[u]) continue;
         apply_b(&m->B[f], vals, 1, u, q, y, s_f);
-        for (int64_t i = 0; i < s_f; i++) LANES lp[i][b] = u_of[b] == u ? y[i][b] : lp[i][b];
+        for (int64_t i = 0; i < s_f; i++) {
+            lane made, kept;  /* every load before the store: gcc vectorises the lanes' select
+                               * (through two pointers it stayed scalar, ~3.5 instructions a
+                               * value) */
+            LANES { made[b] = y[i][b]; kept[b] = lp[i][b]; }
+            LANES lp[i][b] = u_of[b] == u ? made[b] : kept[b];
+        }
     }
 }
 
@@ -835,14 +889,18 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     const double *lik_row[BLK], *step_row[BLK];  /* each agent's rows of lnL, lnQ1 */
     LANES agent[b] = first + (b < count ? b : 0);
 
-    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log */
+    /* prior (B[f][:, :, a_f] @ qs[f] after an action, else D[f]; or the kept one) and its log.
+     * The kept prior, or transitions every agent's: below, the whole block's; the factors
+     * whose transitions are each agent's (own_b) made here, agent by agent (none: the loop
+     * over the factors not entered, ~25 instructions an agent-step, T-maze N = 1,000) */
+    int own_b = 0;
+    for (int64_t f = 0; f < F; f++) own_b |= !(m->prior_given || one_b(m, f));
     for (int b = 0; b < BLK; b++) {
         const int64_t n = agent[b];
         acted[b] = st->has_action[n] && !(st->start != NULL && st->start[n]);
-        for (int64_t f = 0; f < F; f++) {
+        for (int64_t f = 0; f < F && own_b; f++) {
             lane *lp = sc->log_prior + offset[f];
             const int64_t s_f = m->num_states[f];
-            /* the kept prior, or transitions every agent's: below, the whole block's */
             if (m->prior_given || one_b(m, f)) continue;
             if (acted[b]) {
                 const void *qs = st->qs[f];
@@ -900,8 +958,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     for (int64_t i = from; i < to; i++)
         measure_predictions(m, st, sc, st->measure_rows[i] - first, i, offset);
     if (sc->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
-    tick_log_inplace(&sc->log_prior[0][0], width * BLK, EPS);
-    if (sc->lnL == NULL) tick_log_inplace(&sc->log_lik[0][0], S * BLK, EPS);
+    /* the log prior's and (made here: no lnL) the likelihood's logs, in one call (carve keeps
+     * sc->log_lik just after sc->log_prior; whole lanes: each value's log its own) */
+    tick_log_inplace(&sc->log_prior[0][0], (width + (sc->lnL == NULL ? S : 0)) * BLK, EPS);
     infer_states(m, sc, offset, tabled);
     for (int64_t i = from; i < to; i++)
         measure_posterior(m, st, sc, st->measure_rows[i] - first, i, offset, width);

@@ -651,6 +651,48 @@ def test_a_log_is_the_same_bits_wherever_tick_log_inplace_takes_it(build: str) -
 
 
 @pytest.mark.parametrize("build", BUILDS)
+def test_an_exp_and_a_log_are_the_same_bits_wherever_the_iteration_s_softmaxes_take_them(
+    build: str,
+) -> None:
+    """The iteration's softmaxes (tick.c's ``softmax_factors``) take every factor's exps in one
+    ``tick_exp_inplace`` call (``sum_f S_f`` whole lanes) and the factors' totals' logs in one
+    ``tick_log_inplace`` call (``F`` lanes), where they took a call per factor: the same bits
+    only if a value's exp, and its log, is the same wherever it lies in an array of whole lanes
+    (the vector bodies take them all; a vector lane is its own value's). Values as the softmax's
+    are (``x - max``: 0, small and large negatives, the exp's underflow) and as its totals are
+    (in [1, S_f]): each one's exp, and log, in arrays of one to eight factors' lanes (8 to 64
+    values, the T-maze's 6 lanes: 48) at every whole-lane offset, the same bits as in the first
+    call."""
+    lib = library(build)
+    exp_inplace, log_inplace = lib.tick_exp_inplace, lib.tick_log_inplace
+    exp_inplace.restype = log_inplace.restype = None
+    exp_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    log_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
+    rng = np.random.default_rng(11)
+    steps = np.concatenate([-rng.random(64) * 3.0, -rng.random(40) * 40.0, -rng.random(8) * 800.0,
+                            [0.0, -0.0, -1e-300, -708.0, -745.2, -1.0, 0.0, -36.8]])
+    totals = np.concatenate([1.0 + rng.random(112) * 7.0, [1.0, 2.0, 8.0, 1.0 + 2**-52] * 2])
+
+    def applied(x: np.ndarray, exp: bool) -> np.ndarray:
+        out = np.ascontiguousarray(x, dtype=np.float64).copy()
+        if exp:
+            exp_inplace(out.ctypes.data, len(out))
+        else:
+            log_inplace(out.ctypes.data, len(out), 0.0)
+        return out
+
+    for values, exp in ((steps, True), (totals, False)):
+        assert len(values) % 8 == 0
+        first = applied(values, exp)
+        for width in (8, 16, 32, 48, 64):
+            for at in range(0, len(values), 8):
+                chunk = np.resize(np.roll(values, -at), width)
+                np.testing.assert_array_equal(
+                    applied(chunk, exp).view(np.uint64),
+                    np.resize(np.roll(first, -at), width).view(np.uint64))
+
+
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("world_name", ["tmaze-A1", "tmaze-A2", "factors3", "grid10-A0"])
 @pytest.mark.parametrize("precision", ["float64", "int8"])
 def test_a_shared_pass_s_likelihood_tables_made_once_a_tick_step_bit_for_bit_as_each_agent_s(
