@@ -86,6 +86,25 @@ typedef double lane[BLK];
  * either the same (the same element each b) or BLK apart, so no b depends on another and gcc
  * need not check the rows' overlap before vectorising (ivdep). */
 #define LANES _Pragma("GCC ivdep") for (int b = 0; b < BLK; b++)
+/* Four doubles as one value (GCC's and clang's vector extensions: an AVX2 vector in the
+ * x86-64-v3 clone; two SSE2 or NEON ones as the compiler lowers them on the baseline and
+ * aarch64), a block's lanes as QUADS of them: for the loops gcc leaves scalar written as LANES,
+ * a sum kept in registers over an inner loop (gcc kept eight scalar accumulators, one a lane:
+ * predict_outcome's sums, ~24 instructions an entry), a maximum, a loop whose outer index gcc
+ * vectorised instead of the lanes (softmax_lanes' log-softmax, with transposes). Each
+ * operation is the same IEEE operation lane by lane as the LANES loop it replaces (no
+ * contraction: -std=c11 is -ffp-contract=off): the same bits. (One vector of all eight lanes
+ * is kept in memory where the machine has no register that wide.) Locals only, moved with
+ * memcpy (QUAD_AT, QUAD_TO: no alignment asked; macros, not functions: a quad passed by value
+ * changes the ABI without AVX). */
+typedef double quad __attribute__((vector_size(4 * sizeof(double))));
+typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
+#define QUADS (BLK / 4)
+#define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
+#define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
+/* x, a block's lanes, into quads q[QUADS], and back */
+#define LANE_AT(q, x) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_AT((q)[h_], &(x)[4 * h_]); } while (0)
+#define LANE_TO(x, q) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_TO(&(x)[4 * h_], (q)[h_]); } while (0)
 
 /* The kernel is compiled for the baseline instruction set and, on x86-64, once more for
  * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing at load time (an ifunc); every
@@ -292,21 +311,50 @@ int64_t edge_tick_scratch_doubles(const tick_model *m) {
     return (carve(m, NULL, NULL) + 1) * BLK;
 }
 
-/* out = softmax(x) over k values of each agent; log_out (may be NULL) its log-softmax. */
+/* out = softmax(x) over k values of each agent; log_out (may be NULL) its log-softmax,
+ * (x - top) - ln(total): the difference x - top kept from before the exps (the same value
+ * made once), ln(total) taken after. In quads: gcc left the maximum scalar and vectorised the
+ * log-softmax's loop over i with transposes (~40% of the softmaxes' own instructions but the
+ * exps and logs, T-maze N = 1,000). */
 INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
-    lane top, total, log_total;
-    LANES top[b] = x[0][b];
-    for (int64_t i = 1; i < k; i++) LANES top[b] = x[i][b] > top[b] ? x[i][b] : top[b];
-    for (int64_t i = 0; i < k; i++) LANES out[i][b] = x[i][b] - top[b];
+    quad top[QUADS], row[QUADS], total[QUADS], scale[QUADS];
+    LANE_AT(top, x[0]);
+    for (int64_t i = 1; i < k; i++) {  /* x > top ? x : top, lane by lane */
+        LANE_AT(row, x[i]);
+        for (int h = 0; h < QUADS; h++) {
+            const quad_index above = row[h] > top[h];
+            top[h] = (quad)((above & (quad_index)row[h]) | (~above & (quad_index)top[h]));
+        }
+    }
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, x[i]);
+        for (int h = 0; h < QUADS; h++) row[h] -= top[h];
+        LANE_TO(out[i], row);
+        if (log_out != NULL) LANE_TO(log_out[i], row);
+    }
     tick_exp_inplace(&out[0][0], k * BLK);
-    LANES total[b] = 0.0;
-    for (int64_t i = 0; i < k; i++) LANES total[b] += out[i][b];
-    LANES log_total[b] = total[b];
-    LANES total[b] = 1.0 / total[b];
-    for (int64_t i = 0; i < k; i++) LANES out[i][b] *= total[b];
+    for (int h = 0; h < QUADS; h++) total[h] = (quad){0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, out[i]);
+        for (int h = 0; h < QUADS; h++) total[h] += row[h];
+    }
+    for (int h = 0; h < QUADS; h++) scale[h] = 1.0 / total[h];
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, out[i]);
+        for (int h = 0; h < QUADS; h++) row[h] *= scale[h];
+        LANE_TO(out[i], row);
+    }
     if (log_out != NULL) {
+        lane log_total;
+        LANE_TO(log_total, total);
         tick_log_inplace(log_total, BLK, 0.0);
-        for (int64_t i = 0; i < k; i++) LANES log_out[i][b] = x[i][b] - top[b] - log_total[b];
+        quad shift[QUADS];
+        LANE_AT(shift, log_total);
+        for (int64_t i = 0; i < k; i++) {
+            LANE_AT(row, log_out[i]);
+            for (int h = 0; h < QUADS; h++) row[h] -= shift[h];
+            LANE_TO(log_out[i], row);
+        }
     }
 }
 
@@ -566,9 +614,6 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
  * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
  * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
  * arithmetic: the same bits. */
-typedef double quad __attribute__((vector_size(4 * sizeof(double))));
-typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
-
 #ifdef __clang__
 #define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
 #else
@@ -587,10 +632,6 @@ typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
         r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
     } while (0)
 
-/* a quad from 4 doubles at p, or to them (memcpy: no alignment asked; macros, not functions:
- * a quad passed by value changes the ABI without AVX) */
-#define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
-#define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
 
 /* x[i][b] = from[b][i] for the block's eight rows' first k values. */
 INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
@@ -1211,24 +1252,26 @@ INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *
         if (at >= 0) sc->term[(*terms)++] = at;
         return;
     }
-    lane acc;
-    LANES acc[b] = 0.0;
+    quad acc[QUADS];  /* in registers (as LANES, gcc kept 8 scalar sums) */
+    for (int h = 0; h < QUADS; h++) acc[h] = (quad){0.0, 0.0, 0.0, 0.0};
     for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
         const int64_t e = sc->outcome_entry[r];
         /* live (NULL: none skipped): a state 0 in every lane adds exactly +0 (skipped) */
         if (live != NULL && !live[m->entry_state[e]]) continue;
-        const double *from = qj[m->entry_state[e]], *v = value[e];
-        LANES acc[b] += from[b] * v[b];
+        quad from[QUADS], v[QUADS];
+        LANE_AT(from, qj[m->entry_state[e]]);
+        LANE_AT(v, value[e]);
+        for (int h = 0; h < QUADS; h++) acc[h] += from[h] * v[h];
     }
     /* some agent's above 0: a sum of products of values >= 0 from +0.0 is never -0.0 (+0 +
      * -0 is +0), so it is above 0 exactly where its bits are not all 0: the bits ORed over the
-     * lanes (an integer reduction gcc vectorises; the 8 compares were scalar) */
-    uint64_t bits[BLK], some = 0;
-    memcpy(bits, acc, sizeof bits);
-    for (int b = 0; b < BLK; b++) some |= bits[b];
+     * lanes */
+    quad_index bits = (quad_index)acc[0];  /* the same bits, as integers */
+    for (int h = 1; h < QUADS; h++) bits |= (quad_index)acc[h];
+    const int64_t some = bits[0] | bits[1] | bits[2] | bits[3];
     sc->packed_at[k] = some ? *packed : -1;
     if (!some) return;
-    LANES sc->qo[*packed][b] = acc[b];
+    LANE_TO(sc->qo[*packed], acc);
     sc->term[(*terms)++] = *packed;
     (*packed)++;
 }
@@ -1246,18 +1289,27 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
     const int64_t S = m->joint;
     lane *qj = sc->qj, *utility = sc->utility, *neg_entropy = sc->neg_entropy;
     joint_of(m, q, qj);
-    lane g;
-    LANES g[b] = 0.0;
+    quad g[QUADS], x[QUADS], y[QUADS];  /* in quads (as LANES, the threshold's loop was
+                                         * partly scalar) */
+    for (int h = 0; h < QUADS; h++) g[h] = (quad){0.0, 0.0, 0.0, 0.0};
     if (m->use_utility)
-        for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
+        for (int64_t s = 0; s < S; s++) {
+            LANE_AT(x, qj[s]);
+            LANE_AT(y, utility[s]);
+            for (int h = 0; h < QUADS; h++) g[h] += x[h] * y[h];
+        }
     if (m->use_info_gain) {
         /* the predicted joint above pymdp's threshold (a state below it adds exactly
          * nothing) */
-        for (int64_t s = 0; s < S; s++)
-            LANES {
-                qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
-                g[b] += qj[s][b] * neg_entropy[s][b];
+        for (int64_t s = 0; s < S; s++) {
+            LANE_AT(x, qj[s]);
+            LANE_AT(y, neg_entropy[s]);
+            for (int h = 0; h < QUADS; h++) {  /* x > EXP_M16 ? x : +0.0 */
+                x[h] = (quad)((quad_index)x[h] & (x[h] > EXP_M16));
+                g[h] += x[h] * y[h];
             }
+            LANE_TO(qj[s], x);
+        }
         /* each joint outcome's predicted probability, summed in registers outcome by outcome
          * over its entries (their states in order), of the outcomes the predicted states can
          * give; the outcomes 0 for every agent of the block (most of them: predicted states
@@ -1281,7 +1333,7 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
             for (int64_t k = 0; k < m->outcomes; k++)
                 predict_outcome(m, sc, qj, sc->value, k, packed, terms, live);
     }
-    LANES out[b] = g[b];
+    LANE_TO(out, g);
 }
 
 /* - qo ln(qo + eps) of every node's joint outcomes (node i's terms [begin[i], begin[i + 1]),
