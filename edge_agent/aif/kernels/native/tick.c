@@ -99,6 +99,8 @@ typedef double lane[BLK];
  * changes the ABI without AVX). */
 typedef double quad __attribute__((vector_size(4 * sizeof(double))));
 typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
+typedef float quad_f32 __attribute__((vector_size(4 * sizeof(float))));  /* the state's
+                                                                          * floats */
 #define QUADS (BLK / 4)
 #define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
 #define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
@@ -166,13 +168,16 @@ INLINE void state_get_block(const void *a, int64_t first, lane *x, int64_t k, in
             state_get_lanes(a, (first + (b < count ? b : 0)) * k, x, k, b, f32);
         return;
     }
-    if (f32) {
+    if (f32) {  /* four agents' value converted at once (a quad: as LANES, gcc converted
+                 * them through transposes, ~4.7 instructions a value, T-maze) */
         const float *from = (const float *)a + first * k;
-        for (int64_t i = 0; i < k; i++) {
-            float v[BLK];
-            for (int b = 0; b < BLK; b++) v[b] = from[b * k + i];
-            LANES x[i][b] = (double)v[b];
-        }
+        for (int64_t i = 0; i < k; i++)
+            for (int h = 0; h < BLK; h += 4) {
+                const float *at = from + h * k + i;
+                const quad_f32 v = {at[0], at[k], at[2 * k], at[3 * k]};
+                const quad d = __builtin_convertvector(v, quad);
+                QUAD_TO(&x[i][h], d);
+            }
     } else {
         const double *from = (const double *)a + first * k;
         for (int64_t i = 0; i < k; i++)
@@ -185,13 +190,20 @@ INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, in
         for (int64_t b = 0; b < count; b++) state_put_lanes(a, (first + b) * k, x, k, b, f32);
         return;
     }
-    if (f32) {
+    if (f32) {  /* four agents' value converted at once (a quad: as LANES, gcc converted
+                 * them one by one, ~4 instructions a value, T-maze) */
         float *to = (float *)a + first * k;
-        for (int64_t i = 0; i < k; i++) {
-            float v[BLK];
-            LANES v[b] = (float)x[i][b];
-            for (int b = 0; b < BLK; b++) to[b * k + i] = v[b];
-        }
+        for (int64_t i = 0; i < k; i++)
+            for (int h = 0; h < BLK; h += 4) {
+                quad d;
+                QUAD_AT(d, &x[i][h]);
+                const quad_f32 v = __builtin_convertvector(d, quad_f32);
+                float *at = to + h * k + i;
+                at[0] = v[0];
+                at[k] = v[1];
+                at[2 * k] = v[2];
+                at[3 * k] = v[3];
+            }
     } else {
         double *to = (double *)a + first * k;
         for (int64_t i = 0; i < k; i++)
@@ -1470,7 +1482,12 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed, terms);
     }
-    for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
+    for (int64_t p = 0; p < P; p++) {  /* in quads (as LANES, gcc vectorised over p) */
+        quad x[QUADS];
+        LANE_AT(x, G[p]);
+        for (int h = 0; h < QUADS; h++) x[h] = x[h] * m->gamma + m->lnE[p];
+        LANE_TO(sc->x[p], x);
+    }
     lane *q_pi = sc->q_pi;
     softmax_lanes(sc->x, q_pi, NULL, P);
 
@@ -1505,14 +1522,21 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
-        if (st->next_prior == NULL) continue;
-        for (int64_t f = 0; f < F; f++) {
-            /* the chosen action's predicted states: B's entries in the order a group that keeps
-             * no prior sums them at the next tick, from the posterior as it is kept (an int8
-             * group's float32, rounded above): that prior, bit for bit */
-            const int64_t s_f = m->num_states[f];
-            state_put_lanes(st->next_prior[f], n * s_f, moved[f][chosen[f][b]], s_f, b, f32);
+    }
+    /* the next prior, the chosen action's predicted states: B's entries in the order a group
+     * that keeps no prior sums them at the next tick, from the posterior as it is kept (an int8
+     * group's float32, rounded above): that prior, bit for bit. Each lane's chosen row moved
+     * into one block's lanes (sc->qL: free once the block is inferred), written a block at a
+     * time (state_put_block; agent by agent, each agent's values strided out of its lane, it
+     * was ~85 instructions an agent-step, int8 shared pA T-maze N = 1,000) */
+    for (int64_t f = 0; f < F && st->next_prior != NULL; f++) {
+        const int64_t s_f = m->num_states[f];
+        lane *rows = sc->qL;
+        for (int b = 0; b < BLK; b++) {
+            const lane *from = moved[f][chosen[f][b]];
+            for (int64_t i = 0; i < s_f; i++) rows[i][b] = from[i][b];
         }
+        state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
     }
 }
 
