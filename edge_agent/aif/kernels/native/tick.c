@@ -334,7 +334,7 @@ INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
     for (int64_t i = 1; i < k; i++) {  /* x > top ? x : top, lane by lane */
         LANE_AT(row, x[i]);
         for (int h = 0; h < QUADS; h++) {
-            const quad_index above = row[h] > top[h];
+            const quad_index above = (quad_index)(row[h] > top[h]);
             top[h] = (quad)((above & (quad_index)row[h]) | (~above & (quad_index)top[h]));
         }
     }
@@ -1317,7 +1317,7 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
             LANE_AT(x, qj[s]);
             LANE_AT(y, neg_entropy[s]);
             for (int h = 0; h < QUADS; h++) {  /* x > EXP_M16 ? x : +0.0 */
-                x[h] = (quad)((quad_index)x[h] & (x[h] > EXP_M16));
+                x[h] = (quad)((quad_index)x[h] & (quad_index)(x[h] > EXP_M16));
                 g[h] += x[h] * y[h];
             }
             LANE_TO(qj[s], x);
