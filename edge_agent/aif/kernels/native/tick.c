@@ -86,6 +86,27 @@ typedef double lane[BLK];
  * either the same (the same element each b) or BLK apart, so no b depends on another and gcc
  * need not check the rows' overlap before vectorising (ivdep). */
 #define LANES _Pragma("GCC ivdep") for (int b = 0; b < BLK; b++)
+/* Four doubles as one value (GCC's and clang's vector extensions: an AVX2 vector in the
+ * x86-64-v3 clone; two SSE2 or NEON ones as the compiler lowers them on the baseline and
+ * aarch64), a block's lanes as QUADS of them: for the loops gcc leaves scalar written as LANES,
+ * a sum kept in registers over an inner loop (gcc kept eight scalar accumulators, one a lane:
+ * predict_outcome's sums, ~24 instructions an entry), a maximum, a loop whose outer index gcc
+ * vectorised instead of the lanes (softmax_lanes' log-softmax, with transposes). Each
+ * operation is the same IEEE operation lane by lane as the LANES loop it replaces (no
+ * contraction: -std=c11 is -ffp-contract=off): the same bits. (One vector of all eight lanes
+ * is kept in memory where the machine has no register that wide.) Locals only, moved with
+ * memcpy (QUAD_AT, QUAD_TO: no alignment asked; macros, not functions: a quad passed by value
+ * changes the ABI without AVX). */
+typedef double quad __attribute__((vector_size(4 * sizeof(double))));
+typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
+typedef float quad_f32 __attribute__((vector_size(4 * sizeof(float))));  /* the state's
+                                                                          * floats */
+#define QUADS (BLK / 4)
+#define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
+#define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
+/* x, a block's lanes, into quads q[QUADS], and back */
+#define LANE_AT(q, x) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_AT((q)[h_], &(x)[4 * h_]); } while (0)
+#define LANE_TO(x, q) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_TO(&(x)[4 * h_], (q)[h_]); } while (0)
 
 /* The kernel is compiled for the baseline instruction set and, on x86-64, once more for
  * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing at load time (an ifunc); every
@@ -147,13 +168,16 @@ INLINE void state_get_block(const void *a, int64_t first, lane *x, int64_t k, in
             state_get_lanes(a, (first + (b < count ? b : 0)) * k, x, k, b, f32);
         return;
     }
-    if (f32) {
+    if (f32) {  /* four agents' value converted at once (a quad: as LANES, gcc converted
+                 * them through transposes, ~4.7 instructions a value, T-maze) */
         const float *from = (const float *)a + first * k;
-        for (int64_t i = 0; i < k; i++) {
-            float v[BLK];
-            for (int b = 0; b < BLK; b++) v[b] = from[b * k + i];
-            LANES x[i][b] = (double)v[b];
-        }
+        for (int64_t i = 0; i < k; i++)
+            for (int h = 0; h < BLK; h += 4) {
+                const float *at = from + h * k + i;
+                const quad_f32 v = {at[0], at[k], at[2 * k], at[3 * k]};
+                const quad d = __builtin_convertvector(v, quad);
+                QUAD_TO(&x[i][h], d);
+            }
     } else {
         const double *from = (const double *)a + first * k;
         for (int64_t i = 0; i < k; i++)
@@ -166,13 +190,20 @@ INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, in
         for (int64_t b = 0; b < count; b++) state_put_lanes(a, (first + b) * k, x, k, b, f32);
         return;
     }
-    if (f32) {
+    if (f32) {  /* four agents' value converted at once (a quad: as LANES, gcc converted
+                 * them one by one, ~4 instructions a value, T-maze) */
         float *to = (float *)a + first * k;
-        for (int64_t i = 0; i < k; i++) {
-            float v[BLK];
-            LANES v[b] = (float)x[i][b];
-            for (int b = 0; b < BLK; b++) to[b * k + i] = v[b];
-        }
+        for (int64_t i = 0; i < k; i++)
+            for (int h = 0; h < BLK; h += 4) {
+                quad d;
+                QUAD_AT(d, &x[i][h]);
+                const quad_f32 v = __builtin_convertvector(d, quad_f32);
+                float *at = to + h * k + i;
+                at[0] = v[0];
+                at[k] = v[1];
+                at[2 * k] = v[2];
+                at[3 * k] = v[3];
+            }
     } else {
         double *to = (double *)a + first * k;
         for (int64_t i = 0; i < k; i++)
@@ -293,21 +324,50 @@ int64_t edge_tick_scratch_doubles(const tick_model *m) {
     return (carve(m, NULL, NULL) + 1) * BLK;
 }
 
-/* out = softmax(x) over k values of each agent; log_out (may be NULL) its log-softmax. */
+/* out = softmax(x) over k values of each agent; log_out (may be NULL) its log-softmax,
+ * (x - top) - ln(total): the difference x - top kept from before the exps (the same value
+ * made once), ln(total) taken after. In quads: gcc left the maximum scalar and vectorised the
+ * log-softmax's loop over i with transposes (~40% of the softmaxes' own instructions but the
+ * exps and logs, T-maze N = 1,000). */
 INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
-    lane top, total, log_total;
-    LANES top[b] = x[0][b];
-    for (int64_t i = 1; i < k; i++) LANES top[b] = x[i][b] > top[b] ? x[i][b] : top[b];
-    for (int64_t i = 0; i < k; i++) LANES out[i][b] = x[i][b] - top[b];
+    quad top[QUADS], row[QUADS], total[QUADS], scale[QUADS];
+    LANE_AT(top, x[0]);
+    for (int64_t i = 1; i < k; i++) {  /* x > top ? x : top, lane by lane */
+        LANE_AT(row, x[i]);
+        for (int h = 0; h < QUADS; h++) {
+            const quad_index above = (quad_index)(row[h] > top[h]);
+            top[h] = (quad)((above & (quad_index)row[h]) | (~above & (quad_index)top[h]));
+        }
+    }
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, x[i]);
+        for (int h = 0; h < QUADS; h++) row[h] -= top[h];
+        LANE_TO(out[i], row);
+        if (log_out != NULL) LANE_TO(log_out[i], row);
+    }
     tick_exp_inplace(&out[0][0], k * BLK);
-    LANES total[b] = 0.0;
-    for (int64_t i = 0; i < k; i++) LANES total[b] += out[i][b];
-    LANES log_total[b] = total[b];
-    LANES total[b] = 1.0 / total[b];
-    for (int64_t i = 0; i < k; i++) LANES out[i][b] *= total[b];
+    for (int h = 0; h < QUADS; h++) total[h] = (quad){0.0, 0.0, 0.0, 0.0};
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, out[i]);
+        for (int h = 0; h < QUADS; h++) total[h] += row[h];
+    }
+    for (int h = 0; h < QUADS; h++) scale[h] = 1.0 / total[h];
+    for (int64_t i = 0; i < k; i++) {
+        LANE_AT(row, out[i]);
+        for (int h = 0; h < QUADS; h++) row[h] *= scale[h];
+        LANE_TO(out[i], row);
+    }
     if (log_out != NULL) {
+        lane log_total;
+        LANE_TO(log_total, total);
         tick_log_inplace(log_total, BLK, 0.0);
-        for (int64_t i = 0; i < k; i++) LANES log_out[i][b] = x[i][b] - top[b] - log_total[b];
+        quad shift[QUADS];
+        LANE_AT(shift, log_total);
+        for (int64_t i = 0; i < k; i++) {
+            LANE_AT(row, log_out[i]);
+            for (int h = 0; h < QUADS; h++) row[h] -= shift[h];
+            LANE_TO(log_out[i], row);
+        }
     }
 }
 
@@ -605,9 +665,6 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
  * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
  * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
  * arithmetic: the same bits. */
-typedef double quad __attribute__((vector_size(4 * sizeof(double))));
-typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
-
 #ifdef __clang__
 #define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
 #else
@@ -626,10 +683,6 @@ typedef int64_t quad_index __attribute__((vector_size(4 * sizeof(int64_t))));
         r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
     } while (0)
 
-/* a quad from 4 doubles at p, or to them (memcpy: no alignment asked; macros, not functions:
- * a quad passed by value changes the ABI without AVX) */
-#define QUAD_AT(v, p) memcpy(&(v), (p), sizeof(quad))
-#define QUAD_TO(p, v) memcpy((p), &(v), sizeof(quad))
 
 /* x[i][b] = from[b][i] for the block's eight rows' first k values. */
 INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
@@ -1270,24 +1323,26 @@ INLINE void predict_outcome(const tick_model *m, block_scratch *sc, const lane *
         if (at >= 0) sc->term[(*terms)++] = at;
         return;
     }
-    lane acc;
-    LANES acc[b] = 0.0;
+    quad acc[QUADS];  /* in registers (as LANES, gcc kept 8 scalar sums) */
+    for (int h = 0; h < QUADS; h++) acc[h] = (quad){0.0, 0.0, 0.0, 0.0};
     for (int64_t r = sc->outcome_start[k]; r < sc->outcome_start[k + 1]; r++) {
         const int64_t e = sc->outcome_entry[r];
         /* live (NULL: none skipped): a state 0 in every lane adds exactly +0 (skipped) */
         if (live != NULL && !live[m->entry_state[e]]) continue;
-        const double *from = qj[m->entry_state[e]], *v = value[e];
-        LANES acc[b] += from[b] * v[b];
+        quad from[QUADS], v[QUADS];
+        LANE_AT(from, qj[m->entry_state[e]]);
+        LANE_AT(v, value[e]);
+        for (int h = 0; h < QUADS; h++) acc[h] += from[h] * v[h];
     }
     /* some agent's above 0: a sum of products of values >= 0 from +0.0 is never -0.0 (+0 +
      * -0 is +0), so it is above 0 exactly where its bits are not all 0: the bits ORed over the
-     * lanes (an integer reduction gcc vectorises; the 8 compares were scalar) */
-    uint64_t bits[BLK], some = 0;
-    memcpy(bits, acc, sizeof bits);
-    for (int b = 0; b < BLK; b++) some |= bits[b];
+     * lanes */
+    quad_index bits = (quad_index)acc[0];  /* the same bits, as integers */
+    for (int h = 1; h < QUADS; h++) bits |= (quad_index)acc[h];
+    const int64_t some = bits[0] | bits[1] | bits[2] | bits[3];
     sc->packed_at[k] = some ? *packed : -1;
     if (!some) return;
-    LANES sc->qo[*packed][b] = acc[b];
+    LANE_TO(sc->qo[*packed], acc);
     sc->term[(*terms)++] = *packed;
     (*packed)++;
 }
@@ -1305,18 +1360,27 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
     const int64_t S = m->joint;
     lane *qj = sc->qj, *utility = sc->utility, *neg_entropy = sc->neg_entropy;
     joint_of(m, q, qj);
-    lane g;
-    LANES g[b] = 0.0;
+    quad g[QUADS], x[QUADS], y[QUADS];  /* in quads (as LANES, the threshold's loop was
+                                         * partly scalar) */
+    for (int h = 0; h < QUADS; h++) g[h] = (quad){0.0, 0.0, 0.0, 0.0};
     if (m->use_utility)
-        for (int64_t s = 0; s < S; s++) LANES g[b] += qj[s][b] * utility[s][b];
+        for (int64_t s = 0; s < S; s++) {
+            LANE_AT(x, qj[s]);
+            LANE_AT(y, utility[s]);
+            for (int h = 0; h < QUADS; h++) g[h] += x[h] * y[h];
+        }
     if (m->use_info_gain) {
         /* the predicted joint above pymdp's threshold (a state below it adds exactly
          * nothing) */
-        for (int64_t s = 0; s < S; s++)
-            LANES {
-                qj[s][b] = qj[s][b] > EXP_M16 ? qj[s][b] : 0.0;
-                g[b] += qj[s][b] * neg_entropy[s][b];
+        for (int64_t s = 0; s < S; s++) {
+            LANE_AT(x, qj[s]);
+            LANE_AT(y, neg_entropy[s]);
+            for (int h = 0; h < QUADS; h++) {  /* x > EXP_M16 ? x : +0.0 */
+                x[h] = (quad)((quad_index)x[h] & (quad_index)(x[h] > EXP_M16));
+                g[h] += x[h] * y[h];
             }
+            LANE_TO(qj[s], x);
+        }
         /* each joint outcome's predicted probability, summed in registers outcome by outcome
          * over its entries (their states in order), of the outcomes the predicted states can
          * give; the outcomes 0 for every agent of the block (most of them: predicted states
@@ -1340,7 +1404,7 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
             for (int64_t k = 0; k < m->outcomes; k++)
                 predict_outcome(m, sc, qj, sc->value, k, packed, terms, live);
     }
-    LANES out[b] = g[b];
+    LANE_TO(out, g);
 }
 
 /* - qo ln(qo + eps) of every node's joint outcomes (node i's terms [begin[i], begin[i + 1]),
@@ -1477,7 +1541,12 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed, terms);
     }
-    for (int64_t p = 0; p < P; p++) LANES sc->x[p][b] = G[p][b] * m->gamma + m->lnE[p];
+    for (int64_t p = 0; p < P; p++) {  /* in quads (as LANES, gcc vectorised over p) */
+        quad x[QUADS];
+        LANE_AT(x, G[p]);
+        for (int h = 0; h < QUADS; h++) x[h] = x[h] * m->gamma + m->lnE[p];
+        LANE_TO(sc->x[p], x);
+    }
     lane *q_pi = sc->q_pi;
     softmax_lanes(sc->x, q_pi, NULL, P);
 
@@ -1512,14 +1581,21 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
         st->has_action[n] = 1;
-        if (st->next_prior == NULL) continue;
-        for (int64_t f = 0; f < F; f++) {
-            /* the chosen action's predicted states: B's entries in the order a group that keeps
-             * no prior sums them at the next tick, from the posterior as it is kept (an int8
-             * group's float32, rounded above): that prior, bit for bit */
-            const int64_t s_f = m->num_states[f];
-            state_put_lanes(st->next_prior[f], n * s_f, moved[f][chosen[f][b]], s_f, b, f32);
+    }
+    /* the next prior, the chosen action's predicted states: B's entries in the order a group
+     * that keeps no prior sums them at the next tick, from the posterior as it is kept (an int8
+     * group's float32, rounded above): that prior, bit for bit. Each lane's chosen row moved
+     * into one block's lanes (sc->qL: free once the block is inferred), written a block at a
+     * time (state_put_block; agent by agent, each agent's values strided out of its lane, it
+     * was ~85 instructions an agent-step, int8 shared pA T-maze N = 1,000) */
+    for (int64_t f = 0; f < F && st->next_prior != NULL; f++) {
+        const int64_t s_f = m->num_states[f];
+        lane *rows = sc->qL;
+        for (int b = 0; b < BLK; b++) {
+            const lane *from = moved[f][chosen[f][b]];
+            for (int64_t i = 0; i < s_f; i++) rows[i][b] = from[i][b];
         }
+        state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
     }
 }
 

@@ -870,3 +870,44 @@ def test_each_agent_s_table_is_its_counts_expectation_to_the_bit_made_in_the_blo
                                           (made if learn else was).view(np.uint64))
         assert np.all(np.isfinite(driver.G))
         obs, start = env.step(driver.action.copy())
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("world_name", ["tmaze-A1", "factors3", "limits"])
+def test_q_pi_is_the_softmax_of_its_g_to_the_bit_as_the_pass_makes_it(
+    build: str, world_name: str, tmp_path: Path,
+) -> None:
+    """Each agent's ``q_pi`` is, bit for bit, the pass's softmax (tick.c's ``softmax_lanes``,
+    its lanes in quads) of the ``G`` it wrote: ``x = G gamma + ln E``; the largest ``x``; the
+    differences ``x - top``; their exps by the library's own ``tick_exp_inplace`` (a value's
+    exp in its vector body is its own, as a log's is: test_a_log_is_the_same_bits_wherever_
+    tick_log_inplace_takes_it); their total summed in policy order from 0; each exp times
+    ``1 / total``. Every agent (13: a whole block and a partial one) after every tick of 30
+    through the episodes' starts, float64 (``G`` and ``q_pi`` as the pass made them)."""
+    world = make_world(world_name, tmp_path)
+    n = 13
+    lib = library(build)
+    exp_inplace = lib.tick_exp_inplace
+    exp_inplace.restype = None
+    exp_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    driver = Pass(world, n, "per_agent", lib)
+    gamma = driver.kernel._model.gamma
+    ln_e = np.log(np.full(driver.G.shape[1], 1.0 / driver.G.shape[1]) + EPS)  # Pass's
+    env = outcomes(world, n)
+    obs, start = env.reset()
+    for _ in range(30):
+        driver.step(obs, start, learn=True)
+        x = driver.G * gamma + ln_e
+        top = x[:, 0].copy()
+        for p in range(1, x.shape[1]):
+            top = np.where(x[:, p] > top, x[:, p], top)
+        exps = np.zeros(-(-x.size // 8) * 8)  # whole lanes: every value in the vector body
+        exps[:x.size] = (x - top[:, None]).ravel()
+        exp_inplace(exps.ctypes.data, len(exps))
+        e = exps[:x.size].reshape(x.shape)
+        total = np.zeros(n)
+        for p in range(x.shape[1]):
+            total = total + e[:, p]
+        made = e * (1.0 / total)[:, None]
+        np.testing.assert_array_equal(driver.q_pi.view(np.uint64), made.view(np.uint64))
+        obs, start = env.step(driver.action.copy())
