@@ -529,43 +529,6 @@ INLINE void free_energy(const tick_model *m, lane *const *q, lane *const *log_q,
     }
 }
 
-/* softmax_lanes of each factor's values at once (the iteration's: its factors' steps are
- * independent): x, out and log_out each the factors' rows one after the other (offset), every
- * factor's exps in one call and the factors' totals' logs in one (a call each per factor, the
- * calls' entries and tails were ~5% of the per-agent pA tick, T-maze N = 1,000). The same
- * operations on the same values as softmax_lanes factor by factor: the vector exp and log of a
- * value are its own whatever the values beside it, and every count here is whole lanes (the
- * vector bodies' multiple), so no value goes through another tail. */
-INLINE void softmax_factors(const tick_model *m, const int64_t *offset, const lane *x,
-                            lane *out, lane *log_out) {
-    const int64_t F = m->factors, W = offset[F - 1] + m->num_states[F - 1];
-    lane top[MAX_F], log_total[MAX_F];
-    for (int64_t f = 0; f < F; f++) {
-        const lane *xf = x + offset[f];
-        lane *of = out + offset[f], t;  /* in registers (top[f] is stored once) */
-        LANES t[b] = xf[0][b];
-        for (int64_t i = 1; i < m->num_states[f]; i++) LANES t[b] = xf[i][b] > t[b] ? xf[i][b] : t[b];
-        for (int64_t i = 0; i < m->num_states[f]; i++) LANES of[i][b] = xf[i][b] - t[b];
-        LANES top[f][b] = t[b];
-    }
-    tick_exp_inplace(&out[0][0], W * BLK);
-    for (int64_t f = 0; f < F; f++) {
-        lane *of = out + offset[f], total;
-        LANES total[b] = 0.0;
-        for (int64_t i = 0; i < m->num_states[f]; i++) LANES total[b] += of[i][b];
-        LANES log_total[f][b] = total[b];
-        LANES total[b] = 1.0 / total[b];
-        for (int64_t i = 0; i < m->num_states[f]; i++) LANES of[i][b] *= total[b];
-    }
-    tick_log_inplace(&log_total[0][0], F * BLK, 0.0);
-    for (int64_t f = 0; f < F; f++) {
-        const lane *xf = x + offset[f];
-        lane *lf = log_out + offset[f], t, l;  /* in registers: log_total's address is taken */
-        LANES { t[b] = top[f][b]; l[b] = log_total[f][b]; }
-        for (int64_t i = 0; i < m->num_states[f]; i++) LANES lf[i][b] = xf[i][b] - t[b] - l[b];
-    }
-}
-
 /* The block's posteriors into sc->cur: each agent iterates until its own free energy moves by
  * less than dF_tol (a stopped agent keeps its q while the others go on). */
 INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *offset,
@@ -612,8 +575,9 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             for (int64_t s = 0; s < S; s++)
                 LANES sc->weighted[s][b] = sc->log_lik[s][b] * sc->joint[s][b];
         }
-        /* each factor's values into its rows of sc->qL, then their softmaxes at once (nxt[f]
-         * and log_nxt[f] are the factors' rows of one buffer each: they swap together) */
+        /* each factor's values into its rows of sc->qL, then each factor's softmax (nxt[f]
+         * and log_nxt[f] are the factors' rows of one buffer each: they swap together; one
+         * softmax of every factor at once measured no cheaper over softmax_lanes' quads) */
         for (int64_t f = 0; f < F; f++) {
             lane *qL = sc->qL + offset[f];
             int64_t s_f = m->num_states[f];
@@ -634,7 +598,8 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
             for (int64_t i = 0; i < s_f; i++)
                 LANES qL[i][b] = qL[i][b] / cur[f][i][b] + log_prior[f][i][b];
         }
-        softmax_factors(m, offset, sc->qL, nxt[0], log_nxt[0]);
+        for (int64_t f = 0; f < F; f++)
+            softmax_lanes(sc->qL + offset[f], nxt[f], log_nxt[f], m->num_states[f]);
         free_energy(m, nxt, log_nxt, log_prior, sc->log_lik, sc->joint, vfe);
         /* the agents still iterating take the new q; the others keep theirs (every agent
          * iterating: the buffers swap, nothing copied) */

@@ -654,10 +654,11 @@ def test_a_log_is_the_same_bits_wherever_tick_log_inplace_takes_it(build: str) -
 def test_an_exp_and_a_log_are_the_same_bits_wherever_the_iteration_s_softmaxes_take_them(
     build: str,
 ) -> None:
-    """The iteration's softmaxes (tick.c's ``softmax_factors``) take every factor's exps in one
-    ``tick_exp_inplace`` call (``sum_f S_f`` whole lanes) and the factors' totals' logs in one
-    ``tick_log_inplace`` call (``F`` lanes), where they took a call per factor: the same bits
-    only if a value's exp, and its log, is the same wherever it lies in an array of whole lanes
+    """Where the tick takes several arrays' exps or logs in one call of whole lanes (the log
+    prior's and the likelihood's logs in one ``tick_log_inplace`` call), and where it took one
+    call of every factor's softmax values (the iteration's, before its softmax was made in
+    quads): the same bits as a call each only if a value's exp, and its log, is the same
+    wherever it lies in an array of whole lanes
     (the vector bodies take them all; a vector lane is its own value's). Values as the softmax's
     are (``x - max``: 0, small and large negatives, the exp's underflow) and as its totals are
     (in [1, S_f]): each one's exp, and log, in arrays of one to eight factors' lanes (8 to 64
