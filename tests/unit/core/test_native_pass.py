@@ -742,8 +742,8 @@ def test_outcomes_the_pass_reads_where_they_are_step_as_a_new_array_each_tick(
     the same array every tick, which the compiled tick reads where it is) or in one int64 array
     written in place each tick (a world's), or in turns, steps to the bit as one given a new
     int64 array every tick: beliefs, plans, actions, counts, the surprise and health. (Not a
-    shared float64 group: two of them given the same new arrays differ by ~1e-29 in a
-    posterior now and then, whatever the outcomes' array.)"""
+    shared float64 group: two of them given the same new arrays differ by ~1e-29 in their
+    posteriors, on main too, whatever the outcomes' array.)"""
     n = 40
     fresh, reused = ((_frozen(n, monkeypatch) if kind == "frozen" else
                       _group(n, native_tick=True, monkeypatch=monkeypatch)) for _ in range(2))
