@@ -42,18 +42,26 @@ class GroupInputs:
         #: call of numpy's inner loop each).
         self._limits = self._limit[:0]
         self._below = np.zeros(0, dtype=bool)
+        #: The int64 outcomes of a batch given in another dtype or layout (made once per batch
+        #: shape, written again at each such batch: no array made a tick, and the same array
+        #: tick after tick, which a compiled tick reads where it is).
+        self._converted = np.zeros((0, len(self.num_obs)), dtype=np.int64)
 
     @staticmethod
     def check_nbytes(n_agents: int, num_modalities: int) -> int:
         """The most bytes the check of a batch of ``n_agents`` holds (its limits and the
-        compare's output, at most :data:`CHECK_VALUES` values of 8 + 1 bytes): reserved with the
-        group (:meth:`GroupMemory.bytes_for <edge_agent.core.group_memory.GroupMemory.
+        compare's output, at most :data:`CHECK_VALUES` values of 8 + 1 bytes; the batch's
+        outcomes converted to int64, 8 bytes a value): reserved with the group
+        (:meth:`GroupMemory.bytes_for <edge_agent.core.group_memory.GroupMemory.
         bytes_for>`)."""
         values = min(n_agents * num_modalities, max(CHECK_VALUES, num_modalities))
-        return values * (np.dtype(np.uint64).itemsize + 1)
+        converted = n_agents * num_modalities * np.dtype(np.int64).itemsize
+        return values * (np.dtype(np.uint64).itemsize + 1) + converted
 
     def obs(self, obs: np.ndarray, n_agents: int) -> IntArray:
-        """``obs (N, M)`` integer outcomes, each within its modality's range, as int64."""
+        """``obs (N, M)`` integer outcomes, each within its modality's range, as int64: ``obs``
+        itself when it is C-contiguous int64, else the group's own array of them (written
+        again by the next such call: read it within the tick)."""
         return self._outcomes(np.asarray(obs), n_agents)
 
     def _outcomes(self, arr: np.ndarray, n_agents: int) -> IntArray:
@@ -63,7 +71,7 @@ class GroupInputs:
             raise InputError(f"obs has shape {arr.shape}, expected {expected}")
         if arr.dtype.kind not in "iu":
             raise InputError(f"obs must be integer outcomes, got dtype {arr.dtype}")
-        o = np.ascontiguousarray(arr, dtype=np.int64)
+        o = arr if arr.dtype == np.int64 and arr.flags.c_contiguous else self._convert(arr)
         if n_agents == 1:  # one agent: plain Python beats numpy calls (loop over modalities)
             values = o[0].tolist()
             ok = min(values) >= 0 and all(map(operator.lt, values, self.num_obs))
@@ -72,6 +80,15 @@ class GroupInputs:
         if not ok:
             self._raise_out_of_range(o)
         return o
+
+    def _convert(self, arr: np.ndarray) -> IntArray:
+        """``arr`` (integer outcomes of the batch's shape) as int64 in :attr:`_converted`
+        (``np.ascontiguousarray``'s values, into the array kept for the batch's shape)."""
+        out = self._converted
+        if out.shape != arr.shape:
+            self._converted = out = np.zeros(arr.shape, dtype=np.int64)
+        np.copyto(out, arr, casting="unsafe")
+        return out
 
     def _within(self, values: np.ndarray) -> bool:
         """Whether every outcome of ``values`` (an ``(N, M)`` batch's, flat, uint64) is below its

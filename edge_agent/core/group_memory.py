@@ -185,8 +185,9 @@ class GroupMemory:
 
     def boundary_nbytes(self, n_agents: int) -> int:
         """The most bytes the group's boundary holds for ``n_agents``: the check of a tick's
-        outcomes (:meth:`GroupInputs.check_nbytes <edge_agent.core.group_inputs.GroupInputs.
-        check_nbytes>`) and a reset's tiles of each factor's ``D`` (:meth:`RowTiles.nbytes_for
+        outcomes and their int64 array (:meth:`GroupInputs.check_nbytes
+        <edge_agent.core.group_inputs.GroupInputs.check_nbytes>`) and a reset's tiles of each
+        factor's ``D`` (:meth:`RowTiles.nbytes_for
         <edge_agent.core.agent_state.RowTiles.nbytes_for>`)."""
         cm = self._stepper.cm
         return (GroupInputs.check_nbytes(n_agents, len(cm.num_obs))

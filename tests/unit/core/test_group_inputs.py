@@ -96,3 +96,42 @@ def test_the_limits_follow_the_batch_s_size() -> None:
             wrong[agent, 2] = 3
             with pytest.raises(InputError, match=rf"obs\[{agent}, 2\] = 3 is out"):
                 inputs.obs(wrong, n)
+
+
+def test_outcomes_of_another_dtype_or_layout_are_converted_into_one_array_per_shape() -> None:
+    """C-contiguous int64 outcomes are taken as they are; others (another integer dtype, a
+    strided view) are written into the array the check keeps for the batch's shape: the same
+    array batch after batch (no array made a tick), made again for another shape, their
+    values ``np.ascontiguousarray``'s every time."""
+    inputs = GroupInputs((3, 2), (4,), np.dtype(np.float32))
+    rng = np.random.default_rng(0)
+    own = np.zeros((4, 2), dtype=np.int64)
+    assert inputs.obs(own, 4) is own
+    kept, most = None, 0
+    for n, dtype in [(4, np.int16), (4, np.uint8), (4, np.int16), (6, np.int16), (4, np.int32)]:
+        obs = np.stack([rng.integers(0, 3, n), rng.integers(0, 2, n)], axis=1).astype(dtype)
+        checked = _checked(inputs, obs, n)
+        np.testing.assert_array_equal(checked, np.ascontiguousarray(obs, dtype=np.int64))
+        assert checked.dtype == np.int64
+        assert checked.flags.c_contiguous
+        if kept is not None and kept.shape == checked.shape:
+            assert checked is kept  # written again, not made again
+        kept = checked
+        held = inputs._limits.nbytes + inputs._below.nbytes + checked.nbytes
+        most = max(most, n)  # (the limits are made for the largest batch yet)
+        assert held <= GroupInputs.check_nbytes(most, 2)  # (reserved with the group)
+    wide = np.zeros((4, 4), dtype=np.int64)
+    wide[:, ::2] = [[2, 1]] * 4
+    strided = _checked(inputs, wide[:, ::2], 4)
+    assert strided is kept
+    assert strided.tolist() == [[2, 1]] * 4
+    with pytest.raises(InputError, match=r"obs\[1, 0\] = 3 is out of range"):
+        inputs.obs(np.array([[0, 0], [3, 1], [0, 0], [0, 0]], dtype=np.int16), 4)
+
+
+def _checked(inputs: GroupInputs, obs: np.ndarray, n: int) -> np.ndarray:
+    """``inputs.obs`` and ``inputs.evidence`` of ``obs``: the same array, returned."""
+    checked = inputs.obs(obs, n)
+    hard, _ = inputs.evidence(obs, n)
+    assert hard is checked
+    return checked

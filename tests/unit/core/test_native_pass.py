@@ -725,3 +725,52 @@ def test_a_pb_group_on_a_dense_support_steps_with_numpy_and_says_why(
     assert _stepping(group) == ("numpy: B0 learned on a dense support (the compiled tick "
                                 "takes a sparse one)")
     group.step(np.zeros((3, group.cm.num_modalities), dtype=np.int64))
+
+
+def _frozen(n: int, monkeypatch: pytest.MonkeyPatch) -> AifAgentGroup:
+    monkeypatch.setenv(NATIVE_ENV, "1")
+    group = AifAgentGroup(tmaze_reversal_model(), n, precision="int8")
+    monkeypatch.delenv(NATIVE_ENV)
+    return group
+
+
+@pytest.mark.parametrize("kind", ["per_agent", "frozen"])
+def test_outcomes_the_pass_reads_where_they_are_step_as_a_new_array_each_tick(
+    kind: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group given its outcomes in another dtype (converted into the array its check keeps,
+    the same array every tick, which the compiled tick reads where it is) or in one int64 array
+    written in place each tick (a world's), or in turns, steps to the bit as one given a new
+    int64 array every tick: beliefs, plans, actions, counts, the surprise and health. (Not a
+    shared float64 group: two of them given the same new arrays differ by ~1e-29 in their
+    posteriors, on main too, whatever the outcomes' array.)"""
+    n = 40
+    fresh, reused = ((_frozen(n, monkeypatch) if kind == "frozen" else
+                      _group(n, native_tick=True, monkeypatch=monkeypatch)) for _ in range(2))
+    assert type(fresh.path).__name__ == ("CompiledTick" if kind == "frozen" else "PassTick")
+    rng = np.random.default_rng(5)
+    world = np.zeros((n, len(fresh.cm.num_obs)), dtype=np.int64)
+    for t in range(40):
+        obs = np.stack([rng.integers(0, o, size=n) for o in fresh.cm.num_obs], axis=1)
+        if t % 10 < 6:  # int16 outcomes: the check's own array, the same tick after tick
+            given = obs.astype(np.int16)
+        else:  # one array a world writes in place (another between the two kinds)
+            np.copyto(world, obs)
+            given = world
+        np.testing.assert_array_equal(fresh.step(obs.copy()), reused.step(given))
+        for a, b in zip((*fresh.state.qs, *fresh.state.prior, fresh.state.G, fresh.state.q_pi),
+                        (*reused.state.qs, *reused.state.prior, reused.state.G,
+                         reused.state.q_pi), strict=True):
+            np.testing.assert_array_equal(a, b)
+        mine, theirs = fresh.learning, reused.learning
+        if mine is not None and theirs is not None:
+            np.testing.assert_array_equal(mine.learner.counts[0].counts[0],
+                                          theirs.learner.counts[0].counts[0])
+            assert mine.surprise.value == theirs.surprise.value
+    ours, others = fresh.health_summary(), reused.health_summary()
+    assert ours is not None
+    assert others is not None
+    assert ours.drift is not None
+    assert others.drift is not None
+    assert (ours.agent_steps, ours.measures, ours.drift.statistic) == (
+        others.agent_steps, others.measures, others.drift.statistic)  # (not its wall clock)

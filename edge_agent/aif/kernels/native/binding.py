@@ -614,6 +614,11 @@ class NativeTick:
         self._measured: tuple[np.ndarray | None, ...] = ()
         self._measured_ids: tuple[int, ...] = ()
         self._obs = np.zeros((0, len(self.num_obs)), dtype=np.int64)
+        #: The outcomes array the last run was given (held: no other array can be it) and
+        #: whether the state reads it where it is (given twice in a row, C-contiguous int64)
+        #: rather than the copy in :attr:`_obs`.
+        self._given: np.ndarray | None = None
+        self._reads_given = False
         #: The last run's agents and flags, as set in the model (set again when they change).
         self._flags: tuple[int, bool, bool, bool] = (-1, True, False, False)
         #: The agents the bound arrays hold (a step of more is refused: the pass would read
@@ -768,7 +773,8 @@ class NativeTick:
     def run(self, obs: np.ndarray, *, learn: bool = True, normalise_all: bool = False,
             prior_given: bool = False) -> None:
         """One tick of the agents of the arrays bound last (:meth:`bind_state`), in place: as
-        many as ``obs`` ``(N, M)`` (integer outcomes, copied into the pass's own) has rows.
+        many as ``obs`` ``(N, M)`` (integer outcomes: copied into the pass's own, or read where
+        they are when they are the last run's array again, :meth:`_outcomes`) has rows.
         ``learn`` False: the counts stay (learning frozen); ``normalise_all``: every column of a
         learned ``B`` follows its counts (the first refresh); ``prior_given``: the tick's prior
         is the bound ``prior``."""
@@ -785,13 +791,31 @@ class NativeTick:
             raise ValueError(f"{n} agents' outcomes for arrays of {self._rows} agents{tables}")
         if prior_given and not self._has_prior:
             raise ValueError("a pass given its prior needs prior")
-        np.copyto(self._obs if n == self._rows else self._obs[:n], obs, casting="safe")
+        self._outcomes(obs, n)
         flags = (n, learn, normalise_all, prior_given)
         if flags != self._flags:
             model = self._model
             model.n, model.learn, model.normalise_all, model.prior_given = map(int, flags)
             self.n, self._flags = n, flags
         self._tick(self._model_ref, self._state_ref)
+
+    def _outcomes(self, obs: np.ndarray, n: int) -> None:
+        """The run's ``n`` agents' outcomes where the state reads them: the array of the last
+        run again (a group's own buffer, a world's that it writes each tick), C-contiguous
+        int64 of ``n`` rows, read where it is (its address bound once); any other copied into
+        the pass's own (:attr:`_obs`, read from then on)."""
+        if obs is self._given:  # (its shape the same: an array's size cannot change)
+            if not self._reads_given:  # (its address, once: the same array from now on)
+                self._state.obs = _addr(obs, np.int64, size=n * self._modalities)
+                self._reads_given = True
+            return
+        if self._reads_given:  # another array: back to the pass's own
+            self._state.obs = _addr(self._obs, np.int64)
+            self._reads_given = False
+        np.copyto(self._obs if n == self._rows else self._obs[:n], obs, casting="safe")
+        fits = (obs.dtype == np.int64 and obs.flags.c_contiguous
+                and obs.shape == (n, self._modalities))
+        self._given = obs if fits else None
 
     def measure(
         self, rows: np.ndarray, out: np.ndarray, *, entropy: np.ndarray | None = None,
@@ -867,6 +891,7 @@ class NativeTick:
         if self._rows != rows:  # the outcomes are copied into the pass's own array
             self._obs = np.zeros((rows, M), dtype=np.int64)
             st.obs = _addr(self._obs, np.int64)
+            self._given, self._reads_given = None, False
         self._rows = rows
 
     def _bind_factors(self, name: str, arrays: Sequence[np.ndarray] | None,

@@ -240,3 +240,42 @@ def test_arrays_the_pass_would_read_or_write_past_are_refused() -> None:
                          tick.counts[1]], tick.mask, tick.experience)
     with pytest.raises(ValueError, match=r"for arrays of 5 agents \(tables of 4\)"):
         kernel.step(obs, tick.qs, tick.action, tick.has_action, **state)
+
+
+def _state_of(tick: Pass, rows: int) -> dict[str, object]:
+    """``tick``'s state arrays of ``rows`` agents (its own, or copies grown by a last agent)."""
+    def grown(a: np.ndarray) -> np.ndarray:
+        return a if len(a) == rows else np.ascontiguousarray(np.concatenate([a, a[-1:]]))
+    return {"qs": [grown(q) for q in tick.qs], "action": grown(tick.action),
+            "has_action": grown(tick.has_action), "G": grown(tick.G),
+            "q_pi": grown(tick.q_pi), "prior": [grown(p) for p in tick.prior],
+            "p_obs": grown(tick.p_obs), "next_prior": [grown(p) for p in tick.next_prior]}
+
+
+def test_a_run_given_its_last_outcomes_array_again_reads_it_where_it_is_bit_for_bit() -> None:
+    """The outcomes array of the last run given again (a group's or a world's, written in
+    place each tick) is read where it is; another array is copied and read from the pass's
+    own; state arrays of another size bind the pass's own again: each tick's numbers are those
+    of a pass given a new copy of the outcomes every tick, to the bit."""
+    world = make_world("factors3", Path("unused"))
+    n, M = 5, len(world.A)
+    copied, given = (Pass(world, n, "per_agent", binding.load()) for _ in range(2))
+    rng = np.random.default_rng(3)
+    buf = np.zeros((n, M), dtype=np.int64)
+    other = np.zeros((n, M), dtype=np.int64)
+    # (the array each tick gives the second pass: the same one twice and more, another
+    # between; the last tick's state arrays of one agent more, its outcomes the same array)
+    schedule = [buf, buf, buf, other, other, buf, buf, buf]
+    for t, obs in enumerate(schedule):
+        for m, a in enumerate(world.A):  # new outcomes every tick, written in place
+            obs[:, m] = rng.integers(0, a.shape[0], size=n)
+        rows = n + 1 if t == len(schedule) - 1 else n
+        states = []
+        for tick, o in ((copied, obs.copy()), (given, obs)):
+            state = _state_of(tick, rows)
+            tick.kernel.step(o, state["qs"], state["action"], state["has_action"],
+                             G=state["G"], q_pi=state["q_pi"], prior=state["prior"],
+                             p_obs=state["p_obs"], next_prior=state["next_prior"])
+            states.append([*state["qs"], state["G"], state["action"], *tick.counts])
+        for a, b in zip(*states, strict=True):
+            assert np.array_equal(a[:n], b[:n]), f"tick {t}"
