@@ -243,7 +243,16 @@ typedef struct {
     double *made_lnL, *made_lnQ1;  /* (shared_tables) the tick's (shared_likelihood), whole
                                     * lanes: (prod_m O_m, S), (prod_m O_m, sum S_f) */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
+    /* (keeps_planning) whether state s's column of agent b's counts moved this tick (some
+     * learned modality's count of it changed its bits): the kept planning tables re-made */
+    uint8_t column_moved[MAX_S][BLK];
 } block_scratch;
+
+/* Whether a block's planning tables are kept (tick_model.planning_kept): each agent its own
+ * counts of A, learning, a whole block (a partial last block's are made every tick). */
+INLINE int keeps_planning(const tick_model *m, int64_t count) {
+    return m->planning_kept != NULL && m->learn && !m->shared_counts && count == BLK;
+}
 
 /* Whether the model plans two-step policies (a frozen group's; tick_model.policy_len). */
 static int two_step(const tick_model *m) { return m->policy_len == 2; }
@@ -991,6 +1000,8 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     for (int64_t k = 0; k < M; k++) learns_A |= m->pA[k] != NULL;
     for (int64_t f = 0; f < F; f++) q[f] = sc->cur + offset[f];
     if (learns_A) joint_of(m, q, sc->joint);
+    const int kept = learns_A && keeps_planning(m, count);
+    if (kept) memset(sc->column_moved, 0, (size_t)m->joint * sizeof sc->column_moved[0]);
     for (int64_t k = 0; k < M; k++) {
         if (m->pA[k] == NULL) continue;
         const int64_t O = m->num_obs[k];
@@ -1004,6 +1015,19 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
             double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
+            if (kept) {  /* the same update, each column whose count's bits moved noted */
+                for (int64_t s = 0; s < S; s++) {
+                    double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
+                    const double before = row[s];
+                    row[s] = before + gain;
+                    seen[s] += gain;
+                    uint64_t was, now;
+                    memcpy(&was, &before, sizeof was);
+                    memcpy(&now, &row[s], sizeof now);
+                    sc->column_moved[s][b] |= was != now;
+                }
+                continue;
+            }
             for (int64_t s = 0; s < S; s++) {
                 double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
                 row[s] += gain;
@@ -1197,6 +1221,23 @@ static void index_slots(const tick_model *m, block_scratch *sc) {
     sc->slots = slots;
 }
 
+/* The joint-outcome table's entries in sc->value (their shared factor there already) times
+ * each learned table's value at their index, in modality order: a policy's predicted outcomes
+ * are summed from them (predict_outcome), the negative entropy is made of them. */
+INLINE void learned_entries(const tick_model *m, block_scratch *sc) {
+    lane *value = sc->value;
+    for (int64_t k = 0; k < m->modalities; k++) {
+        const int64_t *index = m->entry_index[k];
+        if (index == NULL) continue;
+        for (int64_t e = 0; e < m->entries; e++) {
+            lane v, a;  /* every load before the store: gcc vectorises the lanes (the
+                         * read-modify-write through two pointers stayed scalar) */
+            LANES { v[b] = value[e][b]; a[b] = sc->A[k][index[e]][b]; }
+            LANES value[e][b] = v[b] * a[b];
+        }
+    }
+}
+
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
  * utility per state; the non-zero entries of the joint-outcome table and each state's negative
  * entropy over the joint outcomes. */
@@ -1234,16 +1275,7 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             }
             return;
         }
-        for (int64_t k = 0; k < M; k++) {
-            const int64_t *index = m->entry_index[k];
-            if (index == NULL) continue;
-            for (int64_t e = 0; e < E; e++) {
-                lane v, a;  /* every load before the store: gcc vectorises the lanes (the
-                             * read-modify-write through two pointers stayed scalar) */
-                LANES { v[b] = value[e][b]; a[b] = sc->A[k][index[e]][b]; }
-                LANES value[e][b] = v[b] * a[b];
-            }
-        }
+        learned_entries(m, sc);
         /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log); the log
          * of each distinct value once (index_slots: its slot's lanes of sc->log_value), the
          * same terms added in the same order */
@@ -1271,6 +1303,59 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             LANES to[b] += value[e][b] * sc->log_value[e][b];
         }
     }
+}
+
+/* The planning tables kept (tick_model.planning_kept, in sc->utility and sc->neg_entropy: the
+ * block's own, as the last tick left them) re-made where agent b's column s of its counts moved
+ * (sc->column_moved): that state's utility and negative entropy, from lane b of the learned
+ * tables in sc->A, with planning_tables' IEEE operations in its order, value by value (the
+ * utility from utility_shared, each learned modality's outcomes in order; each entry of the
+ * state, in state_entry's order, which is the entries' (a stable sort), p ln(p + exp(-16))
+ * added from 0): the same bits as the full remake. The entries' values (sc->value) are made
+ * whole, as there: the policies' predicted outcomes read every one. The logs in one call over whole lanes of sc->log_value (the
+ * array the full remake logs in; padded with 1s): each value's log its own, as there (a value
+ * of a slot logged once there is logged once per entry here: the same bits). No other state
+ * of any agent changes: its column of every learned table, all its values are made from, is
+ * the same bits. The T-maze: 2 of 8 states an agent-step, usually. */
+INLINE void planning_columns(const tick_model *m, block_scratch *sc) {
+    const int64_t M = m->modalities, S = m->joint, E = m->entries;
+    lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
+    double *logs = &sc->log_value[0][0];
+    int64_t taken = 0;  /* the entries' values taken, at most BLK E (sc->log_value's) */
+    if (m->use_info_gain) {  /* every entry's value: the predicted outcomes read them all */
+        for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
+        learned_entries(m, sc);
+    }
+    for (int64_t s = 0; s < S; s++)
+        for (int b = 0; b < BLK; b++) {
+            if (!sc->column_moved[s][b]) continue;
+            if (m->use_utility) {
+                double t = m->utility_shared[s];
+                for (int64_t k = 0; k < M; k++) {
+                    if (m->pA[k] == NULL) continue;
+                    const double *c = m->lnC[k];
+                    for (int64_t o = 0; o < m->num_obs[k]; o++)
+                        t = t + c[o] * sc->A[k][o * S + s][b];
+                }
+                utility[s][b] = t;
+            }
+            if (!m->use_info_gain) continue;
+            for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++)
+                logs[taken++] = value[m->state_entry[r]][b];
+        }
+    if (!m->use_info_gain || taken == 0) return;
+    const int64_t padded = (taken + BLK - 1) / BLK * BLK;
+    for (int64_t i = taken; i < padded; i++) logs[i] = 1.0;
+    tick_log_inplace(logs, padded, EXP_M16);
+    taken = 0;
+    for (int64_t s = 0; s < S; s++)
+        for (int b = 0; b < BLK; b++) {
+            if (!sc->column_moved[s][b]) continue;
+            double t = 0.0;
+            for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++, taken++)
+                t = t + value[m->state_entry[r]][b] * logs[taken];
+            neg_entropy[s][b] = t;
+        }
 }
 
 /* Joint outcome k's predicted probability for the block's agents, summed in registers over its
@@ -1463,7 +1548,19 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
-    if (!tables_ready) planning_tables(m, sc);
+    /* kept (keeps_planning): the block's planning tables are its own, in planning_kept, made
+     * in full when not ready, else re-made where the counts moved */
+    lane *const scratch_utility = sc->utility, *const scratch_neg_entropy = sc->neg_entropy;
+    if (keeps_planning(m, count)) {
+        sc->utility = (lane *)m->planning_kept + first / BLK * 2 * m->joint;
+        sc->neg_entropy = sc->utility + m->joint;
+        if (m->planning_ready)
+            planning_columns(m, sc);
+        else
+            planning_tables(m, sc);
+    } else if (!tables_ready) {
+        planning_tables(m, sc);
+    }
 
     /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
      * made from the numbers a group that keeps no prior makes its next one from */
@@ -1562,6 +1659,8 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
     }
+    sc->utility = scratch_utility;
+    sc->neg_entropy = scratch_neg_entropy;
 }
 
 /* Shared counts: each learned table becomes its counts' expectation (once a tick); an int8
