@@ -243,9 +243,12 @@ typedef struct {
     double *made_lnL, *made_lnQ1;  /* (shared_tables) the tick's (shared_likelihood), whole
                                     * lanes: (prod_m O_m, S), (prod_m O_m, sum S_f) */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
-    /* (keeps_planning) whether state s's column of agent b's counts moved this tick (some
-     * learned modality's count of it changed its bits): the kept planning tables re-made */
-    uint8_t column_moved[MAX_S][BLK];
+    /* (keeps_planning) whether state s's column of some agent's counts of the block moved
+     * this tick (a learned modality's count of it changed its bits): that state's kept
+     * planning tables re-made, every lane */
+    uint64_t state_moved[(MAX_S + 63) / 64];  /* a bit a state */
+    int64_t state_slot[MAX_S + 1];     /* (index_slots) state s's slots: [state_slot[s],
+                                        * state_slot[s + 1]) */
 } block_scratch;
 
 /* Whether a block's planning tables are kept (tick_model.planning_kept): each agent its own
@@ -1001,7 +1004,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     for (int64_t f = 0; f < F; f++) q[f] = sc->cur + offset[f];
     if (learns_A) joint_of(m, q, sc->joint);
     const int kept = learns_A && keeps_planning(m, count);
-    if (kept) memset(sc->column_moved, 0, (size_t)m->joint * sizeof sc->column_moved[0]);
+    if (kept) memset(sc->state_moved, 0, sizeof sc->state_moved);
     for (int64_t k = 0; k < M; k++) {
         if (m->pA[k] == NULL) continue;
         const int64_t O = m->num_obs[k];
@@ -1015,7 +1018,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
             double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
-            if (kept) {  /* the same update, each column whose count's bits moved noted */
+            if (kept) {  /* the same update, each column whose count's bits moved noted (in
+                          * registers: a byte's store may alias every value the loop reads) */
+                uint64_t moved[(MAX_S + 63) / 64] = {0};
                 for (int64_t s = 0; s < S; s++) {
                     double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
                     const double before = row[s];
@@ -1024,8 +1029,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                     uint64_t was, now;
                     memcpy(&was, &before, sizeof was);
                     memcpy(&now, &row[s], sizeof now);
-                    sc->column_moved[s][b] |= was != now;
+                    moved[s >> 6] |= (uint64_t)(was != now) << (s & 63);
                 }
+                for (int64_t w = 0; w < (S + 63) / 64; w++) sc->state_moved[w] |= moved[w];
                 continue;
             }
             for (int64_t s = 0; s < S; s++) {
@@ -1205,7 +1211,8 @@ static void index_outcomes(const tick_model *m, block_scratch *sc) {
 static void index_slots(const tick_model *m, block_scratch *sc) {
     int64_t *slot = sc->entry_slot, slots = 0;
     if (slot == NULL) return;
-    for (int64_t s = 0; s < m->joint; s++)
+    for (int64_t s = 0; s < m->joint; s++) {
+        sc->state_slot[s] = slots;  /* a state's new slots follow the states' before it */
         for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
             const int64_t e = m->state_entry[r];
             slot[e] = -1;
@@ -1218,6 +1225,8 @@ static void index_slots(const tick_model *m, block_scratch *sc) {
             }
             if (slot[e] < 0) slot[e] = slots++;
         }
+    }
+    sc->state_slot[m->joint] = slots;
     sc->slots = slots;
 }
 
@@ -1306,56 +1315,74 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
 }
 
 /* The planning tables kept (tick_model.planning_kept, in sc->utility and sc->neg_entropy: the
- * block's own, as the last tick left them) re-made where agent b's column s of its counts moved
- * (sc->column_moved): that state's utility and negative entropy, from lane b of the learned
- * tables in sc->A, with planning_tables' IEEE operations in its order, value by value (the
- * utility from utility_shared, each learned modality's outcomes in order; each entry of the
- * state, in state_entry's order, which is the entries' (a stable sort), p ln(p + exp(-16))
- * added from 0): the same bits as the full remake. The entries' values (sc->value) are made
- * whole, as there: the policies' predicted outcomes read every one. The logs in one call over whole lanes of sc->log_value (the
- * array the full remake logs in; padded with 1s): each value's log its own, as there (a value
- * of a slot logged once there is logged once per entry here: the same bits). No other state
- * of any agent changes: its column of every learned table, all its values are made from, is
- * the same bits. The T-maze: 2 of 8 states an agent-step, usually. */
+ * block's own, as the last tick left them) re-made for the states whose column of some agent's
+ * counts moved (sc->state_moved), every lane (an unmoved lane's, from the same bits, is the
+ * same bits again), with planning_tables' IEEE operations in its order: the utility from
+ * utility_shared, each learned modality's outcomes in order; the negative entropy, the
+ * state's entries' p ln(p + exp(-16)) added from 0 in the entries' order (state_entry's is
+ * theirs: a stable sort), the log of each of its distinct values (index_slots: the state's
+ * slots) once, all in one call over whole lanes of sc->log_value, the array the full remake
+ * logs in (a value's log is its own there and here). In quads, lane by lane the same
+ * operations. The entries' values (sc->value) are made whole, as there: the policies'
+ * predicted outcomes read every one. No other state changes: its column of every learned
+ * table, all its values are made from, is the same bits. The T-maze, N = 1,000: ~1.8 of an
+ * agent's 8 states move a tick, ~4.8 of a block's. */
 INLINE void planning_columns(const tick_model *m, block_scratch *sc) {
     const int64_t M = m->modalities, S = m->joint, E = m->entries;
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
-    double *logs = &sc->log_value[0][0];
-    int64_t taken = 0;  /* the entries' values taken, at most BLK E (sc->log_value's) */
-    if (m->use_info_gain) {  /* every entry's value: the predicted outcomes read them all */
-        for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
-        learned_entries(m, sc);
-    }
-    for (int64_t s = 0; s < S; s++)
-        for (int b = 0; b < BLK; b++) {
-            if (!sc->column_moved[s][b]) continue;
-            if (m->use_utility) {
-                double t = m->utility_shared[s];
-                for (int64_t k = 0; k < M; k++) {
-                    if (m->pA[k] == NULL) continue;
-                    const double *c = m->lnC[k];
-                    for (int64_t o = 0; o < m->num_obs[k]; o++)
-                        t = t + c[o] * sc->A[k][o * S + s][b];
+    const uint64_t *moved = sc->state_moved;
+    if (m->use_utility)
+        for (int64_t s = 0; s < S; s++) {
+            if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
+            quad t[QUADS], a[QUADS];
+            lane shared;
+            LANES shared[b] = m->utility_shared[s];
+            LANE_AT(t, shared);
+            for (int64_t k = 0; k < M; k++) {
+                if (m->pA[k] == NULL) continue;
+                const lane *column = sc->A[k] + s;
+                for (int64_t o = 0; o < m->num_obs[k]; o++) {
+                    const double c = m->lnC[k][o];
+                    LANE_AT(a, column[o * S]);
+                    for (int h = 0; h < QUADS; h++) t[h] = t[h] + c * a[h];
                 }
-                utility[s][b] = t;
             }
-            if (!m->use_info_gain) continue;
-            for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++)
-                logs[taken++] = value[m->state_entry[r]][b];
+            LANE_TO(utility[s], t);
         }
-    if (!m->use_info_gain || taken == 0) return;
-    const int64_t padded = (taken + BLK - 1) / BLK * BLK;
-    for (int64_t i = taken; i < padded; i++) logs[i] = 1.0;
-    tick_log_inplace(logs, padded, EXP_M16);
+    if (!m->use_info_gain) return;
+    for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
+    learned_entries(m, sc);
+    const int64_t *slot = sc->entry_slot;
+    lane *logs = sc->log_value;  /* the moved states' slots' values, then their logs */
+    int64_t taken = 0;           /* at most the slots (sc->log_value's E lanes) */
+    for (int64_t s = 0; s < S; s++) {
+        if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
+        lane *at = logs + taken - sc->state_slot[s];
+        for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
+            const int64_t e = m->state_entry[r];
+            quad v[QUADS];
+            LANE_AT(v, value[e]);
+            LANE_TO(at[slot[e]], v);
+        }
+        taken += sc->state_slot[s + 1] - sc->state_slot[s];
+    }
+    if (taken == 0) return;
+    tick_log_inplace(&logs[0][0], taken * BLK, EXP_M16);
     taken = 0;
-    for (int64_t s = 0; s < S; s++)
-        for (int b = 0; b < BLK; b++) {
-            if (!sc->column_moved[s][b]) continue;
-            double t = 0.0;
-            for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++, taken++)
-                t = t + value[m->state_entry[r]][b] * logs[taken];
-            neg_entropy[s][b] = t;
+    for (int64_t s = 0; s < S; s++) {
+        if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
+        const lane *at = logs + taken - sc->state_slot[s];
+        quad t[QUADS], v[QUADS], l[QUADS];
+        for (int h = 0; h < QUADS; h++) t[h] = (quad){0.0, 0.0, 0.0, 0.0};
+        for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
+            const int64_t e = m->state_entry[r];
+            LANE_AT(v, value[e]);
+            LANE_AT(l, at[slot[e]]);
+            for (int h = 0; h < QUADS; h++) t[h] = t[h] + v[h] * l[h];
         }
+        LANE_TO(neg_entropy[s], t);
+        taken += sc->state_slot[s + 1] - sc->state_slot[s];
+    }
 }
 
 /* Joint outcome k's predicted probability for the block's agents, summed in registers over its
