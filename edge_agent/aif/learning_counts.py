@@ -141,10 +141,6 @@ class DirichletCounts:
     #: The version at which the counts were last their prior (0 at load; :meth:`reset`).
     reset_at: int = 0
     refreshed: bool = False
-    #: How many times the counts were written other than by a compiled pass's own update
-    #: (:meth:`added_in_place`): an update here, a restore, a reset. A pass that keeps what it
-    #: made from them (each agent's planning tables) makes it again when this moved.
-    rewrites: int = 0
     agent_ticks: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     touched: list[NDArray[np.bool_]] = field(default_factory=list)
     #: Per-agent ``B`` only: per table, ``(N, U)``, the agents' action tables updated since
@@ -227,7 +223,6 @@ class DirichletCounts:
         np.multiply(increment, lr, out=gain, where=self.mask[slot])
         self._forget(slot, forgetting)
         self.counts[slot] += gain
-        self.rewrites += 1
         self.experience[slot] += gain
         if self.kind != "D":
             touched = self.touched[slot].reshape(-1)
@@ -244,7 +239,6 @@ class DirichletCounts:
         values *= lr
         self._forget(slot, forgetting)
         np.add.at(self.counts[slot].reshape(-1), index, values)
-        self.rewrites += 1
         np.add.at(self.experience[slot].reshape(-1), index, values)
         columns = self.touched[slot].size
         self.touched[slot].reshape(-1)[index[values != 0] % columns] = True
@@ -274,7 +268,6 @@ class DirichletCounts:
         if agents is None:
             agents = np.arange(counts.shape[0])
         self._forget(slot, forgetting, agents)
-        self.rewrites += 1
         if self.kind == "B":  # rows = (action,): counts[n, :, :, a_n]
             (action,) = rows
             gain = lr * np.moveaxis(self.mask[slot][:, :, action], -1, 0) * increment
@@ -309,7 +302,6 @@ class DirichletCounts:
         if agents is None:
             agents = np.arange(n_all)
         self._forget(slot, forgetting, agents)
-        self.rewrites += 1
         values *= lr
         if counts.flags.c_contiguous:
             where = entries + (agents * counts[0].size)[None, :, None]
@@ -382,7 +374,6 @@ class DirichletCounts:
         """Counts from outside (a snapshot's) for table ``slot``: every column may differ from
         the table the agents use, and from what :meth:`fixed_columns` found."""
         self.counts[slot][...] = counts
-        self.rewrites += 1
         self.touched[slot].fill(True)
         if self.touched_by_agent:
             self.touched_by_agent[slot].fill(True)
@@ -402,7 +393,6 @@ class DirichletCounts:
         (:meth:`take_delta`), so a reader of deltas sees that the counts started over."""
         for slot, index in enumerate(self.tables):
             self.counts[slot][...] = self.prior[slot]  # per agent: every agent's row
-            self.rewrites += 1
             self.experience[slot].fill(0.0)
             self.agent_ticks[slot] = 0
             self.touched[slot].fill(False)

@@ -300,18 +300,11 @@ class NativePass(_CompiledPass):
 
     def __init__(
         self, tables_A: list[np.ndarray], learner: Learner, kernel: NativeTick,
-        n_agents: int, transitions: Mapping[int, SparseTransitions], *,
-        planning: np.ndarray | None = None,
+        n_agents: int, transitions: Mapping[int, SparseTransitions],
     ) -> None:
         super().__init__(kernel, n_agents, len(tables_A))
         self._pA, self._pB = learner.pA, learner.pB
         self._tables_A = tables_A
-        #: ``pA``'s writes other than the pass's own when it last stepped (-1: none yet): the
-        #: planning tables the pass keeps (``planning``, a learned ``A``'s: the kernel's
-        #: ``keep_planning``) are made in full again when they moved.
-        self._rewrites = -1
-        if planning is not None and self._pA is not None:
-            kernel.keep_planning(planning)
         #: Each learned factor's values ``(N, U S k)``: views of the scope's (the pass's
         #: entries are their order, :func:`_transition_entries`).
         self._values = [] if self._pB is None else [
@@ -333,20 +326,12 @@ class NativePass(_CompiledPass):
         if pA is not None:
             kernel.bind_learning([self._tables_A[m] for m in pA.tables], pA.counts, pA.mask,
                                  pA.experience)
-            if pA.rewrites != self._rewrites:  # counts written otherwise: tables made in full
-                kernel.planning_changed()
-                self._rewrites = pA.rewrites
         normalise_all = pB is not None and self._bind_transitions(
             self._values, pB, state.has_action, learn=learn)
         kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                     q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn,
                     qs_prev=None if pB is None else qs_prev, normalise_all=normalise_all)
         return state.prior
-
-    def tables_changed(self) -> None:
-        """The agents' tables or counts were written from outside (a refresh, the tables as
-        loaded): the next tick makes the planning tables it keeps in full."""
-        self._kernel.planning_changed()
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows`` (:func:`~edge_agent.aif.per_agent.
@@ -503,11 +488,10 @@ class SharedNativePass(_CompiledPass):
 def per_agent_pass(
     model: GenerativeModel, tables_A: list[np.ndarray], learner: Learner, spec: LearningSpec, *,
     cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
-    transitions: Mapping[int, SparseTransitions], planning: np.ndarray | None = None,
+    transitions: Mapping[int, SparseTransitions],
 ) -> NativePass | str:
     """The compiled pass of a per-agent group on ``model`` (as loaded) whose agents' tables are
-    ``tables_A`` and, of a learned ``B``, ``transitions`` (see :class:`NativePass`; ``planning``:
-    where it keeps the agents' planning tables, a learned ``A``'s), or why it
+    ``tables_A`` and, of a learned ``B``, ``transitions`` (see :class:`NativePass`), or why it
     steps with numpy (:func:`_kernel`; and a learned ``B`` must be kept on its support, whose
     entries the pass takes: :func:`_transition_entries`)."""
     pA, pB = learner.pA, learner.pB
@@ -526,7 +510,7 @@ def per_agent_pass(
                     shared=False, bound=own, entries=entries)
     if isinstance(found, str):
         return found
-    return NativePass(tables_A, learner, found, n_agents, transitions, planning=planning)
+    return NativePass(tables_A, learner, found, n_agents, transitions)
 
 
 def _outside_prior(pB: DirichletCounts, slot: int) -> bool:

@@ -21,7 +21,6 @@ import numpy as np
 from edge_agent.aif import joint_outcomes, kernels, per_agent
 from edge_agent.aif import sparse_transitions as sparse
 from edge_agent.aif.constants import EPS
-from edge_agent.aif.kernels import native
 from edge_agent.aif.learning import Learner
 from edge_agent.aif.learning_refresh import normalise_agent_tables
 from edge_agent.aif.model import GenerativeModel
@@ -106,14 +105,6 @@ class AgentTables:
             per_agent.outcome_tables(self.tables["A"], self._possible)
             if info_gain and learner.pA is None else None
         )
-        #: Each agent's planning tables (utility per state, its states' negative entropy),
-        #: which the compiled pass keeps and re-makes where the agent's ``pA`` counts moved
-        #: (:func:`~edge_agent.aif.kernels.native.kept_planning_shape`: every whole block of
-        #: agents'); only with a learned ``A``: 2 S doubles an agent (:meth:`bytes_per_agent`).
-        self.planning = (
-            None if learner.pA is None else
-            np.zeros(native.kept_planning_shape(n_agents, S))
-        )
         #: The compiled pass that steps the agents' learning ticks over these tables
         #: (:meth:`build_pass`), or None and why not.
         self.native: NativePass | None = None
@@ -129,7 +120,7 @@ class AgentTables:
 
         found = per_agent_pass(self._loaded, self.tables["A"], learner, spec, cm=cm,
                                settings=settings, n_agents=n_agents,
-                               transitions=self.transitions, planning=self.planning)
+                               transitions=self.transitions)
         if isinstance(found, str):
             self.native_reason = found
         else:
@@ -161,12 +152,9 @@ class AgentTables:
 
     def bytes_per_agent(self, learner: Learner) -> int:
         """Each agent's copy of the learned tables (a learned ``B`` on its support when it is
-        sparse) and, a learned ``A``, its planning tables the compiled pass keeps
-        (:attr:`planning`: 2 S doubles; an agent of a partial last block has none, so this is
-        at most a block's worth above what is held). The joint-outcome tables a learned ``A``
-        gives the information gain are made each tick, for :data:`OUTCOME_CHUNK` entries at
-        most at a time: no agent keeps them."""
-        total = 0 if self.planning is None else self.planning.shape[1] * 8
+        sparse). The joint-outcome tables a learned ``A`` gives the information gain are made
+        each tick, for :data:`OUTCOME_CHUNK` entries at most at a time: no agent keeps them."""
+        total = 0
         for counts in learner.counts:
             for slot, index in enumerate(counts.tables):
                 found = self.transitions.get(index) if counts.kind == "B" else None
@@ -202,8 +190,6 @@ class AgentTables:
                 table = self.tables[counts.kind][index]
                 normalise_agent_tables(counts.counts[slot].reshape(table.shape), table)
             counts.mark_refreshed()
-        if self.native is not None:
-            self.native.tables_changed()
         return None, False, 0
 
     def forget_versions(self) -> None:
@@ -221,8 +207,6 @@ class AgentTables:
                     continue
                 table = self.tables[counts.kind][index]
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
-        if self.native is not None:
-            self.native.tables_changed()
 
     def _transitions(self) -> list[per_agent.Transitions]:
         """Each factor's transitions: its sparse tables when kept so, else ``tables["B"]``."""

@@ -29,8 +29,8 @@ from edge_agent.aif import joint_outcomes
 from edge_agent.arrays import distinct
 
 __all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries", "TwoSteps",
-           "entry_actions", "frozen_nbytes", "kept_planning_shape", "library_path",
-           "not_installed", "outcome_twins", "policy_reach",
+           "entry_actions", "frozen_nbytes", "library_path", "not_installed", "outcome_twins",
+           "policy_reach",
            "scratch_doubles", "support_entries", "too_large", "two_steps"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
@@ -274,14 +274,6 @@ def scratch_doubles(
              + -(-shared_table * S // BLOCK)  # the tick's lnL (shared_tables)
              + (-(-shared_table * W // BLOCK) if len(num_states) > 1 else 0))  # its lnQ1
     return (lanes + 1) * BLOCK
-
-
-def kept_planning_shape(n_agents: int, joint_states: int) -> tuple[int, int, int]:
-    """The shape of the planning tables a per-agent pass learning ``A`` keeps
-    (``NativeTick.keep_planning``, tick.h's ``planning_kept``): each whole block's agents'
-    utility per state and their states' negative entropy, ``2 S`` doubles an agent in its
-    block's lanes (a partial last block's are made every tick: none kept)."""
-    return n_agents // BLOCK, 2 * joint_states, BLOCK
 
 
 def frozen_nbytes(

@@ -142,8 +142,6 @@ class _Model(ctypes.Structure):
         ("reach2", _p),  # const int64_t *: or NULL
         ("outcome_twin", _p),  # const int64_t *: (K) or NULL
         ("shared_tables", _i64),  # int64_t: 1 the pass makes lnL, lnQ1 once a tick (shared A)
-        ("planning_kept", _p),  # double *: (N / BLK, 2 S, BLK) or NULL
-        ("planning_ready", _i64),  # int64_t: 1 planning_kept follows the counts
     ]
 
 
@@ -612,10 +610,6 @@ class NativeTick:
         self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
         self._bound_ids: tuple[int, ...] = ()
         self._has_prior = False
-        #: The planning tables the pass keeps (:meth:`keep_planning`; None: made every tick)
-        #: and their whole blocks (any number of agents when none are kept).
-        self._kept_planning: np.ndarray | None = None
-        self._kept_blocks = _ANY
         #: health's sampled agents and their measures' array while a run measures them
         self._measured: tuple[np.ndarray | None, ...] = ()
         self._measured_ids: tuple[int, ...] = ()
@@ -667,7 +661,6 @@ class NativeTick:
         if ids == self._learning_ids:
             return  # the same arrays as last time (a tick's case): their pointers are in
         self._bound_learning, self._learning_ids = (), ()  # until every pointer is the new's
-        self.planning_changed()  # other counts: the kept planning tables are not theirs
         S = int(self.state_index.shape[1])
         for m, table, count, mask, seen in zip(self.learned, tables, counts, masks, experience,
                                                strict=True):
@@ -683,37 +676,6 @@ class NativeTick:
         self._bound_learning, self._learning_ids = bound, ids
         if self._scratch is None:  # the block's temporaries (the learned tables' lanes too)
             self._make_scratch()
-
-    def keep_planning(self, kept: np.ndarray) -> None:
-        """Each agent its own learned ``A`` (``learned``, not ``shared_counts``): the pass keeps
-        every whole block's agents' planning tables in ``kept`` (float64 ``(N // BLOCK, 2 S,
-        BLOCK)``, C-contiguous, :func:`~edge_agent.aif.kernels.native.kept_planning_shape`:
-        each agent's utility per state then its states' negative entropy, in its block's
-        lanes), made in full at the next learning :meth:`run` and re-made afterwards where an
-        agent's counts moved (tick.h's ``planning_kept``); the same results, bit for bit. The
-        counts changed otherwise (a restore, a reset, an update not the pass's): tell it with
-        :meth:`planning_changed`."""
-        S = int(self.state_index.shape[1])
-        if self._shared_counts or not self.learned:
-            raise ValueError("planning tables are kept for each agent's own learned A only")
-        if kept.dtype != np.float64 or not kept.flags.c_contiguous or kept.ndim != 3 or \
-                kept.shape[1:] != (2 * S, native.BLOCK):
-            raise ValueError(f"kept planning tables of {kept.dtype} {kept.shape}, expected "
-                             f"float64 (blocks, {2 * S}, {native.BLOCK}) C-contiguous")
-        # an entry's learned index is into its own state's column (joint_layout's o S + s):
-        # a moved column moves only its own state's tables
-        if any(index is not None and bool(np.any(index % S != self.entry_state))
-               for index in self.entry_index):
-            raise ValueError("a learned entry's index outside its state's column")
-        self._kept_planning = kept
-        self._kept_blocks = len(kept)
-        self._model.planning_kept = _addr(kept, size=kept.size)
-        self.planning_changed()
-
-    def planning_changed(self) -> None:
-        """The next :meth:`run` makes the kept planning tables (:meth:`keep_planning`) in full:
-        the counts were changed other than by the pass."""
-        self._model.planning_ready = 0
 
     def bind_float(self, tables: Sequence[np.ndarray]) -> None:
         """An int8 group learning ``A`` (``quantise``): every modality's float table ``(O_m,
@@ -825,18 +787,11 @@ class NativeTick:
             raise ValueError("a pass given its prior needs prior")
         np.copyto(self._obs if n == self._rows else self._obs[:n], obs, casting="safe")
         flags = (n, learn, normalise_all, prior_given)
-        model = self._model
         if flags != self._flags:
-            if n // native.BLOCK > self._kept_blocks:
-                raise ValueError(f"{n} agents for kept planning tables of "
-                                 f"{self._kept_blocks} blocks")
+            model = self._model
             model.n, model.learn, model.normalise_all, model.prior_given = map(int, flags)
             self.n, self._flags = n, flags
-            model.planning_ready = 0  # other agents, or not learning: made in full
         self._tick(self._model_ref, self._state_ref)
-        # a learning tick kept its whole blocks' planning tables (a frozen one made them in
-        # full from the tables as they are, and kept none)
-        model.planning_ready = int(learn)
 
     def measure(
         self, rows: np.ndarray, out: np.ndarray, *, entropy: np.ndarray | None = None,

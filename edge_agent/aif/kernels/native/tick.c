@@ -243,19 +243,7 @@ typedef struct {
     double *made_lnL, *made_lnQ1;  /* (shared_tables) the tick's (shared_likelihood), whole
                                     * lanes: (prod_m O_m, S), (prod_m O_m, sum S_f) */
     lane *A[MAX_M];                                            /* (O_m S) learned tables */
-    /* (keeps_planning) whether state s's column of some agent's counts of the block moved
-     * this tick (a learned modality's count of it changed its bits): that state's kept
-     * planning tables re-made, every lane */
-    uint64_t state_moved[(MAX_S + 63) / 64];  /* a bit a state */
-    int64_t state_slot[MAX_S + 1];     /* (index_slots) state s's slots: [state_slot[s],
-                                        * state_slot[s + 1]) */
 } block_scratch;
-
-/* Whether a block's planning tables are kept (tick_model.planning_kept): each agent its own
- * counts of A, learning, a whole block (a partial last block's are made every tick). */
-INLINE int keeps_planning(const tick_model *m, int64_t count) {
-    return m->planning_kept != NULL && m->learn && !m->shared_counts && count == BLK;
-}
 
 /* Whether the model plans two-step policies (a frozen group's; tick_model.policy_len). */
 static int two_step(const tick_model *m) { return m->policy_len == 2; }
@@ -1003,8 +991,6 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     for (int64_t k = 0; k < M; k++) learns_A |= m->pA[k] != NULL;
     for (int64_t f = 0; f < F; f++) q[f] = sc->cur + offset[f];
     if (learns_A) joint_of(m, q, sc->joint);
-    const int kept = learns_A && keeps_planning(m, count);
-    if (kept) memset(sc->state_moved, 0, sizeof sc->state_moved);
     for (int64_t k = 0; k < M; k++) {
         if (m->pA[k] == NULL) continue;
         const int64_t O = m->num_obs[k];
@@ -1018,22 +1004,6 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
             double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
             const uint8_t *mask = m->pA_mask[k] + o_seen * S;
             double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
-            if (kept) {  /* the same update, each column whose count's bits moved noted (in
-                          * registers: a byte's store may alias every value the loop reads) */
-                uint64_t moved[(MAX_S + 63) / 64] = {0};
-                for (int64_t s = 0; s < S; s++) {
-                    double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
-                    const double before = row[s];
-                    row[s] = before + gain;
-                    seen[s] += gain;
-                    uint64_t was, now;
-                    memcpy(&was, &before, sizeof was);
-                    memcpy(&now, &row[s], sizeof now);
-                    moved[s >> 6] |= (uint64_t)(was != now) << (s & 63);
-                }
-                for (int64_t w = 0; w < (S + 63) / 64; w++) sc->state_moved[w] |= moved[w];
-                continue;
-            }
             for (int64_t s = 0; s < S; s++) {
                 double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
                 row[s] += gain;
@@ -1211,8 +1181,7 @@ static void index_outcomes(const tick_model *m, block_scratch *sc) {
 static void index_slots(const tick_model *m, block_scratch *sc) {
     int64_t *slot = sc->entry_slot, slots = 0;
     if (slot == NULL) return;
-    for (int64_t s = 0; s < m->joint; s++) {
-        sc->state_slot[s] = slots;  /* a state's new slots follow the states' before it */
+    for (int64_t s = 0; s < m->joint; s++)
         for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
             const int64_t e = m->state_entry[r];
             slot[e] = -1;
@@ -1225,26 +1194,7 @@ static void index_slots(const tick_model *m, block_scratch *sc) {
             }
             if (slot[e] < 0) slot[e] = slots++;
         }
-    }
-    sc->state_slot[m->joint] = slots;
     sc->slots = slots;
-}
-
-/* The joint-outcome table's entries in sc->value (their shared factor there already) times
- * each learned table's value at their index, in modality order: a policy's predicted outcomes
- * are summed from them (predict_outcome), the negative entropy is made of them. */
-INLINE void learned_entries(const tick_model *m, block_scratch *sc) {
-    lane *value = sc->value;
-    for (int64_t k = 0; k < m->modalities; k++) {
-        const int64_t *index = m->entry_index[k];
-        if (index == NULL) continue;
-        for (int64_t e = 0; e < m->entries; e++) {
-            lane v, a;  /* every load before the store: gcc vectorises the lanes (the
-                         * read-modify-write through two pointers stayed scalar) */
-            LANES { v[b] = value[e][b]; a[b] = sc->A[k][index[e]][b]; }
-            LANES value[e][b] = v[b] * a[b];
-        }
-    }
 }
 
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
@@ -1284,7 +1234,16 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             }
             return;
         }
-        learned_entries(m, sc);
+        for (int64_t k = 0; k < M; k++) {
+            const int64_t *index = m->entry_index[k];
+            if (index == NULL) continue;
+            for (int64_t e = 0; e < E; e++) {
+                lane v, a;  /* every load before the store: gcc vectorises the lanes (the
+                             * read-modify-write through two pointers stayed scalar) */
+                LANES { v[b] = value[e][b]; a[b] = sc->A[k][index[e]][b]; }
+                LANES value[e][b] = v[b] * a[b];
+            }
+        }
         /* p ln(p + exp(-16)): an entry that is 0 adds 0 (a zero times a finite log); the log
          * of each distinct value once (index_slots: its slot's lanes of sc->log_value), the
          * same terms added in the same order */
@@ -1311,77 +1270,6 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             double *to = neg_entropy[m->entry_state[e]];
             LANES to[b] += value[e][b] * sc->log_value[e][b];
         }
-    }
-}
-
-/* The planning tables kept (tick_model.planning_kept, in sc->utility and sc->neg_entropy: the
- * block's own, as the last tick left them) re-made for the states whose column of some agent's
- * counts moved (sc->state_moved), every lane (an unmoved lane's, from the same bits, is the
- * same bits again), with planning_tables' IEEE operations in its order: the utility from
- * utility_shared, each learned modality's outcomes in order; the negative entropy, the
- * state's entries' p ln(p + exp(-16)) added from 0 in the entries' order (state_entry's is
- * theirs: a stable sort), the log of each of its distinct values (index_slots: the state's
- * slots) once, all in one call over whole lanes of sc->log_value, the array the full remake
- * logs in (a value's log is its own there and here). In quads, lane by lane the same
- * operations. The entries' values (sc->value) are made whole, as there: the policies'
- * predicted outcomes read every one. No other state changes: its column of every learned
- * table, all its values are made from, is the same bits. The T-maze, N = 1,000: ~1.8 of an
- * agent's 8 states move a tick, ~4.8 of a block's. */
-INLINE void planning_columns(const tick_model *m, block_scratch *sc) {
-    const int64_t M = m->modalities, S = m->joint, E = m->entries;
-    lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
-    const uint64_t *moved = sc->state_moved;
-    if (m->use_utility)
-        for (int64_t s = 0; s < S; s++) {
-            if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
-            quad t[QUADS], a[QUADS];
-            lane shared;
-            LANES shared[b] = m->utility_shared[s];
-            LANE_AT(t, shared);
-            for (int64_t k = 0; k < M; k++) {
-                if (m->pA[k] == NULL) continue;
-                const lane *column = sc->A[k] + s;
-                for (int64_t o = 0; o < m->num_obs[k]; o++) {
-                    const double c = m->lnC[k][o];
-                    LANE_AT(a, column[o * S]);
-                    for (int h = 0; h < QUADS; h++) t[h] = t[h] + c * a[h];
-                }
-            }
-            LANE_TO(utility[s], t);
-        }
-    if (!m->use_info_gain) return;
-    for (int64_t e = 0; e < E; e++) LANES value[e][b] = m->entry_shared[e];
-    learned_entries(m, sc);
-    const int64_t *slot = sc->entry_slot;
-    lane *logs = sc->log_value;  /* the moved states' slots' values, then their logs */
-    int64_t taken = 0;           /* at most the slots (sc->log_value's E lanes) */
-    for (int64_t s = 0; s < S; s++) {
-        if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
-        lane *at = logs + taken - sc->state_slot[s];
-        for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
-            const int64_t e = m->state_entry[r];
-            quad v[QUADS];
-            LANE_AT(v, value[e]);
-            LANE_TO(at[slot[e]], v);
-        }
-        taken += sc->state_slot[s + 1] - sc->state_slot[s];
-    }
-    if (taken == 0) return;
-    tick_log_inplace(&logs[0][0], taken * BLK, EXP_M16);
-    taken = 0;
-    for (int64_t s = 0; s < S; s++) {
-        if (!(moved[s >> 6] >> (s & 63) & 1)) continue;
-        const lane *at = logs + taken - sc->state_slot[s];
-        quad t[QUADS], v[QUADS], l[QUADS];
-        for (int h = 0; h < QUADS; h++) t[h] = (quad){0.0, 0.0, 0.0, 0.0};
-        for (int64_t r = m->state_start[s]; r < m->state_start[s + 1]; r++) {
-            const int64_t e = m->state_entry[r];
-            LANE_AT(v, value[e]);
-            LANE_AT(l, at[slot[e]]);
-            for (int h = 0; h < QUADS; h++) t[h] = t[h] + v[h] * l[h];
-        }
-        LANE_TO(neg_entropy[s], t);
-        taken += sc->state_slot[s + 1] - sc->state_slot[s];
     }
 }
 
@@ -1575,19 +1463,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
-    /* kept (keeps_planning): the block's planning tables are its own, in planning_kept, made
-     * in full when not ready, else re-made where the counts moved */
-    lane *const scratch_utility = sc->utility, *const scratch_neg_entropy = sc->neg_entropy;
-    if (keeps_planning(m, count)) {
-        sc->utility = (lane *)m->planning_kept + first / BLK * 2 * m->joint;
-        sc->neg_entropy = sc->utility + m->joint;
-        if (m->planning_ready)
-            planning_columns(m, sc);
-        else
-            planning_tables(m, sc);
-    } else if (!tables_ready) {
-        planning_tables(m, sc);
-    }
+    if (!tables_ready) planning_tables(m, sc);
 
     /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
      * made from the numbers a group that keeps no prior makes its next one from */
@@ -1686,8 +1562,6 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         }
         state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
     }
-    sc->utility = scratch_utility;
-    sc->neg_entropy = scratch_neg_entropy;
 }
 
 /* Shared counts: each learned table becomes its counts' expectation (once a tick); an int8

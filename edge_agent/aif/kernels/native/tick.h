@@ -176,16 +176,7 @@ typedef struct {
                                            * no more than theirs), a row gathered per agent \
                                            * (the same products and logs as its own rows', \
                                            * bit for bit); 0: each agent's rows gathered,  \
-                                           * multiplied and logged (the tests' reference) */ \
-    X(double *, planning_kept)            /* (N / BLK, 2 S, BLK): each whole block's agents' \
-                                           * planning tables, utility per state then the   \
-                                           * states' negative entropy, in the block's lanes \
-                                           * (each agent its own pA, learning: tick.c's     \
-                                           * planning_columns); NULL: made every tick */    \
-    X(int64_t, planning_ready)            /* 1: planning_kept holds the tables of every    \
-                                           * whole block's agents' counts as they are (the \
-                                           * last call's, learning): re-made only where a  \
-                                           * count moved; 0: made in full (and kept) */
+                                           * multiplied and logged (the tests' reference) */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
