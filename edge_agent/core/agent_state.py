@@ -172,6 +172,10 @@ class AgentState:
         self.n_agents = 0
         #: Bumped whenever the arrays are replaced: views of the old ones are stale.
         self.version = 0
+        #: Bumped by :meth:`wrote`, whenever something other than a per-agent compiled pass
+        #: writes the state (or hands its arrays out to be written): the pass takes the next
+        #: prior it kept in ``prior`` as its tick's only while this is what it recorded.
+        self.writes = 0
         empty = np.zeros((0,), dtype=dtype)
         self.qs: list[np.ndarray] = []
         self.prior: list[np.ndarray] = []
@@ -254,6 +258,7 @@ class AgentState:
         self.keeps_prior = self.prior_was_kept = keeps_prior
         self.n_agents = n_agents
         self.version += 1
+        self.wrote()
         return changed
 
     def share(self) -> None:
@@ -267,8 +272,17 @@ class AgentState:
         self.q_pi, self.G = shared(self.q_pi), shared(self.G)
         self.action, self.has_action = shared(self.action), shared(self.has_action)
         self.version += 1
+        self.wrote()
 
     # -- verbs -------------------------------------------------------------------------------------
+    def wrote(self) -> None:
+        """Something other than a per-agent compiled pass wrote the beliefs, the prior or the
+        actions (or handed them out to be written): a next prior the pass kept in ``prior`` is
+        not taken (:attr:`writes`; the pass makes its tick's prior again). A :meth:`reset`
+        writes ``D`` into a kept prior's rows, the right next prior of the agents reset: it
+        keeps the mark."""
+        self.writes += 1
+
     def reset(self, sel: slice | np.ndarray, D: Sequence[np.ndarray]) -> None:
         """Agents ``sel`` start a trial: beliefs and prior ``D``, no action, uniform ``q_pi``."""
         tiles = self._tiles
@@ -309,6 +323,7 @@ class AgentState:
     def state_dict(self, ticks: int) -> dict[str, np.ndarray]:
         """The arrays that restore the agents' state (views: valid until the next step), and
         ``ticks``, the group's count of steps."""
+        self.wrote()  # views handed out, that may be written
         out: dict[str, np.ndarray] = {
             "action": self.action,
             "has_action": self.has_action,
@@ -341,6 +356,7 @@ class AgentState:
         agent and per block, ``blocks`` of them); or, kept by the saved group and kept by none
         here, what follows of it (``D`` where it is ``D``, read ``block_size`` rows at a time;
         each block's flag ``small_from_planner``)."""
+        self.wrote()
         take("action", self.action)
         take("has_action", self.has_action)
         take("q_pi", self.q_pi)

@@ -344,12 +344,22 @@ class AifAgentGroup:
 
     @property
     def qs(self) -> list[np.ndarray]:
-        """Posteriors by factor, ``(N, S_f)``."""
+        """Posteriors by factor, ``(N, S_f)`` (the group's arrays, that may be written: a
+        per-agent compiled pass makes its next tick's prior again, :meth:`AgentState.wrote
+        <edge_agent.core.agent_state.AgentState.wrote>`)."""
+        self.state.wrote()
         return self.state.qs
 
     @property
     def prior(self) -> list[np.ndarray]:
-        """Priors for the next observation by factor, ``(N, S_f)`` (empty: not kept)."""
+        """Priors for the next observation by factor, ``(N, S_f)`` (empty: not kept), the
+        group's arrays. After a tick every group that keeps its prior holds the next tick's
+        prior here, made from the actions chosen: a per-agent group's compiled pass too (it
+        takes it as its next tick's prior while nothing else wrote the state: reading this,
+        which may be written, makes it make the prior again from the beliefs, actions and
+        each agent's own tables, as its numpy stages always do: they make the tick's prior at
+        inference and leave it here)."""
+        self.state.wrote()
         return self.state.prior
 
     @property
@@ -364,7 +374,9 @@ class AifAgentGroup:
 
     @property
     def action(self) -> IntArray:
-        """The last committed actions ``(N, F)``."""
+        """The last committed actions ``(N, F)`` (the group's array, that may be written: see
+        :attr:`qs`)."""
+        self.state.wrote()
         return self.state.action
 
     @property
@@ -444,6 +456,7 @@ class AifAgentGroup:
     def _choose_path(self) -> None:
         """The tick path for what the group is now, the tables its learning made taken first."""
         learning = self.learning
+        self.state.wrote()  # the tables may be others: a kept prior is made again
         if learning is not None:
             self._learning_seen = learning.changes
             self._installer.install(learning.take_tables())
@@ -619,7 +632,10 @@ class AifAgentGroup:
         learning = self.learning
         if learning is not None:
             chosen = np.ones(state.n_agents, bool) if mask is None else np.asarray(mask, bool)
+            if learning.trial_ends_at_reset:  # the tables may be refreshed: a kept prior stale
+                state.wrote()
             self._installer.install(learning.on_reset(chosen, state.qs, state.has_action))
+        # (``D`` into the prior of the agents reset: their next prior; a kept one stays taken)
         self._reset_agents(sel)
         if self.health is not None and isinstance(sel, slice):  # every agent starts an episode
             self.health.aligned()
@@ -635,6 +651,7 @@ class AifAgentGroup:
         """Update every agent's posterior from ``obs (N, M)`` (or soft evidence, see
         :meth:`step`); returns ``qs`` (views; copies for agents with their own tables)."""
         state, stepper = self.state, self.stepper
+        state.wrote()
         if self._stepping is not None:
             self._stepping.infer_states(state, self.inputs.obs(np.asarray(obs), state.n_agents),
                                         stepper)
@@ -654,12 +671,14 @@ class AifAgentGroup:
         """``q_pi`` and ``G`` ``(N, P)`` for the current beliefs (with the parameter information
         gain when the group learns and seeks novelty, ``LearningSpec.param_info_gain``)."""
         state = self.state
+        state.wrote()
         self._stages.infer_policies(state, self.stepper)
         return state.q_pi, state.G
 
     def sample_action(self) -> IntArray:
         """Select and commit each agent's next action ``(N, F)``; it drives the next prior."""
         state = self.state
+        state.wrote()
         self._stages.sample_action(state, self.stepper)
         return state.action
 
@@ -669,6 +688,7 @@ class AifAgentGroup:
         API path a replay takes, where :meth:`step` does it all). Nothing is learned while
         frozen."""
         learning, state = _learning_of(self.learning, self.name), self.state
+        state.wrote()  # each agent's tables learn
         o = self.inputs.obs(obs, state.n_agents)
         self._installer.install(
             learning.after_inference(o, state.qs, state.action, state.has_action)
@@ -682,6 +702,7 @@ class AifAgentGroup:
         the tables are refreshed, and they start again from the learned ``D``."""
         learning, n = _learning_of(self.learning, self.name), self.n_agents
         sel = np.ones(n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        self.state.wrote()  # the tables learn
         self._installer.install(learning.end_trial(sel, self.state.qs, posterior))
         self._reset_agents(_selected(sel, n))
 
@@ -690,6 +711,7 @@ class AifAgentGroup:
         follows from them."""
         state = self.state
         a = self.inputs.actions(actions, state.n_agents)
+        state.wrote()
         state.action[...] = a
         if self._stepping is not None:  # made from the actions at the next inference
             state.has_action.fill(True)
@@ -709,6 +731,7 @@ class AifAgentGroup:
                 f"group {self.name!r} keeps no prior between ticks (keep_prior=False): its "
                 "prior follows from its own actions, drive_prior needs a group that keeps it"
             )
+        state.wrote()
         self.stepper.drive(state, self.inputs.actions(actions, state.n_agents))
 
     # -- several cores -----------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class StagesTick:
         del soft, who_plans, ticks
         assert obs is not None  # a group that learns refuses soft evidence
         state, stepper, stages, learning = self._state, self._stepper, self._stages, self._learning
+        state.wrote()  # a per-agent compiled pass's kept prior is not this tick's next one
         stages.infer_states(state, obs, stepper)
         learning.observe(obs, state.prior)  # the tick's prior (made by inference, per agent)
         self._installer.install(

@@ -295,7 +295,8 @@ class NativePass(_CompiledPass):
 
     #: The pass writes each agent's tables themselves: nothing is left behind.
     leaves_compiled_behind = False
-    #: The tick's prior is made from each agent's own tables, into the state.
+    #: The tick's prior is each agent's own: the pass takes it from the state where it kept it
+    #: (the next prior its last tick wrote), else makes it from the agents' own tables.
     makes_prior = True
 
     def __init__(
@@ -309,17 +310,25 @@ class NativePass(_CompiledPass):
         #: entries are their order, :func:`_transition_entries`).
         self._values = [] if self._pB is None else [
             transitions[f].values.reshape(n_agents, -1) for f in self._pB.tables]
+        #: What the state was when the pass wrote its next prior into it (the state, its
+        #: :attr:`~edge_agent.core.agent_state.AgentState.version` and
+        #: :attr:`~edge_agent.core.agent_state.AgentState.writes`, the agents stepped), or None:
+        #: the pass takes that prior as its tick's only while the state is still so.
+        self._kept: tuple[AgentState, int, int, int] | None = None
 
     def step_tick(
         self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
         qs_prev: Sequence[np.ndarray],
     ) -> Sequence[np.ndarray]:
-        """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the prior
-        into ``state.prior`` (returned: the agents' next prior is made at the next
-        inference), the posteriors, each agent's counts (``learn``: not frozen) and tables,
-        ``G``, ``q_pi`` and the actions (``model``: the model as loaded, not read;
-        ``qs_prev``: the last tick's posteriors, which a learned ``B`` learns from, this
-        tick's written)."""
+        """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
+        posteriors, each agent's counts (``learn``: not frozen) and tables, ``G``, ``q_pi``,
+        the actions and from them the next prior, into ``state.prior`` (returned; ``model``:
+        the model as loaded, not read; ``qs_prev``: the last tick's posteriors, which a
+        learned ``B`` learns from, this tick's written). The tick's prior is the one the last
+        tick kept there while nothing else wrote the state since (:meth:`AgentState.wrote
+        <edge_agent.core.agent_state.AgentState.wrote>` not called, the same arrays and
+        agents), else made from each agent's beliefs, actions and own tables, as the numpy
+        stages make it."""
         del model  # each agent's tables are the pass's own
         kernel, pA, pB = self._kernel, self._pA, self._pB
         # The masks are replaced at the first refresh and at a reset: bound every tick.
@@ -328,10 +337,24 @@ class NativePass(_CompiledPass):
                                  pA.experience)
         normalise_all = pB is not None and self._bind_transitions(
             self._values, pB, state.has_action, learn=learn)
+        n = len(obs)
+        given = self.takes_kept(state, n)
+        self._kept = None  # (a pass that fails leaves no prior kept)
         kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                     q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn,
-                    qs_prev=None if pB is None else qs_prev, normalise_all=normalise_all)
+                    next_prior=state.prior, qs_prev=None if pB is None else qs_prev,
+                    normalise_all=normalise_all, prior_given=given)
+        self._kept = (state, state.version, state.writes, n)
         return state.prior
+
+    def takes_kept(self, state: AgentState, n: int) -> bool:
+        """Whether a tick of ``n`` agents of ``state`` takes the prior in ``state.prior`` as
+        its tick's: the next prior this pass wrote there at its last tick, nothing else having
+        written the state since (:meth:`AgentState.wrote
+        <edge_agent.core.agent_state.AgentState.wrote>`, its arrays the same, as many agents)."""
+        kept = self._kept
+        return (kept is not None and kept[0] is state
+                and kept[1:] == (state.version, state.writes, n))
 
     def likelihood(self, rows: IntArray) -> list[np.ndarray]:
         """Each modality's ``A`` of the agents ``rows`` (:func:`~edge_agent.aif.per_agent.

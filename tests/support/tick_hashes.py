@@ -57,7 +57,9 @@ def case_hash(world_name: str, scope: str, precision: str, n: int, *, ticks: int
         if start.any():
             group.reset(start)
         actions = group.step(obs)
-        for x in (*group.qs, group.G, group.q_pi, np.asarray(actions)):
+        # (the state, not the group's views: reading those makes a per-agent pass make its
+        # next prior again, AgentState.wrote; read so, the kept prior is taken and hashed)
+        for x in (*group.state.qs, group.G, group.q_pi, np.asarray(actions)):
             h.update(np.ascontiguousarray(x).tobytes())
         obs, start = env.step(actions)
     pA = learning.learner.pA

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import health as kernels_health
+from edge_agent.aif import per_agent
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning_ticks import PassTick
@@ -85,6 +86,15 @@ def _tick_rows(health: Any) -> list[np.ndarray]:
     return seen
 
 
+def _made_prior(group: AifAgentGroup) -> list[np.ndarray]:
+    """A per-agent group's tick's prior as its numpy stages make it: each agent's own ``B`` of
+    its action times its posterior, or ``D``."""
+    state, scope = group.state, group.learning.scope  # type: ignore[union-attr]
+    B = [scope.transition_table(f) for f in range(len(state.qs))]  # type: ignore[attr-defined]
+    return per_agent.priors(B, scope.tables["D"], state.qs, state.action,  # type: ignore[attr-defined]
+                            state.has_action)
+
+
 @pytest.mark.parametrize("n", [13, 100])
 @pytest.mark.parametrize(("case", "path"), RUNS,
                          ids=["-".join(map(str, (*c, p))) for c, p in RUNS])
@@ -108,7 +118,10 @@ def test_a_learning_group_is_measured_under_the_tables_it_inferred_with(
             group.reset(rng.random(n) < 0.5)
         tables = [np.array(a) for a in group.path.likelihood(everyone)]  # A before the tick
         kept = group.path.tick_prior()
-        prior = None if kept is None or callable(kept) else [np.array(p) for p in kept]
+        if kept is None:  # made at inference (per agent): as numpy makes it (after a compiled
+            # pass the state holds the next tick's prior)
+            kept = _made_prior(group)
+        prior = None if callable(kept) else [np.array(p) for p in kept]
         o = np.array(obs)
         actions = group.step(obs, now=float(t))
         if (t % 4 == 0) and (t > 0 or measured):

@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.aif import kernels, quant
+from edge_agent.aif import kernels, per_agent, quant
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
 from edge_agent.aif.reference_learning import LearningReferenceAgent
 from edge_agent.aif.settings import AifSettings
 from edge_agent.core.agents import AifAgentGroup
-from edge_agent.core.native_pass import LOCAL_MEASURED, NATIVE_ENV
+from edge_agent.core.native_pass import LOCAL_MEASURED, NATIVE_ENV, NativePass
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from tests.support.native_tick import SANITIZED_ENV
@@ -79,9 +79,10 @@ def test_the_package_carries_the_compiled_tick() -> None:
 def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: bool = True) -> None:
     """``since_start`` False: ``mine`` was restored from a snapshot of ``theirs``, and counts
     its experience (what it has to report) and its refreshes from then on."""
-    for name in ("qs", "prior"):
-        for a, b in zip(getattr(mine.state, name), getattr(theirs.state, name), strict=True):
-            np.testing.assert_allclose(a, b, **TOL)
+    for a, b in zip(mine.state.qs, theirs.state.qs, strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    for a, b in zip(mine.state.prior, _prior_kept_as(mine, theirs), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
     np.testing.assert_allclose(mine.state.G, theirs.state.G, **TOL)
     np.testing.assert_allclose(mine.state.q_pi, theirs.state.q_pi, **TOL)
     rows = np.arange(mine.n_agents)
@@ -105,6 +106,30 @@ def _assert_same(mine: AifAgentGroup, theirs: AifAgentGroup, *, since_start: boo
         if key == "incremental_refreshes":  # a shared pass brings its tables in when read
             continue
         assert value == pytest.approx(others[key], rel=1e-9, abs=1e-9), key
+
+
+def _keeps_next_prior(group: AifAgentGroup) -> bool:
+    """Whether ``group``'s prior is its per-agent compiled pass's kept next prior."""
+    assert group.learning is not None
+    found = group.learning.scope.tick_pass()
+    return isinstance(found, NativePass) and _stepping(group) == "native"
+
+
+def _prior_kept_as(mine: AifAgentGroup, theirs: AifAgentGroup) -> list[np.ndarray]:
+    """What ``mine``'s prior is, of ``theirs``: theirs; ``mine`` a per-agent compiled pass's
+    and ``theirs`` its numpy twin's (the tick's prior), the next prior of ``theirs`` (``B`` of
+    its action times its posterior) where the pass takes the one it kept, else ``mine``'s own
+    (made again at its next tick)."""
+    if not _keeps_next_prior(mine) or _keeps_next_prior(theirs):
+        return theirs.state.prior
+    tick_pass = mine.learning.scope.tick_pass()  # type: ignore[union-attr]
+    assert isinstance(tick_pass, NativePass)
+    if not tick_pass.takes_kept(mine.state, mine.n_agents):
+        return mine.state.prior
+    b, scope = theirs.state, theirs.learning.scope  # type: ignore[union-attr]
+    B = [scope.transition_table(f) for f in range(len(b.qs))]  # type: ignore[attr-defined]
+    D = scope.tables["D"]  # type: ignore[attr-defined]
+    return per_agent.priors(B, D, b.qs, b.action, b.has_action)
 
 
 def _optimal(actions: np.ndarray, group: AifAgentGroup, tol: float = 1e-9) -> None:
@@ -146,8 +171,9 @@ def test_the_pass_is_the_numpy_stages_up_to_rounding(
         if t % 3:  # a tie may be broken either way: go on together (and on the other ticks
             # with the pass's own choice where it is the numpy group's)
             mine.set_action(theirs.action)
-        elif not np.array_equal(mine.action, theirs.action):
-            theirs.set_action(mine.action)
+        elif not np.array_equal(mine.state.action, theirs.action):  # (the state: a
+            # per-agent pass's kept prior taken at the next tick, nothing handed out)
+            theirs.set_action(mine.state.action)
         _assert_same(mine, theirs)
         if scope == "shared" and t % 5 == 1:
             _compiled_follow(mine, theirs)
@@ -329,8 +355,9 @@ def test_an_int8_shared_pa_group_s_pass_is_its_numpy_twin_up_to_rounding(
             np.testing.assert_allclose(native._p_obs, p_obs, rtol=0, atol=INT8_TOL / 10)
         if t % 3:
             mine.set_action(theirs.action)
-        elif not np.array_equal(mine.action, theirs.action):
-            theirs.set_action(mine.action)
+        elif not np.array_equal(mine.state.action, theirs.action):  # (the state: a
+            # per-agent pass's kept prior taken at the next tick, nothing handed out)
+            theirs.set_action(mine.state.action)
         close = _same_a_codes(mine, theirs)
         for name in ("qs", "prior"):
             for a, b in zip(getattr(mine.state, name), getattr(theirs.state, name),
@@ -478,9 +505,10 @@ def _assert_same_learning(mine: AifAgentGroup, theirs: AifAgentGroup,
     if widest is not None:
         close = {key: max(value, widest.get(key, value)) for key, value in close.items()}
         widest.update(close)
-    for name in ("qs", "prior"):
-        for a, b in zip(getattr(mine.state, name), getattr(theirs.state, name), strict=True):
-            np.testing.assert_allclose(a, b, **close)
+    for a, b in zip(mine.state.qs, theirs.state.qs, strict=True):
+        np.testing.assert_allclose(a, b, **close)
+    for a, b in zip(mine.state.prior, _prior_kept_as(mine, theirs), strict=True):
+        np.testing.assert_allclose(a, b, **close)
     np.testing.assert_allclose(mine.state.G, theirs.state.G, **close)
     np.testing.assert_allclose(mine.state.q_pi, theirs.state.q_pi, **close)
     ours_l, theirs_l = mine.learning, theirs.learning
@@ -641,8 +669,9 @@ def test_the_pass_learning_transitions_is_the_numpy_stages_up_to_rounding(
         _optimal(actions, theirs, widest.get("atol", tol))
         if t % 3:  # a tie may be broken either way: go on together
             mine.set_action(theirs.action)
-        elif not np.array_equal(mine.action, theirs.action):
-            theirs.set_action(mine.action)
+        elif not np.array_equal(mine.state.action, theirs.action):  # (the state: a
+            # per-agent pass's kept prior taken at the next tick, nothing handed out)
+            theirs.set_action(mine.state.action)
         _assert_same_learning(mine, theirs, tol, widest)
         _live_alike(mine, theirs, t, rng, freeze_at=17, resume_at=22, forget_at=29, tol=tol)
 

@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+from edge_agent.aif import per_agent
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import binding
@@ -139,6 +140,15 @@ def _joint(qs: list[np.ndarray]) -> np.ndarray:
     return joint
 
 
+def _next_prior(group: AifAgentGroup) -> list[np.ndarray]:
+    """A per-agent group's next prior after its tick: each agent's own ``B`` of its action
+    times its posterior."""
+    state, scope = group.state, group.learning.scope  # type: ignore[union-attr]
+    B = [scope.transition_table(f) for f in range(len(state.qs))]  # type: ignore[attr-defined]
+    return per_agent.priors(B, scope.tables["D"], state.qs, state.action,  # type: ignore[attr-defined]
+                            state.has_action)
+
+
 @pytest.mark.parametrize("case", list(_cases()))
 def test_the_compiled_tick_is_its_numpy_twin_up_to_rounding(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -195,10 +205,13 @@ def test_the_compiled_tick_is_its_numpy_twin_up_to_rounding(
             np.testing.assert_allclose(tick.experience[slot], seen, rtol=0, atol=TOL * n)
         _optimal(tick.action, group.state.q_pi, tick.policies_first,
                  [b.shape[2] for b in world.B])
-        if counting == "shared":  # the next prior, of the pass's actions where they agree
-            same = (tick.action == actions).all(axis=1)
-            for mine, theirs in zip(tick.next_prior, group.state.prior, strict=True):
-                np.testing.assert_allclose(mine[same], theirs[same], rtol=0, atol=TOL)
+        # the next prior, of the pass's actions where they agree (per agent, what a group's
+        # pass keeps in its state and takes at its next tick: ``B`` of the action chosen times
+        # the posterior, the twin's state holding the tick's prior, made at inference)
+        same = (tick.action == actions).all(axis=1)
+        following = group.state.prior if counting == "shared" else _next_prior(group)
+        for mine, theirs in zip(tick.next_prior, following, strict=True):
+            np.testing.assert_allclose(mine[same], theirs[same], rtol=0, atol=TOL)
         tick.follow(group, actions)
         obs, start = env.step(actions)
     assert starts > n  # the episodes' starts were stepped through, not only the first
