@@ -251,3 +251,67 @@ def test_a_snapshot_restores_transitions_kept_on_their_support() -> None:
     obs = rng.integers(0, 16, size=(3, 1))
     np.testing.assert_array_equal(restored.step(obs), group.step(obs))
     np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["per_agent", "shared"])
+def test_a_likelihood_learner_keeps_no_previous_tick(scope: str) -> None:
+    """Only ``pB`` learns from the previous tick's posteriors, action and flag: a group that
+    learns ``pA`` alone allocates, reserves and saves none of them (a group that learns ``pB``
+    too: each agent's ``sum(S_f)`` posteriors, ``F`` actions and a flag, allocated), and an older
+    snapshot that has them still loads, to the same counts and the same next tick."""
+    model = tmaze_reversal_model()
+    only_a = LearningSpec(pA=counts()["A"], settings=LearningSettings(scope=scope))
+    with_b = LearningSpec(pA=counts()["A"], pB=counts()["B"],
+                          settings=LearningSettings(scope=scope))
+    group = AifAgentGroup(model, N, learning=only_a, precision="float64")
+    learns_b = AifAgentGroup(model, N, learning=with_b, precision="float64")
+    previous = sum(model.num_states) * 8 + model.num_factors * 8 + 1
+    assert group.learning.allocated_nbytes == 0
+    assert learns_b.learning.allocated_nbytes == N * previous
+    # pA alone: the scope's bytes and the update's scratch (no previous tick); with pB, the
+    # previous tick and pB's own besides
+    learner = group.learning.learner
+    if scope == "per_agent":  # a shared group's also holds its kept ticks
+        assert group.learning.bytes_per_agent(N) == (
+            learner.scratch_bytes_per_agent(8) + group.learning.scope.bytes_per_agent(learner)
+        )
+    assert group.learning.bytes_per_agent(N) + previous <= learns_b.learning.bytes_per_agent(N)
+    rng = np.random.default_rng(5)
+
+    def obs() -> np.ndarray:
+        return np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+
+    for _ in range(4):
+        group.step(obs())
+    state = group.state_dict()
+    assert not [k for k in state if k.startswith("learn.qs_prev")]
+    # a snapshot from before (the previous posteriors saved whole, all zeros or not) loads
+    older = dict(state)
+    for f, s in enumerate(model.num_states):
+        older[f"learn.qs_prev{f}"] = rng.random((N, s))
+    o = obs()
+    stepped = []
+    for saved in (state, older):
+        fresh = AifAgentGroup(model, N, learning=only_a, precision="float64")
+        fresh.load_state_dict(saved)
+        assert fresh.learning.allocated_nbytes == 0
+        pA, pA_fresh = group.learning.learner.pA, fresh.learning.learner.pA
+        assert pA is not None
+        assert pA_fresh is not None
+        np.testing.assert_array_equal(pA_fresh.counts[0], pA.counts[0])
+        stepped.append((fresh.step(o), fresh.q_pi.copy()))
+    np.testing.assert_array_equal(stepped[0][0], stepped[1][0])
+    np.testing.assert_array_equal(stepped[0][1], stepped[1][1])
+
+
+def test_a_resized_likelihood_learner_still_keeps_no_previous_tick() -> None:
+    """Resize (a shared ``pA`` group) allocates the previous tick for no agent either, and the
+    group's memory follows its parts."""
+    model = tmaze_reversal_model()
+    group = AifAgentGroup(model, 3, learning=LearningSpec(pA=counts()["A"]),
+                          precision="float64")
+    group.step(np.zeros((3, model.num_modalities), dtype=np.int64))
+    group.resize(7)
+    assert group.learning.allocated_nbytes == 0
+    group.step(np.zeros((7, model.num_modalities), dtype=np.int64))
+    assert group.learning.allocated_nbytes == 0
