@@ -360,10 +360,10 @@ class GroupLearning:
 
     def bytes_per_agent(self, n_agents: int) -> int:
         """One agent's bytes in a group of ``n_agents``: the previous tick's posteriors, action
-        and whether it acted (``B`` learns from them: none without ``pB``), the shared update's scratch per agent (a
-        bound, :meth:`~edge_agent.aif.learning.Learner.scratch_bytes_per_agent`), a small
-        group's kept ticks (their rows, and the update's scratch for as many) and the scope's
-        own (each agent's tables, per agent)."""
+        and whether it acted (``B`` learns from them: none without ``pB``), the shared update's
+        scratch per agent (a bound, :meth:`~edge_agent.aif.learning.Learner.
+        scratch_bytes_per_agent`), a small group's kept ticks (their rows, and the update's
+        scratch for as many) and the scope's own (each agent's tables, per agent)."""
         item = self.dtype.itemsize
         previous = (
             sum(self._num_states) * item + len(self._num_states) * 8 + 1
