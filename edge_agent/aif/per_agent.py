@@ -12,7 +12,9 @@ Shapes: ``A[m]`` ``(N|1, O_m, S)`` over the joint state ``S = S_0 * ... * S_{F-1
 ``B[f]`` ``(N|1, S_f, S_f, U_f)``; ``D[f]`` ``(N|1, S_f)``; ``qs[f]`` ``(N, S_f)``; ``obs``
 ``(N, M)`` int; ``policies`` ``(P, L, F)``. A learned ``B[f]`` may instead be a
 :class:`~edge_agent.aif.sparse_transitions.SparseTransitions` (each agent's table on its
-support).
+support), and a learned ``A[m]`` an :class:`OnSupport` (each agent's table on its prior's
+support: :func:`log_likelihood`, :func:`observed_rows` and :func:`agents_likelihood` read it,
+:func:`whole_tables` makes a few agents' ``(r, O_m, S)`` for the planning kernels).
 """
 
 from __future__ import annotations
@@ -30,6 +32,58 @@ from edge_agent.aif.sparse_transitions import SparseTransitions
 
 #: A factor's transitions: ``(N|1, S, S, U)``, or each agent's on its support.
 Transitions = np.ndarray | SparseTransitions
+
+
+class OnSupport(NamedTuple):
+    """Each agent's table of one modality kept on its prior's support: ``values`` ``(N, K)``,
+    ``cell`` ``(O, S)`` int64, each cell's index into an agent's values, -1 off the support
+    (where the table is 0: a cell the prior's support lacks has no count, ever)."""
+
+    values: np.ndarray
+    cell: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(N, O, S)``: the tables' shape, whole."""
+        return (len(self.values), *self.cell.shape)
+
+
+#: A modality's tables: ``(N|1, O, S)``, or each agent's on its support.
+Likelihood = np.ndarray | OnSupport
+
+
+def on_support(tables: np.ndarray, support: np.ndarray) -> OnSupport:
+    """``tables`` ``(N, O, S)`` kept on ``support`` ``(O, S)`` bool (the cells outside it must
+    be 0: they are dropped)."""
+    flat = support.reshape(-1)
+    cell = np.full(flat.shape, -1, dtype=np.int64)
+    cell[flat] = np.arange(int(flat.sum()), dtype=np.int64)
+    values = np.ascontiguousarray(tables.reshape(len(tables), -1)[:, flat], dtype=np.float64)
+    return OnSupport(values, cell.reshape(support.shape))
+
+
+def whole_tables(a: Likelihood, rows: slice | np.ndarray) -> np.ndarray:
+    """``(r, O, S)``: the tables of the agents ``rows`` whole (a copy; a table every agent
+    shares, ``(1, O, S)``, as it is)."""
+    if not isinstance(a, OnSupport):
+        return a if a.shape[0] == 1 else a[rows]
+    values = a.values[rows]
+    out = np.zeros((len(values), a.cell.size))
+    kept = a.cell.reshape(-1) >= 0
+    out[:, kept] = values[:, a.cell.reshape(-1)[kept]]
+    return out.reshape(len(values), *a.cell.shape)
+
+
+def observed_rows(a: Likelihood, obs_m: np.ndarray) -> np.ndarray:
+    """``(N, S)``: each agent's row ``obs_m[n]`` of its table (0 off the support)."""
+    n = len(obs_m)
+    if not isinstance(a, OnSupport):
+        whole: np.ndarray = a[rows_of(a, n), obs_m]
+        return whole
+    at = a.cell[obs_m]  # (N, S)
+    picked = np.take_along_axis(a.values, np.maximum(at, 0), axis=1)
+    out: np.ndarray = np.where(at >= 0, picked, 0.0)
+    return out
 
 
 def rows_of(table: np.ndarray, n: int) -> np.ndarray:
@@ -55,19 +109,20 @@ def agents_of(b: Transitions, sl: slice) -> Transitions:
     return b if b.shape[0] == 1 else b[sl]
 
 
-def agents_likelihood(A: Sequence[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+def agents_likelihood(A: Sequence[Likelihood], rows: np.ndarray) -> list[np.ndarray]:
     """Each modality's ``A`` of the agents ``rows`` (indices): ``(r, O_m, S)`` for a table each
-    agent has its own of (``A[m]`` ``(N, O_m, S)``: a copy of those agents'), ``(O_m, S)`` for
-    one they share (``(1, O_m, S)``: a view)."""
-    return [flat[rows] if len(flat) > 1 else flat[0] for flat in A]
+    agent has its own of (``A[m]`` ``(N, O_m, S)`` or :class:`OnSupport`: a copy of those
+    agents', whole), ``(O_m, S)`` for one they share (``(1, O_m, S)``: a view)."""
+    return [whole_tables(flat, rows) if isinstance(flat, OnSupport) or len(flat) > 1
+            else flat[0] for flat in A]
 
 
-def log_likelihood(A: Sequence[np.ndarray], obs: np.ndarray) -> np.ndarray:
+def log_likelihood(A: Sequence[Likelihood], obs: np.ndarray) -> np.ndarray:
     """``(N, S)``: ``ln(prod_m A[m][o_m] + 1e-16)`` per agent (pymdp's ``spm_log_single``)."""
     n = obs.shape[0]
     lik = np.ones((n, A[0].shape[2]))
     for m, a in enumerate(A):
-        lik *= a[rows_of(a, n), obs[:, m]]
+        lik *= observed_rows(a, obs[:, m])
     out: np.ndarray = np.log(lik + EPS)
     return out
 

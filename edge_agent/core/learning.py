@@ -318,7 +318,7 @@ class GroupLearning:
         #: Ticks of experience not learned from yet (a small group's, see :meth:`learn`).
         self._experience: Experience | None = None
         # The previous tick: posteriors, action and whether each agent acted (pB learns from
-        # them); made by allocate().
+        # them); made by allocate(), only where pB is learned (empty otherwise).
         self._qs_prev: list[np.ndarray] = []
         self._action_prev = np.zeros((0, 0), dtype=np.int64)
         self._acted_prev = np.zeros(0, dtype=bool)
@@ -360,12 +360,16 @@ class GroupLearning:
 
     def bytes_per_agent(self, n_agents: int) -> int:
         """One agent's bytes in a group of ``n_agents``: the previous tick's posteriors, action
-        and whether it acted (``B`` learns from them), the shared update's scratch per agent (a
-        bound, :meth:`~edge_agent.aif.learning.Learner.scratch_bytes_per_agent`), a small
-        group's kept ticks (their rows, and the update's scratch for as many) and the scope's
-        own (each agent's tables, per agent)."""
+        and whether it acted (``B`` learns from them: none without ``pB``), the shared update's
+        scratch per agent (a bound, :meth:`~edge_agent.aif.learning.Learner.
+        scratch_bytes_per_agent`), a small group's kept ticks (their rows, and the update's
+        scratch for as many) and the scope's own (each agent's tables, per agent)."""
         item = self.dtype.itemsize
-        previous = sum(self._num_states) * item + len(self._num_states) * 8 + 1
+        previous = (
+            sum(self._num_states) * item + len(self._num_states) * 8 + 1
+            if self._keeps_previous
+            else 0
+        )
         scratch = self._learner.scratch_bytes_per_agent(item)
         ticks = self._experience_ticks(n_agents)
         if ticks > 1:
@@ -386,15 +390,15 @@ class GroupLearning:
         """Arrays for ``n_agents`` (the first agents' previous posteriors carried over;
         ``action`` and ``has_action``: the group's, whose shapes the kept copies take). Ticks
         kept for the old size are learned from first."""
-        keep = min(len(self._acted_prev), n_agents)
-        old = self._qs_prev
-        # zeros, not garbage: a group that does not learn pB never writes them, and a snapshot
-        # still carries them
-        self._qs_prev = [np.zeros((n_agents, s), dtype=self.dtype) for s in self._num_states]
-        for new, cur in zip(self._qs_prev, old, strict=False):
-            new[:keep] = cur[:keep]
-        self._action_prev = np.empty_like(action)
-        self._acted_prev = np.empty_like(has_action)
+        if self._keeps_previous:
+            keep = min(len(self._acted_prev), n_agents)
+            old = self._qs_prev
+            # zeros, not garbage: the first tick's (before any keep) and a snapshot's rows
+            self._qs_prev = [np.zeros((n_agents, s), dtype=self.dtype) for s in self._num_states]
+            for new, cur in zip(self._qs_prev, old, strict=False):
+                new[:keep] = cur[:keep]
+            self._action_prev = np.empty_like(action)
+            self._acted_prev = np.empty_like(has_action)
         if self._experience is not None and self._experience.ticks:
             self._learn_experience()  # the kept rows are of the old size
         ticks = self._experience_ticks(n_agents)
@@ -402,6 +406,13 @@ class GroupLearning:
             ticks, n_agents, num_modalities=self._num_modalities,
             num_states=self._num_states, dtype=self.dtype, b_factors=self._b_factors(),
         )
+
+    @property
+    def _keeps_previous(self) -> bool:
+        """Whether the group keeps the previous tick's posteriors, action and flag: only ``pB``
+        learns from them (a group that does not learn ``B`` allocates, copies, saves and
+        reserves none)."""
+        return self._learner.pB is not None
 
     # -- the tick's calls --------------------------------------------------------------------------
     @property
@@ -558,7 +569,7 @@ class GroupLearning:
     def keep_action(self, action: np.ndarray, has_action: np.ndarray) -> None:
         """Last tick's action and whether each agent acted, kept before a step replaces them:
         the transition ``pB`` learns from (nothing to keep when ``pB`` is not learned)."""
-        if self._learner.pB is not None:
+        if self._keeps_previous:
             np.copyto(self._action_prev, action)
             np.copyto(self._acted_prev, has_action)
 
@@ -684,7 +695,7 @@ class GroupLearning:
         """``qs`` becomes next tick's ``qs_prev`` (also while frozen: the first tick after
         :meth:`resume` learns the transition that led to it); only ``pB`` learns from it, so a
         group that does not learn ``pB`` copies nothing."""
-        if self._learner.pB is None:
+        if not self._keeps_previous:
             return
         for prev, q in zip(self._qs_prev, qs, strict=True):
             np.copyto(prev, q)
@@ -873,7 +884,7 @@ class GroupLearning:
         out: dict[str, np.ndarray] = {
             "learn.identity": np.frombuffer(self.identity(), dtype=np.uint8).copy()
         }
-        if self._learner.pB is not None:  # nothing else reads them
+        if self._keeps_previous:  # nothing else reads them
             for f, q in enumerate(self._qs_prev):
                 out.update(rows_arrays(f"learn.qs_prev{f}", q, qs[f]))
         for counts in self.learner.counts:

@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from edge_agent.aif.learning import Learner, LearningSpec
     from edge_agent.aif.learning_counts import DirichletCounts
     from edge_agent.aif.model import GenerativeModel
+    from edge_agent.aif.per_agent import OnSupport
     from edge_agent.aif.quant import QuantizedModel
     from edge_agent.aif.settings import AifSettings
     from edge_agent.aif.sparse_transitions import SparseTransitions
@@ -300,12 +301,16 @@ class NativePass(_CompiledPass):
     makes_prior = True
 
     def __init__(
-        self, tables_A: list[np.ndarray], learner: Learner, kernel: NativeTick,
+        self, tables_A: list[np.ndarray | OnSupport], learner: Learner, kernel: NativeTick,
         n_agents: int, transitions: Mapping[int, SparseTransitions],
     ) -> None:
         super().__init__(kernel, n_agents, len(tables_A))
         self._pA, self._pB = learner.pA, learner.pB
         self._tables_A = tables_A
+        #: What the pass reads and writes of each learned modality's tables (their values:
+        #: whole, or on their support), in place.
+        self._bound_A = [] if self._pA is None else [_values(tables_A[m])
+                                                      for m in self._pA.tables]
         #: Each learned factor's values ``(N, U S k)``: views of the scope's (the pass's
         #: entries are their order, :func:`_transition_entries`).
         self._values = [] if self._pB is None else [
@@ -333,8 +338,7 @@ class NativePass(_CompiledPass):
         kernel, pA, pB = self._kernel, self._pA, self._pB
         # The masks are replaced at the first refresh and at a reset: bound every tick.
         if pA is not None:
-            kernel.bind_learning([self._tables_A[m] for m in pA.tables], pA.counts, pA.mask,
-                                 pA.experience)
+            kernel.bind_learning(self._bound_A, pA.counts, pA.mask, pA.experience)
         normalise_all = pB is not None and self._bind_transitions(
             self._values, pB, state.has_action, learn=learn)
         n = len(obs)
@@ -509,7 +513,8 @@ class SharedNativePass(_CompiledPass):
 
 
 def per_agent_pass(
-    model: GenerativeModel, tables_A: list[np.ndarray], learner: Learner, spec: LearningSpec, *,
+    model: GenerativeModel, tables_A: list[np.ndarray | OnSupport], learner: Learner,
+    spec: LearningSpec, *,
     cm: kernels.CompiledModel, settings: AifSettings, n_agents: int,
     transitions: Mapping[int, SparseTransitions],
 ) -> NativePass | str:
@@ -517,8 +522,11 @@ def per_agent_pass(
     ``tables_A`` and, of a learned ``B``, ``transitions`` (see :class:`NativePass`), or why it
     steps with numpy (:func:`_kernel`; and a learned ``B`` must be kept on its support, whose
     entries the pass takes: :func:`_transition_entries`)."""
+    from edge_agent.aif.per_agent import OnSupport  # noqa: PLC0415 - a group that learns
+
     pA, pB = learner.pA, learner.pB
-    own = [] if pA is None else [tables_A[m] for m in pA.tables]
+    own = [] if pA is None else [_values(tables_A[m]) for m in pA.tables]
+    cells = {m: a.cell for m, a in enumerate(tables_A) if isinstance(a, OnSupport)}
     entries: dict[int, native.TransitionEntries] = {}
     if pB is not None:
         for slot, f in enumerate(pB.tables):
@@ -530,10 +538,18 @@ def per_agent_pass(
             entries[f] = _transition_entries(found_b)
             own.append(found_b.values)
     found = _kernel(model, learner, spec, cm=cm, settings=settings, n_agents=n_agents,
-                    shared=False, bound=own, entries=entries)
+                    shared=False, bound=own, entries=entries, cells=cells)
     if isinstance(found, str):
         return found
     return NativePass(tables_A, learner, found, n_agents, transitions)
+
+
+def _values(table: np.ndarray | OnSupport) -> np.ndarray:
+    """What the pass reads and writes of the agents' tables: their values (on their support,
+    or whole)."""
+    from edge_agent.aif.per_agent import OnSupport  # noqa: PLC0415 - a group that learns
+
+    return table.values if isinstance(table, OnSupport) else table
 
 
 def _outside_prior(pB: DirichletCounts, slot: int) -> bool:
@@ -612,6 +628,7 @@ def _kernel(
     model: GenerativeModel, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
     settings: AifSettings, n_agents: int, shared: bool, bound: list[np.ndarray],
     entries: Mapping[int, native.TransitionEntries], quantise: bool = False,
+    cells: Mapping[int, np.ndarray] | None = None,
 ) -> NativeTick | str:
     """The compiled tick of ``model``'s group (``shared``: one set of counts), or why it steps
     with numpy: the pass learns ``pA`` and ``pB`` (each agent its own counts or shared;
@@ -620,7 +637,8 @@ def _kernel(
     selection and a model within :func:`~edge_agent.aif.kernels.native.binding.limits`, in
     C-contiguous float64 arrays (the counts, their experience and ``bound``: the tables it
     writes). The agents' state is in ``cm``'s dtype (an int8 group's float32); ``quantise``:
-    the learned columns rounded through int8 codes (an int8 group's)."""
+    the learned columns rounded through int8 codes (an int8 group's); ``cells``: each learned
+    modality's tables kept on their support, each cell's index into an agent's values."""
     s = spec.settings
     policies = cm.tree.policies
     pA, pB = learner.pA, learner.pB
@@ -663,4 +681,5 @@ def _kernel(
         lr=s.lr_pA, use_utility=settings.use_utility,
         use_info_gain=settings.use_states_info_gain, shared_counts=shared,
         learned_B=entries, lr_B=s.lr_pB, state_dtype=cm.dtype.type, quantise=quantise,
+        cells=cells,
     )

@@ -14,7 +14,7 @@ or :meth:`~edge_agent.core.agents.AifAgentGroup.resize` (each refused in one lin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -60,8 +60,9 @@ class AgentTables:
         self._loaded = model
         self._learner = learner
         S = int(np.prod(model.num_states))
-        # Shared tables with an agent axis of 1; the learned ones get one copy per agent.
-        self.tables: dict[str, list[np.ndarray]] = {
+        # Shared tables with an agent axis of 1; the learned ones get one copy per agent (a
+        # learned A on its prior's support where it can be, per_agent.OnSupport).
+        self.tables: dict[str, list[per_agent.Likelihood]] = {
             "A": [a.reshape(1, a.shape[0], S) for a in model.A],
             "B": [b[None] for b in model.B],
             "D": [d[None] for d in model.D],
@@ -76,6 +77,11 @@ class AgentTables:
                     if found is not None:
                         sparse.fill_from_table(found, model.B[index])
                         self.transitions[index] = found
+                        continue
+                if counts.kind == "A":
+                    kept = _on_support(model.A[index], counts.prior[slot], n_agents)
+                    if kept is not None:
+                        self.tables["A"][index] = kept
                         continue
                 self.tables[counts.kind][index] = np.repeat(
                     self.tables[counts.kind][index], n_agents, axis=0
@@ -93,8 +99,8 @@ class AgentTables:
         # A learned A among several modalities: the joint-outcome entries that can be non-zero
         # (the T-maze: 22 of 12 x 8), the shared modalities' product on them made once.
         self._layout = (
-            joint_outcomes.joint_layout(self.tables["A"], supports, self._possible,
-                                        learner.pA.tables)
+            joint_outcomes.joint_layout([a.reshape(1, a.shape[0], S) for a in model.A],
+                                        supports, self._possible, learner.pA.tables)
             if self._possible is not None and learner.pA is not None and info_gain else None
         )
         self._lnC = [np.log(kernels.softmax_rows(c[None])[0] + EPS) for c in model.C]
@@ -102,13 +108,17 @@ class AgentTables:
         # The joint-outcome tables of a shared A, made once; a learned A's are made each tick
         # from the agents' tables, a chunk of agents at a time (kept by no agent).
         self._outcomes = (
-            per_agent.outcome_tables(self.tables["A"], self._possible)
+            per_agent.outcome_tables(self._shared_tables(), self._possible)
             if info_gain and learner.pA is None else None
         )
         #: The compiled pass that steps the agents' learning ticks over these tables
         #: (:meth:`build_pass`), or None and why not.
         self.native: NativePass | None = None
         self.native_reason = "not tried"
+
+    def _shared_tables(self) -> list[np.ndarray]:
+        """Every modality's tables as arrays (none learned: each one every agent shares)."""
+        return [a for a in self.tables["A"] if isinstance(a, np.ndarray)]
 
     def build_pass(
         self, learner: Learner, spec: LearningSpec, *, cm: kernels.CompiledModel,
@@ -152,14 +162,20 @@ class AgentTables:
 
     def bytes_per_agent(self, learner: Learner) -> int:
         """Each agent's copy of the learned tables (a learned ``B`` on its support when it is
-        sparse). The joint-outcome tables a learned ``A`` gives the information gain are made
-        each tick, for :data:`OUTCOME_CHUNK` entries at most at a time: no agent keeps them."""
+        sparse, a learned ``A`` on its prior's where that is smaller). The joint-outcome
+        tables a learned ``A`` gives the information gain are made each tick, for
+        :data:`OUTCOME_CHUNK` entries at most at a time: no agent keeps them."""
         total = 0
         for counts in learner.counts:
             for slot, index in enumerate(counts.tables):
                 found = self.transitions.get(index) if counts.kind == "B" else None
-                total += (found.per_agent_nbytes if found is not None
-                          else counts.prior[slot].size * 8)
+                kept = self.tables["A"][index] if counts.kind == "A" else None
+                if found is not None:
+                    total += found.per_agent_nbytes
+                elif isinstance(kept, per_agent.OnSupport):
+                    total += kept.values.shape[1] * 8
+                else:
+                    total += counts.prior[slot].size * 8
         return total
 
     def codes_nbytes(self, learner: Learner) -> int:
@@ -188,6 +204,9 @@ class AgentTables:
                     sparse.normalise_touched(found, counts.counts[slot], agents, actions)
                     continue
                 table = self.tables[counts.kind][index]
+                if isinstance(table, per_agent.OnSupport):
+                    _normalise_on_support(counts.counts[slot], table)
+                    continue
                 normalise_agent_tables(counts.counts[slot].reshape(table.shape), table)
             counts.mark_refreshed()
         return None, False, 0
@@ -206,16 +225,20 @@ class AgentTables:
                     sparse.fill_from_table(found, loaded.B[index])
                     continue
                 table = self.tables[counts.kind][index]
+                if isinstance(table, per_agent.OnSupport):
+                    table.values[...] = tables["A"][index].reshape(-1)[_cells(table)]
+                    continue
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
 
     def _transitions(self) -> list[per_agent.Transitions]:
         """Each factor's transitions: its sparse tables when kept so, else ``tables["B"]``."""
-        return [self.transitions.get(f, b) for f, b in enumerate(self.tables["B"])]
+        return [self.transitions.get(f, cast(np.ndarray, b))
+                for f, b in enumerate(self.tables["B"])]
 
     def transition_table(self, factor: int) -> np.ndarray:
         """``(N|1, S, S, U)``: factor ``factor``'s transitions in full (for inspection)."""
         found = self.transitions.get(factor)
-        return self.tables["B"][factor] if found is None else sparse.dense(found)
+        return cast(np.ndarray, self.tables["B"][factor]) if found is None else sparse.dense(found)
 
     def outcome_probabilities(
         self, obs: IntArray, rows: IntArray, joint: np.ndarray
@@ -224,7 +247,11 @@ class AgentTables:
         ``(1, O, S)`` shared)."""
         out = np.empty((len(rows), len(self.tables["A"])))
         for m, flat in enumerate(self.tables["A"]):
-            picked = flat[rows if len(flat) > 1 else 0, obs[:, m]]
+            if isinstance(flat, per_agent.OnSupport):
+                mine = per_agent.OnSupport(flat.values[rows], flat.cell)
+                picked = per_agent.observed_rows(mine, obs[:, m])
+            else:
+                picked = flat[rows if len(flat) > 1 else 0, obs[:, m]]
             out[:, m] = np.einsum("ns,ns->n", picked, joint)
         return out
 
@@ -238,8 +265,8 @@ class AgentTables:
         """Every agent's posterior under its own ``A``, from the prior its own ``B`` (or, at a
         trial's start, its own ``D``) gives; the prior is left in ``state.prior``."""
         t = self.tables
-        prior = per_agent.priors(self._transitions(), t["D"], state.qs, state.action,
-                                 state.has_action)
+        prior = per_agent.priors(self._transitions(), cast(list[np.ndarray], t["D"]), state.qs,
+                                 state.action, state.has_action)
         log_lik = per_agent.log_likelihood(t["A"], obs)
         for f, p in enumerate(prior):
             state.prior[f][...] = p
@@ -280,7 +307,7 @@ class AgentTables:
         step = max(1, OUTCOME_CHUNK // (len(policies) * width))
         for start in range(0, n, step):
             sl = slice(start, min(n, start + step))
-            mine = [a[sl] if len(a) > 1 else a for a in A]
+            mine = [per_agent.whole_tables(a, sl) for a in A]
             outcomes: tuple[np.ndarray, np.ndarray] | per_agent.CompactJoint | None = (
                 self._outcomes)
             if self._info_gain and outcomes is None:  # a learned A: from the agents' own
@@ -305,3 +332,43 @@ class AgentTables:
             rng=stepper.selection_rng(),
         )
         state.has_action.fill(True)
+
+
+def _on_support(
+    loaded: np.ndarray, prior: np.ndarray, n_agents: int
+) -> per_agent.OnSupport | None:
+    """Each of ``n_agents`` agents' copy of ``loaded`` ``(O, ...)`` kept on ``prior``'s support
+    (:class:`~edge_agent.aif.per_agent.OnSupport`), or None where the support is all of it
+    (nothing to gain). The loaded table is 0 off the support (a prior with a zero count where
+    the table is not is refused when the group is made, :func:`~edge_agent.core.
+    learning_scope.group_learning`: so every state has an outcome on it, and its counts a
+    positive sum), and so is a refreshed table, for ever: updates land on the mask, the loaded
+    table's support or, after the first refresh, the prior's, and forgetting decays toward the
+    prior, 0 there."""
+    outcomes = loaded.shape[0]
+    support = (prior > 0).reshape(outcomes, -1)
+    table = loaded.reshape(1, outcomes, -1)
+    if support.all():
+        return None
+    one = per_agent.on_support(table, support)
+    return per_agent.OnSupport(np.repeat(one.values, n_agents, axis=0), one.cell)
+
+
+def _cells(kept: per_agent.OnSupport) -> np.ndarray:
+    """The flat ``(O S)`` index of each of ``kept``'s values, in their order."""
+    flat = kept.cell.reshape(-1)
+    on = np.flatnonzero(flat >= 0)
+    return on[np.argsort(flat[on])]
+
+
+def _normalise_on_support(counts: np.ndarray, kept: per_agent.OnSupport) -> None:
+    """Each agent's table on its support its counts' expectation, in place: ``counts[n, o, s]
+    / sum_o counts[n, o, s]`` (the numbers :func:`~edge_agent.aif.learning_refresh.
+    normalise_agent_tables` makes there), the sums in float64."""
+    n, outcomes = counts.shape[0], counts.shape[1]
+    whole = counts.reshape(n, outcomes, -1)
+    totals = np.add.reduce(whole, axis=1, dtype=np.float64)  # (N, S)
+    order = _cells(kept)
+    S = whole.shape[2]
+    np.divide(whole.reshape(n, -1)[:, order], totals[:, order % S], out=kept.values,
+              dtype=np.float64)

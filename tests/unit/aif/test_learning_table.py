@@ -230,15 +230,17 @@ def test_the_budget_plans_the_learning_state_exactly(
 def test_per_agent_counts_over_the_budget_name_the_group_and_the_bytes(
     tmp_path: Path, profiles: dict[str, FirmwareProfile], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    body = group(world="grid-slippery", count=1000, precision="float64",
+    # 1,200 agents: their counts alone are over the budget (each agent's own A0 is kept on its
+    # prior's support, a few hundred bytes, so 1,000 agents' counts and state fit in 96 MB)
+    body = group(world="grid-slippery", count=1200, precision="float64",
                  learning="A = [0]\nscope = 'per_agent'\n")
     path = daemon(tmp_path, body, profile="pi-zero-2w")
     assert device_main(["check-config", str(path)]) != 0
     err = capsys.readouterr().err
     problems = [line for line in err.splitlines() if f"{path}:" in line]
     assert len(problems) == 1, err
-    # 1,000 copies of grid10's 100 x 100 pA0 in float64, and the prior, mask and experience.
-    learning = (1000 + 2) * 100 * 100 * 8 + 100 * 100 + 100
+    # 1,200 copies of grid10's 100 x 100 pA0 in float64, and the prior, mask and experience.
+    learning = (1200 + 2) * 100 * 100 * 8 + 100 * 100 + 100
     assert f"{path}:8: groups[0].count: learning {format_bytes(learning)} brings the total " \
         in problems[0]
     assert "To fit: learn fewer tables in group 'maze', or lower its count, or use float32 " \

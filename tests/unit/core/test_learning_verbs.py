@@ -137,9 +137,9 @@ def test_reset_goes_back_to_the_priors_and_the_loaded_tables(precision: str, sco
         assert group.learning.scope.name == "per_agent"
         scope = group.learning.scope
         assert isinstance(scope, AgentTables)
-        tables = scope.tables
-        np.testing.assert_array_equal(tables["A"][1], np.broadcast_to(
-            loaded.A[1].reshape(loaded.A[1].shape[0], -1), tables["A"][1].shape))
+        A1 = scope.likelihood(np.arange(group.n_agents))[1]  # each agent's, whole
+        np.testing.assert_array_equal(A1, np.broadcast_to(
+            loaded.A[1].reshape(loaded.A[1].shape[0], -1), A1.shape))
         B0 = scope.transition_table(0)  # each agent's, kept on its support
         np.testing.assert_array_equal(B0, np.broadcast_to(loaded.B[0], B0.shape))
     else:

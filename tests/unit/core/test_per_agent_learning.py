@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edge_agent.aif import per_agent
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.reference_learning import LearningReferenceAgent
-from edge_agent.core import per_agent_learning
+from edge_agent.core import native_pass, per_agent_learning
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.budget import MemoryBudget, MiB
 from edge_agent.core.per_agent_learning import AgentTables
@@ -223,9 +224,10 @@ def test_learned_likelihoods_plan_a_chunk_of_agents_at_a_time(
     assert isinstance(scope, AgentTables)
     assert not scope.transitions  # the maze's moves: too few states to keep B on its support
     learner = groups[0].learning.learner
-    # Each agent's own A, B and D (float64), no 12 x 8 outcome table.
-    assert scope.bytes_per_agent(learner) == sum(p.size * 8 for c in learner.counts
-                                                 for p in c.prior)
+    # Each agent's own A (on its prior's support), B and D (float64), no 12 x 8 outcome table.
+    assert scope.bytes_per_agent(learner) == sum(
+        (int((p > 0).sum()) if c.kind == "A" else p.size) * 8
+        for c in learner.counts for p in c.prior)
 
 
 def test_a_snapshot_restores_transitions_kept_on_their_support() -> None:
@@ -251,3 +253,138 @@ def test_a_snapshot_restores_transitions_kept_on_their_support() -> None:
     obs = rng.integers(0, 16, size=(3, 1))
     np.testing.assert_array_equal(restored.step(obs), group.step(obs))
     np.testing.assert_allclose(restored.q_pi, group.q_pi, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["per_agent", "shared"])
+def test_a_likelihood_learner_keeps_no_previous_tick(scope: str) -> None:
+    """Only ``pB`` learns from the previous tick's posteriors, action and flag: a group that
+    learns ``pA`` alone allocates, reserves and saves none of them (a group that learns ``pB``
+    too: each agent's ``sum(S_f)`` posteriors, ``F`` actions and a flag, allocated), and an older
+    snapshot that has them still loads, to the same counts and the same next tick."""
+    model = tmaze_reversal_model()
+    only_a = LearningSpec(pA=counts()["A"], settings=LearningSettings(scope=scope))
+    with_b = LearningSpec(pA=counts()["A"], pB=counts()["B"],
+                          settings=LearningSettings(scope=scope))
+    group = AifAgentGroup(model, N, learning=only_a, precision="float64")
+    learns_b = AifAgentGroup(model, N, learning=with_b, precision="float64")
+    previous = sum(model.num_states) * 8 + model.num_factors * 8 + 1
+    assert group.learning.allocated_nbytes == 0
+    assert learns_b.learning.allocated_nbytes == N * previous
+    # pA alone: the scope's bytes and the update's scratch (no previous tick); with pB, the
+    # previous tick and pB's own besides
+    learner = group.learning.learner
+    if scope == "per_agent":  # a shared group's also holds its kept ticks
+        assert group.learning.bytes_per_agent(N) == (
+            learner.scratch_bytes_per_agent(8) + group.learning.scope.bytes_per_agent(learner)
+        )
+    assert group.learning.bytes_per_agent(N) + previous <= learns_b.learning.bytes_per_agent(N)
+    rng = np.random.default_rng(5)
+
+    def obs() -> np.ndarray:
+        return np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+
+    for _ in range(4):
+        group.step(obs())
+    state = group.state_dict()
+    assert not [k for k in state if k.startswith("learn.qs_prev")]
+    # a snapshot from before (the previous posteriors saved whole, all zeros or not) loads
+    older = dict(state)
+    for f, s in enumerate(model.num_states):
+        older[f"learn.qs_prev{f}"] = rng.random((N, s))
+    o = obs()
+    stepped = []
+    for saved in (state, older):
+        fresh = AifAgentGroup(model, N, learning=only_a, precision="float64")
+        fresh.load_state_dict(saved)
+        assert fresh.learning.allocated_nbytes == 0
+        pA, pA_fresh = group.learning.learner.pA, fresh.learning.learner.pA
+        assert pA is not None
+        assert pA_fresh is not None
+        np.testing.assert_array_equal(pA_fresh.counts[0], pA.counts[0])
+        stepped.append((fresh.step(o), fresh.q_pi.copy()))
+    np.testing.assert_array_equal(stepped[0][0], stepped[1][0])
+    np.testing.assert_array_equal(stepped[0][1], stepped[1][1])
+
+
+def test_a_resized_likelihood_learner_still_keeps_no_previous_tick() -> None:
+    """Resize (a shared ``pA`` group) allocates the previous tick for no agent either, and the
+    group's memory follows its parts."""
+    model = tmaze_reversal_model()
+    group = AifAgentGroup(model, 3, learning=LearningSpec(pA=counts()["A"]),
+                          precision="float64")
+    group.step(np.zeros((3, model.num_modalities), dtype=np.int64))
+    group.resize(7)
+    assert group.learning.allocated_nbytes == 0
+    group.step(np.zeros((7, model.num_modalities), dtype=np.int64))
+    assert group.learning.allocated_nbytes == 0
+
+
+def test_each_agents_likelihood_is_kept_on_its_priors_support() -> None:
+    """A learned ``A`` each agent keeps on its prior's support (the T-maze's ``A[1]``: 12 of
+    24 cells): 8 bytes a cell there, reserved so; whole, it is the dense table the counts give
+    (0 off the support), on the compiled pass and on numpy's; kept whole where the support is
+    all of it."""
+    model = tmaze_reversal_model()
+    prior = counts()["A"][1]
+    K = int((prior > 0).sum())
+    assert prior.size > K
+    only_a = LearningSpec(pA={1: prior}, settings=LearningSettings(scope="per_agent"))
+    numpy_path = LearningSpec(pA={1: prior}, refresh_every=2,
+                              settings=LearningSettings(scope="per_agent"))
+    rng = np.random.default_rng(9)
+    steps = [np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1) for _ in range(7)]
+    for spec_, stepping in ((only_a, "native"), (numpy_path, "numpy")):
+        group = AifAgentGroup(model, N, learning=spec_, precision="float64")
+        scope = group.learning.scope
+        assert isinstance(scope, AgentTables)
+        assert scope.stepping_name.startswith(stepping)
+        kept = scope.tables["A"][1]
+        assert isinstance(kept, per_agent.OnSupport)
+        assert kept.values.shape == (N, K)
+        assert scope.bytes_per_agent(group.learning.learner) == K * 8
+        for obs in steps:
+            group.step(obs)
+        pA = group.learning.learner.pA
+        assert pA is not None
+        whole = scope.likelihood(np.arange(N))[1]
+        c = pA.counts[0].reshape(N, prior.shape[0], -1)
+        if stepping == "numpy":  # refreshed every 2nd tick: bring the tables to the counts
+            group.learning.refresh()
+            whole = scope.likelihood(np.arange(N))[1]
+        np.testing.assert_allclose(whole, c / c.sum(axis=1, keepdims=True), rtol=1e-15, atol=0)
+        assert not whole[:, ~(prior > 0).reshape(prior.shape[0], -1)].any()
+    # kept whole: the support all of it (nothing to gain)
+    spec_ = LearningSpec(pA={1: prior + 1.0}, settings=LearningSettings(scope="per_agent"))
+    group = AifAgentGroup(model, N, learning=spec_, precision="float64")
+    scope = group.learning.scope
+    assert isinstance(scope, AgentTables)
+    assert isinstance(scope.tables["A"][1], np.ndarray)
+    assert scope.bytes_per_agent(group.learning.learner) == prior.size * 8
+
+
+def test_tables_kept_on_their_support_step_as_numpy_s_frozen_and_learning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compiled pass reads and writes each agent's ``A`` on its prior's support (its
+    likelihood's rows, the planning tables, while frozen the tables as they are) as the numpy
+    stages do: the same posteriors and policy posteriors up to rounding, learning and
+    frozen."""
+    model = tmaze_reversal_model()
+    spec_ = LearningSpec(pA={1: counts()["A"][1]}, settings=LearningSettings(scope="per_agent"))
+    compiled = AifAgentGroup(model, N, learning=spec_, precision="float64")
+    monkeypatch.setenv(native_pass.NATIVE_ENV, "0")
+    twin = AifAgentGroup(model, N, learning=spec_, precision="float64")
+    assert compiled.learning.scope.stepping_name == "native"
+    assert twin.learning.scope.stepping_name.startswith("numpy")
+    rng = np.random.default_rng(21)
+    for t in range(12):
+        if t == 6:
+            compiled.learning.freeze()
+            twin.learning.freeze()
+        obs = np.stack([rng.integers(0, o, N) for o in model.num_obs], axis=1)
+        compiled.step(obs)
+        twin.step(obs)
+        for mine, theirs in zip((*compiled.qs, compiled.q_pi), (*twin.qs, twin.q_pi),
+                                strict=True):
+            np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-10, err_msg=str(t))
+        compiled.set_action(twin.action)  # a tie may be broken either way: go on together

@@ -142,6 +142,7 @@ class _Model(ctypes.Structure):
         ("reach2", _p),  # const int64_t *: or NULL
         ("outcome_twin", _p),  # const int64_t *: (K) or NULL
         ("shared_tables", _i64),  # int64_t: 1 the pass makes lnL, lnQ1 once a tick (shared A)
+        ("A_kept", _p),  # const int64_t *const *: (M) or NULL: tables on their support
     ]
 
 
@@ -342,6 +343,32 @@ def _addr(a: np.ndarray, dtype: Any = np.float64, size: int | None = None) -> in
     return int(a.ctypes.data)
 
 
+def _kept_tables(
+    A: Sequence[np.ndarray], S: int, learned: Sequence[int],
+    cells: Mapping[int, np.ndarray] | None, shared_counts: bool,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Each modality's ``A_kept`` (:func:`_kept`; None: kept whole, or not each agent's) and
+    its values an agent (``A_agent_stride``: 0 for a table every agent shares)."""
+    kept = [None if cells is None or m not in cells or m not in learned or shared_counts
+            else _kept(np.asarray(cells[m]).reshape(a.shape[0], S)) for m, a in enumerate(A)]
+    stride = np.array([0 if m not in learned or shared_counts
+                       else a.shape[0] * S if k is None else len(k) - a.shape[0] - 1
+                       for m, (a, k) in enumerate(zip(A, kept, strict=True))], dtype=np.int64)
+    return kept, stride
+
+
+def _kept(cell: np.ndarray) -> np.ndarray:
+    """tick.h's ``A_kept`` of a table kept on its support, from ``cell`` ``(O, S)`` (each
+    cell's index into an agent's values, in row-major order; -1 off the support): the ``O + 1``
+    starts of each row's values, then each value's cell ``o S + s``."""
+    flat = cell.reshape(-1)
+    on = np.flatnonzero(flat >= 0)
+    if not np.array_equal(flat[on], np.arange(len(on))):
+        raise ValueError("a table kept on its support holds its values in row-major order")
+    starts = np.searchsorted(on // cell.shape[1], np.arange(cell.shape[0] + 1))
+    return np.ascontiguousarray(np.concatenate([starts, on]), dtype=np.int64)
+
+
 def _without_pads(
     b_arrays: Sequence[tuple[np.ndarray, ...]], flats: Sequence[np.ndarray | None]
 ) -> list[tuple[np.ndarray, ...]]:
@@ -409,7 +436,10 @@ class NativeTick:
     counts, an int8 group): each learned column of ``A`` and ``B`` that follows its counts is
     then its log-u8 codes decoded, as the group's numpy twin keeps it (tick.h; the float tables
     its surprise reads: :meth:`bind_float`). ``policies`` ``(P, 2, F)``: two-step policies, a
-    pass that learns nothing (the work they share once: ``native.two_steps``). Sizes within the
+    pass that learns nothing (the work they share once: ``native.two_steps``). ``cells[m]``
+    (each agent its own counts): learned modality ``m``'s tables kept on their support, each
+    agent's ``K`` values (``(N, K)``, bound with :meth:`bind_learning`), ``(O_m, S)`` each cell's
+    index into them, -1 off the support (0 there, always). Sizes within the
     library's limits (:func:`limits`, ``too_large``); ``library``: :func:`load`'s (default: the
     package's)."""
 
@@ -421,6 +451,7 @@ class NativeTick:
         shared_counts: bool, library: ctypes.CDLL | None = None,
         learned_B: Mapping[int, TransitionEntries] | None = None, lr_B: float = 0.0,
         state_dtype: type[np.floating] = np.float64, quantise: bool = False,
+        cells: Mapping[int, np.ndarray] | None = None,
     ) -> None:
         num_states = [b.shape[0] for b in B]
         num_controls = [b.shape[2] for b in B]
@@ -477,8 +508,9 @@ class NativeTick:
         self.num_states, self.num_controls = (np.array(num_states, dtype=np.int64),
                                               np.array(num_controls, dtype=np.int64))
         self.num_obs = np.array([a.shape[0] for a in A], dtype=np.int64)
-        self.stride = np.array([a.shape[0] * S if m in self.learned and not shared_counts
-                                else 0 for m, a in enumerate(A)], dtype=np.int64)
+        # Each learned table's values an agent (none shared), and those each agent keeps on
+        # their support: tick.h's A_kept (its rows' starts, each value's cell).
+        self.kept, self.stride = _kept_tables(A, S, self.learned, cells, shared_counts)
         self.stride_B = np.array([self.learned_B[f].size if f in self.learned_B and
                                   not shared_counts else 0 for f in range(F)], dtype=np.int64)
         self._shared_counts = shared_counts
@@ -496,7 +528,8 @@ class NativeTick:
         fixed = {name: np.array([0 if a is None else _addr(a, a.dtype) for a in arrays],
                                 dtype=np.uintp)
                  for name, arrays in (("D", self.D), ("lnC", self.lnC),
-                                      ("entry_index", self.entry_index), ("B_flat", self._flat))}
+                                      ("entry_index", self.entry_index), ("B_flat", self._flat),
+                                      ("A_kept", self.kept))}
         self._fixed = fixed
         # A model nobody learns: the log likelihood of every joint outcome once (numpy's
         # table, fast_tables.likelihood_table), a row gathered per agent and tick in place of
@@ -533,7 +566,9 @@ class NativeTick:
             # the modalities' rows, their product and its S logs (the same bits: tick.c's
             # shared_likelihood)
             shared_tables=int(bool(shared_counts) and bool(self.learned)
-                              and joint_obs * S <= native.LNL_TABLE))
+                              and joint_obs * S <= native.LNL_TABLE),
+            A_kept=_addr(fixed["A_kept"], np.uintp) if any(
+                k is not None for k in self.kept) else None)
         self.outcome_twin = self._twins(len(outcomes))
         self._plan_two_steps(B, policies, len(outcomes))
         if self.state_dtype not in (np.float32, np.float64):
@@ -669,9 +704,10 @@ class NativeTick:
         S = int(self.state_index.shape[1])
         for m, table, count, mask, seen in zip(self.learned, tables, counts, masks, experience,
                                                strict=True):
-            one = int(self.num_obs[m]) * S  # a table's values
+            one = int(self.num_obs[m]) * S  # a table's values (a table on its support: K)
             copies = 1 if self.stride[m] == 0 else len(table)
-            self._ptr["A"][m] = _addr(table, size=copies * one)
+            kept = one if self.kept[m] is None else int(self.stride[m])
+            self._ptr["A"][m] = _addr(table, size=copies * kept)
             self._ptr["pA"][m] = _addr(count, size=copies * one)
             self._ptr["mask"][m] = _addr(mask, np.bool_, size=one)
             self._ptr["experience"][m] = _addr(seen, size=one)

@@ -689,16 +689,81 @@ INLINE void lanes_into_rows(double *const *to, const lane *x, int64_t k) {
         for (int b = 0; b < BLK; b++) to[b][i] = x[i][b];
 }
 
+/* Modality k's learned table as each agent keeps it on its prior's support (tick.h's A_kept:
+ * the row starts, then each value's cell), or NULL: kept whole. */
+INLINE const int64_t *kept_of(const tick_model *m, int64_t k) {
+    return m->A_kept != NULL ? m->A_kept[k] : NULL;
+}
+
+/* x[cell[e]][b] = from[b][e] for the block's eight tables kept on their support, their K
+ * values (cell: each value's cell), the other cells of x's first k 0 (the number a table kept
+ * whole holds there): four values of four tables at a time, as rows_into_lanes. */
+INLINE void support_into_lanes(lane *x, const double *const *from, const int64_t *cell,
+                               int64_t K, int64_t k) {
+    for (int64_t i = 0; i < k; i++) LANES x[i][b] = 0.0;
+    int64_t e = 0;
+    for (; e + 4 <= K; e += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;
+            QUAD_AT(r0, from[h] + e);
+            QUAD_AT(r1, from[h + 1] + e);
+            QUAD_AT(r2, from[h + 2] + e);
+            QUAD_AT(r3, from[h + 3] + e);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(&x[cell[e]][h], r0);
+            QUAD_TO(&x[cell[e + 1]][h], r1);
+            QUAD_TO(&x[cell[e + 2]][h], r2);
+            QUAD_TO(&x[cell[e + 3]][h], r3);
+        }
+    for (; e < K; e++) LANES x[cell[e]][b] = from[b][e];
+}
+
+/* to[b][e] = x[cell[e]][b]: the block's eight tables kept on their support, their K values
+ * (the other cells' lanes hold 0: a pA update is masked by the support, and the counts there
+ * are 0), four values of four tables at a time, as lanes_into_rows (rows that are the same row
+ * take the same values: a padding lane's). */
+INLINE void lanes_into_support(double *const *to, const lane *x, const int64_t *cell,
+                               int64_t K) {
+    int64_t e = 0;
+    for (; e + 4 <= K; e += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;
+            QUAD_AT(r0, &x[cell[e]][h]);
+            QUAD_AT(r1, &x[cell[e + 1]][h]);
+            QUAD_AT(r2, &x[cell[e + 2]][h]);
+            QUAD_AT(r3, &x[cell[e + 3]][h]);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(to[h] + e, r0);
+            QUAD_TO(to[h + 1] + e, r1);
+            QUAD_TO(to[h + 2] + e, r2);
+            QUAD_TO(to[h + 3] + e, r3);
+        }
+    for (; e < K; e++)
+        for (int b = 0; b < BLK; b++) to[b][e] = x[cell[e]][b];
+}
+
 /* Each agent's observed row of modality k's table (agent n's at table + n stride: stride 0,
- * one every agent's) into the block's lanes (row: S lanes; the lanes past count agent
- * first's): the rows found, then moved four values of four agents at a time (rows_into_lanes;
- * agent by agent, each row's values strided into the lanes, they were ~7 instructions a value,
- * value by value over the lanes ~5). */
+ * one every agent's; kept non-NULL: kept on its support, kept_of) into the block's lanes
+ * (row: S lanes; the lanes past count agent first's): the rows found, then moved four values
+ * of four agents at a time (rows_into_lanes; agent by agent, each row's values strided into
+ * the lanes, they were ~7 instructions a value, value by value over the lanes ~5); a table
+ * kept on its support, the lanes 0 and each lane's row's values there (cell by cell, with a
+ * select, it was ~130 instructions an agent-step, per-agent pA T-maze N = 1,000). */
 INLINE void gather_rows(const tick_model *m, const tick_state *st, int64_t k,
-                        const double *table, int64_t stride, int64_t first, int64_t count,
-                        lane *row) {
+                        const double *table, int64_t stride, const int64_t *kept,
+                        int64_t first, int64_t count, lane *row) {
     const int64_t M = m->modalities, S = m->joint;
     const double *from[BLK];
+    if (kept != NULL) {
+        const int64_t *cell = kept + m->num_obs[k] + 1;
+        for (int64_t s = 0; s < S; s++) LANES row[s][b] = 0.0;
+        for (int b = 0; b < BLK; b++) {
+            const int64_t n = first + (b < count ? b : 0), o = st->obs[n * M + k];
+            const double *values = table + n * stride;
+            for (int64_t e = kept[o]; e < kept[o + 1]; e++) row[cell[e] - o * S][b] = values[e];
+        }
+        return;
+    }
     for (int b = 0; b < BLK; b++) {
         const int64_t n = first + (b < count ? b : 0);
         from[b] = table + n * stride + st->obs[n * M + k] * S;
@@ -726,7 +791,8 @@ INLINE void likelihood_lanes(
     for (int64_t k = 0; k < M; k++) {
         /* the rows of the tables the agents infer with: the product's (no lnL) */
         if (inferred) {
-            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], first, count, row);
+            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], kept_of(m, k), first, count,
+                        row);
             if (k == 0)
                 for (int64_t s = 0; s < S; s++) LANES sc->log_lik[s][b] = row[s][b];
             else
@@ -738,9 +804,10 @@ INLINE void likelihood_lanes(
          * agent (the float tables' were, scalar, ~5% of the int8 shared pA tick, T-maze
          * N = 1,000) */
         if (floats)
-            gather_rows(m, st, k, m->A_float[k], 0, first, count, row);
+            gather_rows(m, st, k, m->A_float[k], 0, NULL, first, count, row);
         else if (!inferred)
-            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], first, count, row);
+            gather_rows(m, st, k, m->A[k], m->A_agent_stride[k], kept_of(m, k), first, count,
+                        row);
         lane total;
         LANES total[b] = 0.0;
         for (int64_t s = 0; s < S; s++) LANES total[b] += row[s][b] * sc->joint[s][b];
@@ -749,11 +816,20 @@ INLINE void likelihood_lanes(
 }
 
 /* Health's measures of a sampled agent (tick_state.measure_rows; edge_agent/aif/health.py's
- * tick_measures, scalar: a few dozen agents a measured tick): the table agent n infers with, as
- * health's likelihood reads it (an int8 group's its codes decoded, not A_float: the float
- * tables are learning's surprise's, not health's). */
-INLINE const double *measured_table(const tick_model *m, int64_t k, int64_t n) {
-    return m->A[k] + n * m->A_agent_stride[k];
+ * tick_measures, scalar: a few dozen agents a measured tick): row o of the table agent n
+ * infers with, as health's likelihood reads it (an int8 group's its codes decoded, not
+ * A_float: the float tables are learning's surprise's, not health's); a table kept on its
+ * support, its row made in out (S values). */
+INLINE const double *measured_row(const tick_model *m, int64_t k, int64_t n, int64_t o,
+                                  double *out) {
+    const int64_t S = m->joint;
+    const double *table = m->A[k] + n * m->A_agent_stride[k];
+    const int64_t *kept = kept_of(m, k);
+    if (kept == NULL) return table + o * S;
+    const int64_t *cell = kept + m->num_obs[k] + 1;
+    for (int64_t s = 0; s < S; s++) out[s] = 0.0;
+    for (int64_t e = kept[o]; e < kept[o + 1]; e++) out[cell[e] - o * S] = table[e];
+    return out;
 }
 
 /* The joint over the states of the factors' values v[(offset[f] + i) * stride] (a block's
@@ -778,14 +854,14 @@ INLINE void predicted_measures(const tick_model *m, tick_state *st, int64_t i,
     enum { CHUNK = 64 };
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0;
+    double p[CHUNK], lp[CHUNK], surprise = 0.0, plogp = 0.0, made[MAX_S];
     int64_t seen_at[MAX_M], seen = 0, fill = 0;
     for (int64_t k = 0; k < M; k++) {
-        const double *table = measured_table(m, k, n);
         const int64_t o_seen = st->obs[n * M + k];
         for (int64_t o = 0; o < m->num_obs[k]; o++) {
+            const double *row = measured_row(m, k, n, o, made);
             double total = 0.0;
-            for (int64_t s = 0; s < S; s++) total += table[o * S + s] * joint[s];
+            for (int64_t s = 0; s < S; s++) total += row[s] * joint[s];
             if (o == o_seen) seen_at[seen++] = fill;
             p[fill++] = total;
             const int last = k == M - 1 && o == m->num_obs[k] - 1;
@@ -816,7 +892,7 @@ INLINE void posterior_measures(const tick_model *m, tick_state *st, int64_t i,
                                const int64_t *offset) {
     const int64_t M = m->modalities, S = m->joint, K = st->measure_count;
     const int64_t n = st->measure_rows[i];
-    double logs[MAX_S], log_lik[MAX_S], joint[MAX_S];
+    double logs[MAX_S], log_lik[MAX_S], joint[MAX_S], made[MAX_S];
     double change = 0.0, accuracy = 0.0;
     for (int64_t f = 0; f < m->factors; f++) {  /* a factor's logs at once */
         const int64_t s_f = m->num_states[f];
@@ -826,7 +902,7 @@ INLINE void posterior_measures(const tick_model *m, tick_state *st, int64_t i,
     }
     measured_joint(m, q, 1, offset, joint);
     for (int64_t k = 0; k < M; k++) {  /* a modality's observed row's logs at once */
-        tick_log(measured_table(m, k, n) + st->obs[n * M + k] * S, logs, S, EPS);
+        tick_log(measured_row(m, k, n, st->obs[n * M + k], made), logs, S, EPS);
         for (int64_t s = 0; s < S; s++) log_lik[s] = k == 0 ? logs[s] : log_lik[s] + logs[s];
     }
     for (int64_t s = 0; s < S; s++) accuracy += joint[s] * log_lik[s];
@@ -1013,7 +1089,11 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         if (!m->learn) {  /* frozen: the block's lanes of the agents' tables as they are */
             const double *tables[BLK];
             LANES tables[b] = m->A[k] + agent[b] * m->A_agent_stride[k];
-            rows_into_lanes(Ab, tables, O * S);
+            const int64_t *kept = kept_of(m, k);
+            if (kept != NULL)
+                support_into_lanes(Ab, tables, kept + O + 1, kept[O], O * S);
+            else
+                rows_into_lanes(Ab, tables, O * S);
         } else if (!m->shared_counts) {
             /* each agent's table its counts' expectation, made in the block's lanes (the
              * agents' counts moved into them four values of four agents at a time,
@@ -1037,7 +1117,12 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
                 LANES total[b] = 1.0 / total[b];
                 for (int64_t o = 0; o < O; o++) LANES Ab[o * S + s][b] *= total[b];
             }
-            lanes_into_rows(tables, Ab, O * S);
+            /* (a table kept on its support: its cells there, lanes_into_support) */
+            const int64_t *kept = kept_of(m, k);
+            if (kept != NULL)
+                lanes_into_support(tables, Ab, kept + O + 1, kept[O]);
+            else
+                lanes_into_rows(tables, Ab, O * S);
         }
     }
 

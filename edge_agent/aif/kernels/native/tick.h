@@ -176,7 +176,15 @@ typedef struct {
                                            * no more than theirs), a row gathered per agent \
                                            * (the same products and logs as its own rows', \
                                            * bit for bit); 0: each agent's rows gathered,  \
-                                           * multiplied and logged (the tests' reference) */
+                                           * multiplied and logged (the tests' reference) */ \
+    X(const int64_t *const *, A_kept)     /* (M) or NULL: a learned table each agent keeps \
+                                           * on its prior's support (A_agent_stride its    \
+                                           * K_m values, cell by cell in row-major order): \
+                                           * (O_m + 1) the values of row o start at [o],    \
+                                           * then (K_m) each value's cell o S + s; off the \
+                                           * support the table is 0, always (a pA update  \
+                                           * is masked by the support); a NULL entry: the  \
+                                           * table whole */
 
 typedef struct {
     TICK_MODEL_FIELDS(TICK_DECLARE_FIELD)
