@@ -649,22 +649,44 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
     } while (0)
 
 
+/* Four values of four of the block's rows (from[h + j] + e, j = 0..3) into the lanes h..h + 3
+ * of x0..x3 (x_i: the value e + i's lanes), through one four-by-four transpose. */
+INLINE void four_into_lanes(lane *x0, lane *x1, lane *x2, lane *x3,
+                            const double *const *from, int64_t e, int h) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, from[h] + e);
+    QUAD_AT(r1, from[h + 1] + e);
+    QUAD_AT(r2, from[h + 2] + e);
+    QUAD_AT(r3, from[h + 3] + e);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(&(*x0)[h], r0);
+    QUAD_TO(&(*x1)[h], r1);
+    QUAD_TO(&(*x2)[h], r2);
+    QUAD_TO(&(*x3)[h], r3);
+}
+
+/* The reverse of four_into_lanes: the lanes h..h + 3 of x0..x3 into four values of four rows
+ * (to[h + j] + e). */
+INLINE void four_into_rows(double *const *to, int64_t e, int h, const lane *x0,
+                           const lane *x1, const lane *x2, const lane *x3) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, &(*x0)[h]);
+    QUAD_AT(r1, &(*x1)[h]);
+    QUAD_AT(r2, &(*x2)[h]);
+    QUAD_AT(r3, &(*x3)[h]);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(to[h] + e, r0);
+    QUAD_TO(to[h + 1] + e, r1);
+    QUAD_TO(to[h + 2] + e, r2);
+    QUAD_TO(to[h + 3] + e, r3);
+}
+
 /* x[i][b] = from[b][i] for the block's eight rows' first k values. */
 INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
     int64_t i = 0;
     for (; i + 4 <= k; i += 4)
-        for (int h = 0; h < BLK; h += 4) {
-            quad r0, r1, r2, r3;
-            QUAD_AT(r0, from[h] + i);
-            QUAD_AT(r1, from[h + 1] + i);
-            QUAD_AT(r2, from[h + 2] + i);
-            QUAD_AT(r3, from[h + 3] + i);
-            TRANSPOSE_QUADS(r0, r1, r2, r3);
-            QUAD_TO(&x[i][h], r0);
-            QUAD_TO(&x[i + 1][h], r1);
-            QUAD_TO(&x[i + 2][h], r2);
-            QUAD_TO(&x[i + 3][h], r3);
-        }
+        for (int h = 0; h < BLK; h += 4)
+            four_into_lanes(&x[i], &x[i + 1], &x[i + 2], &x[i + 3], from, i, h);
     for (; i < k; i++) LANES x[i][b] = from[b][i];
 }
 
@@ -673,18 +695,8 @@ INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
 INLINE void lanes_into_rows(double *const *to, const lane *x, int64_t k) {
     int64_t i = 0;
     for (; i + 4 <= k; i += 4)
-        for (int h = 0; h < BLK; h += 4) {
-            quad r0, r1, r2, r3;
-            QUAD_AT(r0, &x[i][h]);
-            QUAD_AT(r1, &x[i + 1][h]);
-            QUAD_AT(r2, &x[i + 2][h]);
-            QUAD_AT(r3, &x[i + 3][h]);
-            TRANSPOSE_QUADS(r0, r1, r2, r3);
-            QUAD_TO(to[h] + i, r0);
-            QUAD_TO(to[h + 1] + i, r1);
-            QUAD_TO(to[h + 2] + i, r2);
-            QUAD_TO(to[h + 3] + i, r3);
-        }
+        for (int h = 0; h < BLK; h += 4)
+            four_into_rows(to, i, h, &x[i], &x[i + 1], &x[i + 2], &x[i + 3]);
     for (; i < k; i++)
         for (int b = 0; b < BLK; b++) to[b][i] = x[i][b];
 }
@@ -703,18 +715,9 @@ INLINE void support_into_lanes(lane *x, const double *const *from, const int64_t
     for (int64_t i = 0; i < k; i++) LANES x[i][b] = 0.0;
     int64_t e = 0;
     for (; e + 4 <= K; e += 4)
-        for (int h = 0; h < BLK; h += 4) {
-            quad r0, r1, r2, r3;
-            QUAD_AT(r0, from[h] + e);
-            QUAD_AT(r1, from[h + 1] + e);
-            QUAD_AT(r2, from[h + 2] + e);
-            QUAD_AT(r3, from[h + 3] + e);
-            TRANSPOSE_QUADS(r0, r1, r2, r3);
-            QUAD_TO(&x[cell[e]][h], r0);
-            QUAD_TO(&x[cell[e + 1]][h], r1);
-            QUAD_TO(&x[cell[e + 2]][h], r2);
-            QUAD_TO(&x[cell[e + 3]][h], r3);
-        }
+        for (int h = 0; h < BLK; h += 4)
+            four_into_lanes(&x[cell[e]], &x[cell[e + 1]], &x[cell[e + 2]], &x[cell[e + 3]],
+                            from, e, h);
     for (; e < K; e++) LANES x[cell[e]][b] = from[b][e];
 }
 
@@ -726,18 +729,9 @@ INLINE void lanes_into_support(double *const *to, const lane *x, const int64_t *
                                int64_t K) {
     int64_t e = 0;
     for (; e + 4 <= K; e += 4)
-        for (int h = 0; h < BLK; h += 4) {
-            quad r0, r1, r2, r3;
-            QUAD_AT(r0, &x[cell[e]][h]);
-            QUAD_AT(r1, &x[cell[e + 1]][h]);
-            QUAD_AT(r2, &x[cell[e + 2]][h]);
-            QUAD_AT(r3, &x[cell[e + 3]][h]);
-            TRANSPOSE_QUADS(r0, r1, r2, r3);
-            QUAD_TO(to[h] + e, r0);
-            QUAD_TO(to[h + 1] + e, r1);
-            QUAD_TO(to[h + 2] + e, r2);
-            QUAD_TO(to[h + 3] + e, r3);
-        }
+        for (int h = 0; h < BLK; h += 4)
+            four_into_rows(to, e, h, &x[cell[e]], &x[cell[e + 1]], &x[cell[e + 2]],
+                           &x[cell[e + 3]]);
     for (; e < K; e++)
         for (int b = 0; b < BLK; b++) to[b][e] = x[cell[e]][b];
 }
