@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import health as kernels_health
-from edge_agent.aif import per_agent
 from edge_agent.aif.health import InTickFold
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
@@ -33,6 +32,7 @@ from edge_agent.core.tick_paths import CompiledTick
 from edge_agent.sim.registry import builtin_model, make_env
 from edge_agent.sim.tmaze_reversal import ReversalTMazeEnv, tmaze_reversal_model
 from tests.support.native_tick import SANITIZED_ENV
+from tests.support.per_agent_prior import per_agent_prior
 
 
 @pytest.fixture(autouse=True)
@@ -249,7 +249,7 @@ def test_a_small_group_s_pass_measures_each_measured_tick(
         del in_tick  # numpy's measures, held (a learned A's worked out before the tick)
         if prior is None and scope == "per_agent":  # the tick's prior, as numpy makes it (a
             # per-agent pass leaves the next one in the state)
-            prior = _made_prior(theirs)
+            prior = per_agent_prior(theirs)
         before(obs, prior, likelihood=likelihood)
 
     theirs.health.before = told  # type: ignore[method-assign]
@@ -347,15 +347,6 @@ LEARNING_SIZES = [(c, n) for c in LEARNING for n in (1, 13, 100, 1000)
                   if not (c[0] == "grid10" and c[3:] == ("shared", "int8") and n > 32)]
 
 
-def _made_prior(group: AifAgentGroup) -> list[np.ndarray]:
-    """A per-agent group's tick's prior, as its numpy stages make it (after a compiled pass,
-    ``state.prior`` holds the next tick's prior, the same)."""
-    state, scope = group.state, group.learning.scope  # type: ignore[union-attr]
-    B = [scope.transition_table(f) for f in range(len(state.qs))]  # type: ignore[attr-defined]
-    return per_agent.priors(B, scope.tables["D"], state.qs, state.action,  # type: ignore[attr-defined]
-                            state.has_action)
-
-
 @pytest.mark.parametrize(("learned", "n"), LEARNING_SIZES,
                          ids=["-".join(map(str, (*c, n))) for c, n in LEARNING_SIZES])
 def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: int) -> None:
@@ -376,7 +367,7 @@ def test_a_learning_pass_measures_what_tick_measures_does(learned: Learned, n: i
         prior = path.tick_prior()
         if prior is None:  # made by the pass (or the next prior it kept, the same): each
             # agent's own B of its action times its posterior, or D
-            prior = _made_prior(group)
+            prior = per_agent_prior(group)
         before = [np.array(p[rows], dtype=np.float64) for p in prior]
         o = np.array(obs[rows], dtype=np.int64)
         tables = [np.array(a) for a in path.likelihood(rows)]  # (the step learns from o)

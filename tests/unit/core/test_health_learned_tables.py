@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from edge_agent.aif import health as kernels_health
-from edge_agent.aif import per_agent
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.core.agents import AifAgentGroup
 from edge_agent.core.learning_ticks import PassTick
 from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.sim.registry import builtin_model, make_env
+from tests.support.per_agent_prior import per_agent_prior
 
 #: float64 groups: numpy's held measures (the ticks' rows side by side) and the pass's (its
 #: vector logs, its sums in another order) against tick_measures, up to rounding (measured:
@@ -86,15 +86,6 @@ def _tick_rows(health: Any) -> list[np.ndarray]:
     return seen
 
 
-def _made_prior(group: AifAgentGroup) -> list[np.ndarray]:
-    """A per-agent group's tick's prior as its numpy stages make it: each agent's own ``B`` of
-    its action times its posterior, or ``D``."""
-    state, scope = group.state, group.learning.scope  # type: ignore[union-attr]
-    B = [scope.transition_table(f) for f in range(len(state.qs))]  # type: ignore[attr-defined]
-    return per_agent.priors(B, scope.tables["D"], state.qs, state.action,  # type: ignore[attr-defined]
-                            state.has_action)
-
-
 @pytest.mark.parametrize("n", [13, 100])
 @pytest.mark.parametrize(("case", "path"), RUNS,
                          ids=["-".join(map(str, (*c, p))) for c, p in RUNS])
@@ -120,7 +111,7 @@ def test_a_learning_group_is_measured_under_the_tables_it_inferred_with(
         kept = group.path.tick_prior()
         if kept is None:  # made at inference (per agent): as numpy makes it (after a compiled
             # pass the state holds the next tick's prior)
-            kept = _made_prior(group)
+            kept = per_agent_prior(group)
         prior = None if callable(kept) else [np.array(p) for p in kept]
         o = np.array(obs)
         actions = group.step(obs, now=float(t))

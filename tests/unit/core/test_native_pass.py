@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.aif import kernels, per_agent, quant
+from edge_agent.aif import kernels, quant
 from edge_agent.aif.kernels.native import binding
 from edge_agent.aif.learning import LearningSettings, LearningSpec
 from edge_agent.aif.model import GenerativeModel
@@ -32,6 +32,7 @@ from edge_agent.core.native_pass import LOCAL_MEASURED, NATIVE_ENV, NativePass
 from edge_agent.sim.registry import make_env
 from edge_agent.sim.tmaze_reversal import tmaze_reversal_model
 from tests.support.native_tick import SANITIZED_ENV
+from tests.support.per_agent_prior import per_agent_prior
 
 
 @pytest.fixture(autouse=True)
@@ -126,10 +127,7 @@ def _prior_kept_as(mine: AifAgentGroup, theirs: AifAgentGroup) -> list[np.ndarra
     assert isinstance(tick_pass, NativePass)
     if not tick_pass.takes_kept(mine.state, mine.n_agents):
         return mine.state.prior
-    b, scope = theirs.state, theirs.learning.scope  # type: ignore[union-attr]
-    B = [scope.transition_table(f) for f in range(len(b.qs))]  # type: ignore[attr-defined]
-    D = scope.tables["D"]  # type: ignore[attr-defined]
-    return per_agent.priors(B, D, b.qs, b.action, b.has_action)
+    return per_agent_prior(theirs)
 
 
 def _optimal(actions: np.ndarray, group: AifAgentGroup, tol: float = 1e-9) -> None:

@@ -45,7 +45,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from edge_agent.aif import per_agent
 from edge_agent.aif.constants import EPS
 from edge_agent.aif.kernels import native
 from edge_agent.aif.kernels.native import binding
@@ -75,6 +74,7 @@ from tests.support.native_tick import (
     outcomes,
     sizes,
 )
+from tests.support.per_agent_prior import per_agent_prior
 
 TOL = 1e-9
 
@@ -140,15 +140,6 @@ def _joint(qs: list[np.ndarray]) -> np.ndarray:
     return joint
 
 
-def _next_prior(group: AifAgentGroup) -> list[np.ndarray]:
-    """A per-agent group's next prior after its tick: each agent's own ``B`` of its action
-    times its posterior."""
-    state, scope = group.state, group.learning.scope  # type: ignore[union-attr]
-    B = [scope.transition_table(f) for f in range(len(state.qs))]  # type: ignore[attr-defined]
-    return per_agent.priors(B, scope.tables["D"], state.qs, state.action,  # type: ignore[attr-defined]
-                            state.has_action)
-
-
 @pytest.mark.parametrize("case", list(_cases()))
 def test_the_compiled_tick_is_its_numpy_twin_up_to_rounding(
     case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -209,7 +200,7 @@ def test_the_compiled_tick_is_its_numpy_twin_up_to_rounding(
         # pass keeps in its state and takes at its next tick: ``B`` of the action chosen times
         # the posterior, the twin's state holding the tick's prior, made at inference)
         same = (tick.action == actions).all(axis=1)
-        following = group.state.prior if counting == "shared" else _next_prior(group)
+        following = group.state.prior if counting == "shared" else per_agent_prior(group)
         for mine, theirs in zip(tick.next_prior, following, strict=True):
             np.testing.assert_allclose(mine[same], theirs[same], rtol=0, atol=TOL)
         tick.follow(group, actions)
