@@ -47,6 +47,12 @@ class OnSupport(NamedTuple):
         """``(N, O, S)``: the tables' shape, whole."""
         return (len(self.values), *self.cell.shape)
 
+    @property
+    def at(self) -> np.ndarray:
+        """``(K,)``: each value's flat cell ``o S + s`` (the values are kept in the cells'
+        row-major order, :func:`on_support`)."""
+        return np.flatnonzero(self.cell.reshape(-1) >= 0)
+
 
 #: A modality's tables: ``(N|1, O, S)``, or each agent's on its support.
 Likelihood = np.ndarray | OnSupport
@@ -69,8 +75,7 @@ def whole_tables(a: Likelihood, rows: slice | np.ndarray) -> np.ndarray:
         return a if a.shape[0] == 1 else a[rows]
     values = a.values[rows]
     out = np.zeros((len(values), a.cell.size))
-    kept = a.cell.reshape(-1) >= 0
-    out[:, kept] = values[:, a.cell.reshape(-1)[kept]]
+    out[:, a.at] = values
     return out.reshape(len(values), *a.cell.shape)
 
 

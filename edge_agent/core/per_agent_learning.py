@@ -226,7 +226,7 @@ class AgentTables:
                     continue
                 table = self.tables[counts.kind][index]
                 if isinstance(table, per_agent.OnSupport):
-                    table.values[...] = tables["A"][index].reshape(-1)[_cells(table)]
+                    table.values[...] = tables["A"][index].reshape(-1)[table.at]
                     continue
                 table[...] = tables[counts.kind][index].reshape(table.shape[1:])
 
@@ -354,13 +354,6 @@ def _on_support(
     return per_agent.OnSupport(np.repeat(one.values, n_agents, axis=0), one.cell)
 
 
-def _cells(kept: per_agent.OnSupport) -> np.ndarray:
-    """The flat ``(O S)`` index of each of ``kept``'s values, in their order."""
-    flat = kept.cell.reshape(-1)
-    on = np.flatnonzero(flat >= 0)
-    return on[np.argsort(flat[on])]
-
-
 def _normalise_on_support(counts: np.ndarray, kept: per_agent.OnSupport) -> None:
     """Each agent's table on its support its counts' expectation, in place: ``counts[n, o, s]
     / sum_o counts[n, o, s]`` (the numbers :func:`~edge_agent.aif.learning_refresh.
@@ -368,7 +361,7 @@ def _normalise_on_support(counts: np.ndarray, kept: per_agent.OnSupport) -> None
     n, outcomes = counts.shape[0], counts.shape[1]
     whole = counts.reshape(n, outcomes, -1)
     totals = np.add.reduce(whole, axis=1, dtype=np.float64)  # (N, S)
-    order = _cells(kept)
+    order = kept.at
     S = whole.shape[2]
     np.divide(whole.reshape(n, -1)[:, order], totals[:, order % S], out=kept.values,
               dtype=np.float64)
