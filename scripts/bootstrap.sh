@@ -20,6 +20,31 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+use_ccache() {
+    # The tests that build the project (a fresh copy's bootstrap, the wheel, the README's venv)
+    # compile the learning tick about ten times, each the same sources with the same flags:
+    # through ccache (Debian's compiler links in /usr/lib/ccache, where it is installed:
+    # scripts/test installs it) every one after the first is a hit, about 10 s of CPU less each.
+    # Each copy and venv has paths of its own: ccache hashes them relative to the directory it
+    # compiles in (CCACHE_BASEDIR=/) and not that directory itself (NOHASHDIR: the object's
+    # debug information names the first one's). The cache is outside the checkout.
+    if [ -d /usr/lib/ccache ]; then
+        export PATH="/usr/lib/ccache:$PATH" CCACHE_BASEDIR=/ CCACHE_NOHASHDIR=true \
+            CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-200M}" \
+            CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ccache}"
+    fi
+}
+
+prebuild_native() {
+    # The tests' builds of the compiled tick (tests/support/native_builds.py), made ahead into
+    # their cache with the compiler the tests use (ccache first on PATH, as run_pytest puts it:
+    # the compiler's path is part of a build's key). A failed build is not this step's verdict:
+    # the test that asks for it builds it again and fails with the compiler's errors.
+    echo "== the tests' builds of the compiled tick, ahead" >&2
+    (use_ccache && python -m tests.support.native_builds >&2) \
+        || echo "bootstrap: a build failed; the tests that need it build it and say why" >&2
+}
+
 run_pytest() {
     # run_pytest ARGS...: pytest on EDGE_AGENT_TEST_WORKERS processes (default: one and a half
     # per CPU this process may use, at least 3: an integration test spends about half its time
@@ -35,18 +60,7 @@ run_pytest() {
     # where nothing writes bytecode (PYTHONDONTWRITEBYTECODE=1, a fresh clone): about 0.6 s of
     # CPU per daemon start. Python reads a valid .pyc whatever that variable says.
     python -m compileall -q -j 0 edge_agent tools benchmarks examples tests/support >/dev/null
-    # The tests that build the project (a fresh copy's bootstrap, the wheel, the README's venv)
-    # compile the learning tick about ten times, each the same sources with the same flags:
-    # through ccache (Debian's compiler links in /usr/lib/ccache, where it is installed:
-    # scripts/test installs it) every one after the first is a hit, about 10 s of CPU less each.
-    # Each copy and venv has paths of its own: ccache hashes them relative to the directory it
-    # compiles in (CCACHE_BASEDIR=/) and not that directory itself (NOHASHDIR: the object's
-    # debug information names the first one's). The cache is outside the checkout.
-    if [ -d /usr/lib/ccache ]; then
-        export PATH="/usr/lib/ccache:$PATH" CCACHE_BASEDIR=/ CCACHE_NOHASHDIR=true \
-            CCACHE_MAXSIZE="${CCACHE_MAXSIZE:-200M}" \
-            CCACHE_DIR="${CCACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ccache}"
-    fi
+    use_ccache
     echo "== pytest ($workers workers)" >&2
     if [ "$workers" = 0 ]; then
         exec python -m pytest "$@"

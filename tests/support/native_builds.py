@@ -1,8 +1,12 @@
 """The tests' builds of the compiled tick, from its recipe (edge_agent/aif/kernels/native/
 recipe.py: the sources and flags setup.py builds the package's library with), each with the
-recipe's flags for it added; cached under ``${EDGE_AGENT_BENCH_CACHE:-.cache}/native-builds``
-by what it is built from (the sources' bytes, the flags, the compiler and its version), so a
-run builds only what changed. They need the C compiler (``cc``; ``apt-get install gcc
+recipe's flags for it added; cached under ``$EDGE_AGENT_NATIVE_BUILDS`` when set (.ci/run keeps
+it outside the clone, as pip's and ccache's caches), else ``${EDGE_AGENT_BENCH_CACHE:-.cache}/
+native-builds``, by what it is built from (the sources' bytes, the flags, the compiler and its
+version), so a run builds only what changed. ``python -m tests.support.native_builds`` makes
+every build of :data:`BUILDS` of the package's sources ahead of the tests (.ci/run does, while
+the root stages leave a core idle); a test that asks for one then finds it, or builds it itself
+and fails with the compiler's errors. They need the C compiler (``cc``; ``apt-get install gcc
 libc6-dev``, which scripts/test installs): without one the recipe's error says so, and the test
 fails with it."""
 
@@ -37,6 +41,9 @@ BUILDS: dict[str, tuple[str, ...]] = {
 
 
 def cache_dir() -> Path:
+    kept = os.environ.get("EDGE_AGENT_NATIVE_BUILDS")
+    if kept:
+        return Path(kept)
     return Path(os.environ.get("EDGE_AGENT_BENCH_CACHE", str(REPO / ".cache"))) / "native-builds"
 
 
@@ -65,3 +72,13 @@ def build(name: str, *, extra: Sequence[str] = (), where: Path = recipe.HERE) ->
             recipe.build(tmp, extra=flags, where=where)
             tmp.replace(out)  # atomic: a reader never sees a part-written library
     return out
+
+
+def build_all() -> list[Path]:
+    """Every build of :data:`BUILDS` of the package's sources (each made unless cached)."""
+    return [build(name) for name in BUILDS]
+
+
+if __name__ == "__main__":
+    for library in build_all():
+        print(library)
