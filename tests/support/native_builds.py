@@ -71,7 +71,26 @@ def build(name: str, *, extra: Sequence[str] = (), where: Path = recipe.HERE) ->
             tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
             recipe.build(tmp, extra=flags, where=where)
             tmp.replace(out)  # atomic: a reader never sees a part-written library
+            prune(name, keep=out)
     return out
+
+
+#: How many libraries of one build name a cache keeps (the newest; each is 2-9 MB): a cache
+#: outside the clone (.ci/run's) otherwise gains one a build at every change of the C sources.
+KEPT_PER_BUILD = 4
+
+
+def prune(name: str, *, keep: Path) -> list[Path]:
+    """Remove build ``name``'s libraries but ``keep`` and the newest others, up to
+    :data:`KEPT_PER_BUILD` in all (a process that loaded one keeps its mapping); the removed."""
+    others = sorted((path for path in cache_dir().glob(f"tick-{name}-*.so")
+                     if path != keep and ".tmp." not in path.name),
+                    key=lambda path: path.stat().st_mtime, reverse=True)
+    removed = others[KEPT_PER_BUILD - 1:]
+    for path in removed:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".lock").unlink(missing_ok=True)
+    return removed
 
 
 def build_all() -> list[Path]:
