@@ -17,7 +17,8 @@ agent-step) over the first ``achieved_ticks`` ticks, those that both edge-agent'
 group and pymdp 1.0.4 ran (fewer where the row itself ran fewer): equal up to noise where the
 algorithm is the same (a tie broken differently parts two trajectories). Every row has ``loop``
 (``open`` or ``closed``); the ratios compare rows of one loop. Each implementation runs in its
-own process on one thread (``OPENBLAS_NUM_THREADS=1``, XLA without its thread pool), one after
+own process on one thread (``OPENBLAS_NUM_THREADS=1``, XLA without its thread pool) and on one
+CPU, the same for all (``pinned_cpu``: the process and all its threads kept there), one after
 the other per case: edge-agent in this venv, the peers in the venvs ``bench_peers.py`` makes
 under ``.cache/peers`` (``--no-install``: never make one).
 
@@ -172,6 +173,16 @@ def write_workload(world: str, kind: str, index: int, n: int, path: Path) -> Non
     np.savez(path, **arrays)  # type: ignore[arg-type]
 
 
+def pin_args() -> list[str]:
+    """``--cpu`` for a worker: every implementation's process on the same one CPU, the last this
+    process may use, all its threads with it (pymdp 1.0.4's JAX runtime otherwise ran about
+    1.15 CPU-seconds a second of wall time under the one-thread flags: a second core's share);
+    none where the OS cannot pin."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    return ["--cpu", str(max(os.sched_getaffinity(0)))]
+
+
 def run_worker(
     python: Path, impl: str, workload: Path, n: int, args: argparse.Namespace, *,
     refresh_every: int = 1, closed_loop: bool = False, frozen: bool = False,
@@ -181,7 +192,7 @@ def run_worker(
     policies, :func:`check_rows`' input)."""
     checks = workload.with_name(f"checks-{impl.replace(' ', '_')}-{n}.npz")
     cmd = [str(python), str(WORKER), impl, str(workload), str(n), "--seconds",
-           str(args.seconds), "--repeats", str(args.repeats), "--refresh-every",
+           str(args.seconds), "--repeats", str(args.repeats), *pin_args(), "--refresh-every",
            str(refresh_every), "--policy-len", str(policy_len),
            *(["--closed-loop"] if closed_loop else []),
            *(["--frozen", "--checks", str(checks)] if frozen else [])]

@@ -54,7 +54,9 @@ summed over both steps, the action the first step's marginal:
 After a first tick (JIT compilation for pymdp 1.0.4) and a warm-up tick, ``--repeats`` timed runs
 of at least ``--seconds`` (whole ticks) each; prints one JSON line: ``steps_per_s`` (median
 agent-steps per second of wall time), ``cpu_steps_per_s`` (the same over the process's CPU time,
-all its threads: less sensitive to a shared machine's load than wall time), ``first_tick_s``,
+all its threads: less sensitive to a shared machine's load than wall time), ``pinned_cpu`` (the
+one CPU ``--cpu`` kept the process and all its threads on, or null; ``threads_cpus``: the CPUs
+its threads may use, read at the end), ``first_tick_s``,
 ``loop`` (``open`` or ``closed``), in the closed loop what the agents achieved (``score``,
 ``mean_reward`` on the T-maze, ``reach_rate`` on grid10, and ``scores``, its sum at every tick:
 :class:`peers.world.ClosedLoopWorld`), ``planning``, how the agents plan as read from the agents
@@ -388,6 +390,21 @@ class Replay:
         return self.obs[self.tick % len(self.obs)], self.start
 
 
+def threads_cpus() -> list[int] | None:
+    """The CPUs any of this process's threads may run on (the union of their masks, read at the
+    end of the run: JAX's threads included), or None where the OS does not say."""
+    tasks = Path("/proc/self/task")
+    if not hasattr(os, "sched_getaffinity") or not tasks.is_dir():
+        return None
+    cpus: set[int] = set()
+    for task in tasks.iterdir():
+        try:
+            cpus |= os.sched_getaffinity(int(task.name))
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(cpus)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("impl")
@@ -404,7 +421,13 @@ def main() -> int:
                         help="steps of the policies planned (above 1: --frozen only)")
     parser.add_argument("--checks", default=None,
                         help="write the first tick's actions, q_pi and policies to this .npz")
+    parser.add_argument("--cpu", type=int, default=None,
+                        help="run on this one CPU (os.sched_setaffinity), threads and all")
     args = parser.parse_args()
+    if args.cpu is not None:
+        # Before anything starts a thread (JAX's runtime does when pymdp 1.0.4 is made; numpy's
+        # BLAS has none with OPENBLAS_NUM_THREADS=1): the threads made later inherit the mask.
+        os.sched_setaffinity(0, {args.cpu})
     if args.policy_len > 1 and not args.frozen:
         parser.error("--policy-len above 1 is measured frozen only (--frozen)")
     out = sys.stdout
@@ -461,6 +484,7 @@ def main() -> int:
                             else None),
         **achieved,
         "state_bytes_per_agent": impl.bytes_per_agent(), "planning": impl.planning(),
+        "pinned_cpu": args.cpu, "threads_cpus": threads_cpus(),
         **({"stepping": impl.stepping()} if isinstance(impl, EdgeAgent) else {}),
     }) + "\n")
     return 0

@@ -195,7 +195,7 @@ EXPECTED: dict[str, list[Record]] = {
           for i in ("edge-agent int8 refresh 1", "edge-agent int8 refresh 100",
                     "edge-agent float64 per-agent", "edge-agent float64 learning off")],
         *[({"bench": "learning-peers", "world": w, "n": 20, "impl": i, "loop": "closed"},
-           ("steps_per_s", score, "achieved_ticks", "world_step_timed"))
+           ("steps_per_s", score, "achieved_ticks", "world_step_timed", "pinned_cpu"))
           for w, score in (("tmaze", "mean_reward"), ("grid10", "reach_rate"))
           for i in ("edge-agent float64 per-agent", "edge-agent float64 learning off")],
         # The T-maze's pA and grid10's pB: the per-agent group in the compiled pass, beside it

@@ -8,6 +8,8 @@ count a tie as agreement; edge-agent's closed loop must run and record its actio
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -486,3 +488,25 @@ def test_a_case_plans_alike_only_when_every_side_holds_the_same_policies_and_gam
     for odd in (one_step, other_gamma):
         found = check_rows([("edge-agent int8 learning off", edge), ("pymdp 1.0.4", odd)], [3])
         assert found["edge-agent int8 learning off"]["same_planning"] is False
+
+
+def test_a_worker_pinned_to_one_cpu_keeps_every_thread_there(reversal_workload: Path) -> None:
+    """bench_learning_peers runs every implementation's worker with ``--cpu`` (the same one CPU
+    for all): the worker pins itself before anything starts a thread, and says where its threads
+    may run at the end of the run."""
+    import subprocess
+
+    import bench_learning_peers
+
+    args = bench_learning_peers.pin_args()
+    assert args[0] == "--cpu"
+    cpu = int(args[1])
+    assert cpu in os.sched_getaffinity(0)
+    out = subprocess.run(
+        [sys.executable, str(bench_learning_peers.WORKER), "edge-agent float64 per-agent",
+         str(reversal_workload), "4", "--seconds", "0.01", "--repeats", "1", *args],
+        capture_output=True, text=True, check=True, timeout=300,
+        env={**os.environ, **bench_peers.one_thread_env()})
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["pinned_cpu"] == cpu
+    assert record["threads_cpus"] == [cpu]
