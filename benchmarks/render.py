@@ -600,7 +600,8 @@ TABLES: tuple[Table, ...] = (
         scope=(
             "**Open loop**: every implementation learns from the same observations, tick after "
             "tick (drawn once under random actions; the closed loop is the next table), one "
-            "thread each: the reversal T-maze its reward likelihood (`pA1`), grid10 "
+            "thread each, every process and its threads pinned to the same one CPU "
+            "(`pinned_cpu`): the reversal T-maze its reward likelihood (`pA1`), grid10 "
             "its moves (`pB0`). Like for like: **per-agent counts, tables following them every "
             "tick** on both sides: edge-agent's `AifAgentGroup` learning per agent (float64, "
             "each agent its own counts and tables) against pymdp 1.0.4 (`infer_parameters` each "
@@ -738,7 +739,8 @@ TABLES: tuple[Table, ...] = (
         scope=(
             "The worlds, loop and settings of the learning tables above (closed loop: each "
             "implementation's agents act in their own copy of the world, **the world's step "
-            "timed** on every side; one thread, gamma 16, utility and state information gain, "
+            "timed** on every side; one thread pinned to one CPU, gamma 16, utility and state "
+            "information gain, "
             "deterministic marginal action selection), **nobody learning**, at policy length 1 "
             "and 2 (every pair of actions, pymdp's `construct_policies`, the expected free energy "
             "summed over both steps), on the T-maze, grid10 and grid2f (two factors: a cue cell "
