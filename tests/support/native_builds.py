@@ -37,7 +37,12 @@ BUILDS: dict[str, tuple[str, ...]] = {
     # doubled the build (gcc 14 at -O3: about 80 s of CPU for tick.c, more than a loaded CI
     # run's test timeout; the clone is checked by the equality tests without sanitizers).
     "sanitized": (*recipe.SANITIZE, *recipe.BASELINE_ONLY),
+    # Profile-guided, as setup.py builds the package's library (the recipe's flags, built twice
+    # around the profile workload's run).
+    "profiled": (),
 }
+#: The builds made profile-guided (recipe.build's ``profile``).
+PROFILED = frozenset({"profiled"})
 
 
 def cache_dir() -> Path:
@@ -69,7 +74,7 @@ def build(name: str, *, extra: Sequence[str] = (), where: Path = recipe.HERE) ->
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
             tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.so")
-            recipe.build(tmp, extra=flags, where=where)
+            recipe.build(tmp, extra=flags, where=where, profile=name in PROFILED)
             tmp.replace(out)  # atomic: a reader never sees a part-written library
             prune(name, keep=out)
     return out

@@ -5,11 +5,13 @@ as pyproject.toml requires it) and must carry the tick's C sources, headers, rec
 pip then builds the wheel from that sdist, as it would on a device. The wheel is one for this
 Python and machine, holds the library and no C source or header; the library exports the kernel
 and its layout table, calls glibc's vector log/exp (libmvec: on x86-64, and on aarch64 from glibc
-2.38), reports the layout the binding declares (every unit of the recipe was built into it), and
-loading it in a fresh interpreter leaves its floating point alone: subnormals stay subnormal (it is
-linked without -ffast-math, so no crtfastmath.o sets flush-to-zero). Without a C compiler the wheel
-still builds, without the library (the extension is optional: its groups step with numpy). Real
-builds with the machine's C compiler (scripts/bootstrap.sh installs gcc), a real ctypes load.
+2.38), reports the layout the binding declares (every unit of the recipe was built into it), is
+built profile-guided (setup.py: a first build run on the package's own worlds, its counts read by
+the second), and loading it in a fresh interpreter leaves its floating point alone: subnormals
+stay subnormal (it is linked without -ffast-math, so no crtfastmath.o sets flush-to-zero).
+Without a C compiler the wheel still builds, without the library (the extension is optional: its
+groups step with numpy). Real builds with the machine's C compiler (scripts/bootstrap.sh installs
+gcc), a real ctypes load.
 """
 
 from __future__ import annotations
@@ -81,9 +83,14 @@ def test_the_wheel_built_from_the_sdist_carries_the_compiled_tick(tmp_path: Path
         assert not [n for n in archive.namelist() if n.startswith(f"{NATIVE}/_tick")]
         assert {f"{NATIVE}/__init__.py", f"{NATIVE}/binding.py"} <= set(archive.namelist())
 
-    # The wheel from the sdist, as pip builds it for a device.
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
-         str(sdist)], tmp_path)
+    # The wheel from the sdist, as pip builds it for a device: profile-guided (the kernel's
+    # units compiled with counters, the package's worlds run, compiled again from the counts).
+    log = run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w",
+               str(tmp_path / "dist"), str(sdist)], tmp_path)
+    output = log.stdout + log.stderr
+    assert "-fprofile-arcs" in output, output[-3000:]
+    assert "-fprofile-use" in output, output[-3000:]
+    assert "without a profile" not in output, output[-3000:]
     (wheel,) = (tmp_path / "dist").glob("edge_agent_runtime-*.whl")
     python = f"cp{sys.version_info.major}{sys.version_info.minor}"
     assert wheel.name.endswith(f"-{python}-{python}-linux_{platform.machine()}.whl"), wheel.name

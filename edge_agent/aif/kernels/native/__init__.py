@@ -31,7 +31,7 @@ from edge_agent.arrays import distinct
 __all__ = ["BLOCK", "LIMITS", "LNL_TABLE", "PACKAGE_LIMITS", "TransitionEntries", "TwoSteps",
            "entry_actions", "frozen_nbytes", "library_path", "not_installed", "outcome_twins",
            "policy_reach",
-           "scratch_doubles", "support_entries", "too_large", "two_steps"]
+           "scratch_doubles", "support_entries", "too_large", "two_steps", "use"]
 
 #: The model sizes the pass bounds, each by tick.h's limit (``TICK_LIMITS``); their values are
 #: the library's (``binding.limits``). A limit added to tick.h is named here too, or the library
@@ -51,8 +51,23 @@ BLOCK = 8
 LNL_TABLE = 1 << 16
 
 
+#: Another build of the sources this process steps with (:func:`use`), else None.
+_used: Path | None = None
+
+
+def use(path: Path) -> None:
+    """Step this process's groups with the library at ``path`` (another build of the sources:
+    the build's first, counting one, :mod:`edge_agent.core.tick_profile`) instead of the
+    package's: before anything loads the library (the binding loads it once a process)."""
+    global _used  # noqa: PLW0603 - one library a process, as the binding loads it once
+    _used = path
+
+
 def library_path() -> Path | None:
-    """The library the package was built with (None: built without a C compiler)."""
+    """The library the package was built with (None: built without a C compiler), or the one
+    :func:`use` names."""
+    if _used is not None:
+        return _used
     spec = importlib.util.find_spec(f"{__name__}._tick")
     return None if spec is None or spec.origin is None else Path(spec.origin)
 

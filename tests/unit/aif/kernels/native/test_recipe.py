@@ -163,3 +163,42 @@ def test_the_team_award_s_assignment_runs_clean_under_the_sanitizers() -> None:
     assert done.returncode == 0, report
     assert re.search(r"\b407 passed\b", done.stdout), report
     assert "Sanitizer" not in done.stderr, report
+
+
+def _tick_hashes(library: Path, ticks: int = 40) -> list[str]:
+    """tests/support/tick_hashes.py's lines for ``library`` (learning groups of every scope and
+    frozen int8 groups planning one and two steps, at 1 to 1,000 agents)."""
+    done = subprocess.run([sys.executable, "tests/support/tick_hashes.py", str(library),
+                           str(ticks)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, check=False, timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+# The profiled build is two compiles around the workload's run (about a minute and a half of
+# one core), the plain one a compile: more on a loaded machine.
+@pytest.mark.timeout(1800)
+def test_the_profile_guided_library_steps_bit_for_bit_as_the_plain_one() -> None:
+    profiled, plain = native_builds.build("profiled"), native_builds.build("plain")
+    # the counts were read: gcc laid out the same sources and flags otherwise
+    assert profiled.read_bytes() != plain.read_bytes()
+    assert binding.mismatch(binding.layout(binding.load(profiled))) is None
+    lines = _tick_hashes(profiled)
+    # (all but the three-factor world's two-step plans: 324 policies, above the library's 64)
+    assert sum(line.endswith(" native") for line in lines) == len(lines) - 4 == 76, lines
+    assert lines == _tick_hashes(plain)
+
+
+def test_a_profile_workload_that_cannot_run_says_why(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-library.so"
+    why = recipe.run_workload(missing, REPO)
+    assert why is not None
+    assert why.startswith("the profile workload failed (1)")
+    assert str(missing) in why
+
+
+def test_the_profile_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(recipe.PROFILE_ENV, raising=False)
+    assert recipe.profiled()
+    monkeypatch.setenv(recipe.PROFILE_ENV, "0")
+    assert not recipe.profiled()
