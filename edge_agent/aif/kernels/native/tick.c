@@ -53,18 +53,18 @@
  * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
  * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
  * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the passes (tick_own and tick_shared,
- * every helper inlined into each) and the logs and exps are also compiled for x86-64-v3 (AVX2
- * and FMA, 4 doubles a vector,
- * libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at load time (an ifunc), as
- * numpy dispatches; 0.64 us per agent-tick against 0.81 for the baseline version on the same
- * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
+ * every helper inlined into each) are also compiled for x86-64-v3 (AVX2 and FMA, 4 doubles a
+ * vector; two functions each, edge_tick asking the CPU: the x86-64-v3 ones call libmvec's AVX2
+ * log and exp themselves, vm_log's comment), tick_vmath.c's logs and exps with target_clones (an
+ * ifunc): one .so, the CPU choosing, as numpy dispatches; 0.64 us per agent-tick against 0.81
+ * for the baseline version on the same machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
  * Temporaries: the caller's scratch (edge_tick_scratch_doubles(model) doubles, sized by the
  * model, carved once per tick) and small per-block arrays on the stack, sized by tick.h's
  * limits (the binding refuses a model above one); no allocation.
  * What it leaves out of pymdp's arithmetic, each a difference far below rounding of the free
  * energy it feeds: ln(q + 1e-16) of a softmax is taken as the log-softmax (the term
  * q ln(q + 1e-16) moves by at most 1e-16). C11 and <math.h>, with GCC's (and clang's)
- * always_inline, target_clones and ivdep.
+ * always_inline, target, noplt, __builtin_cpu_supports and ivdep.
  */
 #include <math.h>
 #include <stddef.h>
@@ -109,9 +109,9 @@ typedef float quad_f32 __attribute__((vector_size(4 * sizeof(float))));  /* the 
 #define LANE_TO(x, q) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_TO(&(x)[4 * h_], (q)[h_]); } while (0)
 
 /* The kernel is compiled for the baseline instruction set and, on x86-64, once more for
- * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing at load time (an ifunc); every
- * helper is inlined into the two passes (tick_own, tick_shared: edge_tick calls one) so that
- * each whole pass is in each version. */
+ * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing (edge_tick); every helper is
+ * inlined into the two passes (own_pass, shared_pass: edge_tick calls one version of one) so
+ * that each whole pass is in each version. */
 #define INLINE static inline __attribute__((always_inline))
 #if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))
 #define TICK_V3 1
@@ -119,7 +119,7 @@ typedef float quad_f32 __attribute__((vector_size(4 * sizeof(float))));  /* the 
 #define TICK_V3 0
 #endif
 
-/* The logs and exps a pass calls (its last argument, a constant each pass's version folds):
+/* The logs and exps a pass calls (its vm argument, a constant each pass's version folds):
  * VM_CALL tick_vmath.c's loops (the baseline version; every other platform), VM_AVX2 libmvec's
  * AVX2 variants called from the x86-64-v3 version four values a call (_ZGVdN4v_log and
  * _ZGVdN4v_exp, as tick_vmath.c's x86-64-v3 loops call them for every whole quad: the same
@@ -1866,8 +1866,9 @@ INLINE void shared_pass(const tick_model *m, tick_state *st, block_scratch *sc,
 }
 
 /* Each pass in the baseline instruction set and (x86-64) in x86-64-v3, chosen by the CPU at
- * each tick (as target_clones' ifunc chose it at load: the same test); every helper inlined
- * into each, so each whole pass is in each version. */
+ * each tick (target_clones' ifunc, which chose it at load before, asks the same: gcc's
+ * __builtin_cpu_supports("x86-64-v3")); every helper inlined into each, so each whole pass is
+ * in each version. */
 #define PASS_ARGS const tick_model *m, tick_state *st, block_scratch *sc, const int64_t *offset, \
                   int64_t width
 static void tick_own(PASS_ARGS) { own_pass(m, st, sc, offset, width, VM_CALL); }
