@@ -1931,6 +1931,18 @@ static void fold_measures(const tick_model *m, tick_state *st) {
     }
 }
 
+void edge_tick_log_eps(const double *x, double *y, int64_t n) {
+    block_scratch sc = {0};
+#if TICK_V3
+    if (__builtin_cpu_supports("x86-64-v3")) {
+        log_eps_of_zero_v3(sc.log_eps_zero);
+        vm_log_eps(VM_AVX2, x, y, n, sc.log_eps_zero);
+        return;
+    }
+#endif
+    vm_log_eps(VM_CALL, x, y, n, sc.log_eps_zero);
+}
+
 void edge_tick(const tick_model *m, tick_state *st) {
     int64_t offset[MAX_F], width = 0;
     for (int64_t f = 0; f < m->factors; f++) { offset[f] = width; width += m->num_states[f]; }
