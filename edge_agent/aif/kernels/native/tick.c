@@ -134,11 +134,17 @@ enum { VM_CALL = 0, VM_AVX2 = 1 };
 /* A quad in and out of a function is in an AVX register in the x86-64-v3 version and in memory
  * in the baseline one (the warning -Wpsabi gives where this is read); only the x86-64-v3
  * functions below call these, through the GOT (noplt: a jump less a call). */
+#if defined(__clang__)
+#define NOPLT /* clang has no noplt attribute (-fno-plt) */
+#else
+#define NOPLT __attribute__((noplt))
+#endif
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-__attribute__((noplt)) quad _ZGVdN4v_log(quad x);
-__attribute__((noplt)) quad _ZGVdN4v_exp(quad x);
+NOPLT quad _ZGVdN4v_log(quad x);
+NOPLT quad _ZGVdN4v_exp(quad x);
 #pragma GCC diagnostic pop
+#undef NOPLT
 /* Not inlined into the pass: there gcc kept the pass's values in registers a call clobbers and
  * moved them around every call of a loop. A lane (two quads) a step: every count is whole
  * lanes. */
