@@ -53,18 +53,18 @@
  * T-maze, N = 1,000, one session; glibc's scalar log/exp in the vectorised loops instead of
  * libmvec: ~1.05), -std=c11, no -march (the baseline instruction set a package ships: SSE2 on
  * x86-64, 2 doubles a vector, NEON on aarch64). On x86-64 the passes (tick_own and tick_shared,
- * every helper inlined into each) and the logs and exps are also compiled for x86-64-v3 (AVX2
- * and FMA, 4 doubles a vector,
- * libmvec's AVX2 log/exp) with target_clones: one .so, the CPU choosing at load time (an ifunc), as
- * numpy dispatches; 0.64 us per agent-tick against 0.81 for the baseline version on the same
- * machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
+ * every helper inlined into each) are also compiled for x86-64-v3 (AVX2 and FMA, 4 doubles a
+ * vector; two functions each, edge_tick asking the CPU: the x86-64-v3 ones call libmvec's AVX2
+ * log and exp themselves, vm_log's comment), tick_vmath.c's logs and exps with target_clones (an
+ * ifunc): one .so, the CPU choosing, as numpy dispatches; 0.64 us per agent-tick against 0.81
+ * for the baseline version on the same machine. -DTICK_BASELINE_ONLY builds the baseline version alone (the tests run both).
  * Temporaries: the caller's scratch (edge_tick_scratch_doubles(model) doubles, sized by the
  * model, carved once per tick) and small per-block arrays on the stack, sized by tick.h's
  * limits (the binding refuses a model above one); no allocation.
  * What it leaves out of pymdp's arithmetic, each a difference far below rounding of the free
  * energy it feeds: ln(q + 1e-16) of a softmax is taken as the log-softmax (the term
  * q ln(q + 1e-16) moves by at most 1e-16). C11 and <math.h>, with GCC's (and clang's)
- * always_inline, target_clones and ivdep.
+ * always_inline, target, noplt, __builtin_cpu_supports and ivdep.
  */
 #include <math.h>
 #include <stddef.h>
@@ -109,15 +109,140 @@ typedef float quad_f32 __attribute__((vector_size(4 * sizeof(float))));  /* the 
 #define LANE_TO(x, q) do { for (int h_ = 0; h_ < QUADS; h_++) QUAD_TO(&(x)[4 * h_], (q)[h_]); } while (0)
 
 /* The kernel is compiled for the baseline instruction set and, on x86-64, once more for
- * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing at load time (an ifunc); every
- * helper is inlined into the two passes (tick_own, tick_shared: edge_tick calls one) so that
- * each whole pass is in each version. */
+ * x86-64-v3 (AVX2, FMA: 4 doubles a vector), the CPU choosing (edge_tick); every helper is
+ * inlined into the two passes (own_pass, shared_pass: edge_tick calls one version of one) so
+ * that each whole pass is in each version. */
 #define INLINE static inline __attribute__((always_inline))
 #if defined(__x86_64__) && !defined(TICK_BASELINE_ONLY) && (defined(__GNUC__) || defined(__clang__))
-#define TARGETS __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define TICK_V3 1
 #else
-#define TARGETS
+#define TICK_V3 0
 #endif
+
+/* The logs and exps a pass calls (its vm argument, a constant each pass's version folds):
+ * VM_CALL tick_vmath.c's loops (the baseline version; every other platform), VM_AVX2 libmvec's
+ * AVX2 variants called from the x86-64-v3 version four values a call (_ZGVdN4v_log and
+ * _ZGVdN4v_exp, as tick_vmath.c's x86-64-v3 loops call them for every whole quad: the same
+ * function on the same values, the same bits; a count that is not whole quads goes to
+ * tick_vmath.c, whose tail takes other variants). Each call into tick_vmath.c cost a call, a
+ * loop set-up and a tail test and clobbered every vector register of the pass, ~45
+ * instructions, for 8 to 100 values. The two versions are two functions (own_pass' and
+ * shared_pass' callers below), not target_clones' one body: a body compiled once cannot call
+ * the AVX2 variants in one version only. */
+enum { VM_CALL = 0, VM_AVX2 = 1 };
+#if TICK_V3
+/* A quad in and out of a function is in an AVX register in the x86-64-v3 version and in memory
+ * in the baseline one (the warning -Wpsabi gives where this is read); only the x86-64-v3
+ * functions below call these, through the GOT (noplt: a jump less a call). */
+#if defined(__clang__)
+#define NOPLT /* clang has no noplt attribute (-fno-plt) */
+#else
+#define NOPLT __attribute__((noplt))
+#endif
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+NOPLT quad _ZGVdN4v_log(quad x);
+NOPLT quad _ZGVdN4v_exp(quad x);
+#pragma GCC diagnostic pop
+#undef NOPLT
+/* Not inlined into the pass: there gcc kept the pass's values in registers a call clobbers and
+ * moved them around every call of a loop. A lane (two quads) a step: every count is whole
+ * lanes. */
+#define V3_LEAF static __attribute__((noinline, target("arch=x86-64-v3")))
+/* y[i] = log(x[i] + add), n whole lanes of values (y may be x). */
+V3_LEAF void log_lanes_v3(const double *x, double *y, int64_t n, double add) {
+    for (int64_t i = 0; i < n; i += BLK) {
+        quad u, v;
+        QUAD_AT(u, x + i);
+        QUAD_AT(v, x + i + 4);
+        u = _ZGVdN4v_log(u + add);
+        QUAD_TO(y + i, u);
+        v = _ZGVdN4v_log(v + add);
+        QUAD_TO(y + i + 4, v);
+    }
+}
+/* y[i] = log(x[i] + EPS), n whole lanes of values (y may be x); a quad of zeros (+0 or -0)
+ * takes zero_log, log(0 + EPS) in each lane as _ZGVdN4v_log makes it (the pass's first call:
+ * the same function of the same four values, the same bits), without a call. */
+V3_LEAF void log_eps_lanes_v3(const double *x, double *y, int64_t n, const double *zero_log) {
+    quad zero;
+    QUAD_AT(zero, zero_log);
+    for (int64_t i = 0; i < n; i += 4) {
+        quad u;
+        QUAD_AT(u, x + i);
+        if (__builtin_ia32_movmskpd256((quad)(u == 0.0)) == 15)
+            u = zero;
+        else
+            u = _ZGVdN4v_log(u + EPS);
+        QUAD_TO(y + i, u);
+    }
+}
+/* log(0 + EPS), four lanes (log_eps_lanes_v3's zero_log). */
+V3_LEAF void log_eps_of_zero_v3(double *zero_log) {
+    const quad zero = {0.0, 0.0, 0.0, 0.0}, v = _ZGVdN4v_log(zero + EPS);
+    QUAD_TO(zero_log, v);
+}
+/* x[i] = exp(x[i]), n whole lanes of values. */
+V3_LEAF void exp_lanes_v3(double *x, int64_t n) {
+    for (int64_t i = 0; i < n; i += BLK) {
+        quad u, v;
+        QUAD_AT(u, x + i);
+        u = _ZGVdN4v_exp(u);
+        QUAD_TO(x + i, u);
+        QUAD_AT(v, x + i + 4);
+        v = _ZGVdN4v_exp(v);
+        QUAD_TO(x + i + 4, v);
+    }
+}
+#undef V3_LEAF
+#endif
+/* tick_vmath.c's tick_log_inplace, tick_log and tick_exp_inplace, the pass's version's */
+INLINE void vm_log_inplace(int vm, double *x, int64_t n, double add) {
+#if TICK_V3
+    if (vm == VM_AVX2 && n % BLK == 0) {
+        log_lanes_v3(x, x, n, add);
+        return;
+    }
+#endif
+    (void)vm;
+    tick_log_inplace(x, n, add);
+}
+INLINE void vm_log(int vm, const double *restrict x, double *restrict y, int64_t n, double add) {
+#if TICK_V3
+    if (vm == VM_AVX2 && n % BLK == 0) {
+        log_lanes_v3(x, y, n, add);
+        return;
+    }
+#endif
+    (void)vm;
+    tick_log(x, y, n, add);
+}
+/* y[i] = log(x[i] + EPS) (y may be x): vm_log's, a quad of zeros without a call in the
+ * x86-64-v3 pass (log_eps_lanes_v3: 30% of the closed loop's quads of the prior, likelihood and
+ * predicted outcomes, per-agent pA T-maze N = 1,000, 19% open) */
+INLINE void vm_log_eps(int vm, const double *x, double *y, int64_t n, const double *zero_log) {
+#if TICK_V3
+    if (vm == VM_AVX2 && n % BLK == 0) {
+        log_eps_lanes_v3(x, y, n, zero_log);
+        return;
+    }
+#endif
+    (void)vm, (void)zero_log;
+    if (x == y)
+        tick_log_inplace(y, n, EPS);
+    else
+        tick_log(x, y, n, EPS);
+}
+INLINE void vm_exp_inplace(int vm, double *x, int64_t n) {
+#if TICK_V3
+    if (vm == VM_AVX2 && n % BLK == 0) {
+        exp_lanes_v3(x, n);
+        return;
+    }
+#endif
+    (void)vm;
+    tick_exp_inplace(x, n);
+}
 
 /* A value of the state (tick_state's void pointers): float for an int8 group (state_f32), else
  * double. */
@@ -237,6 +362,7 @@ typedef struct {
                               * twin's, tick_model.outcome_twin, is its first's) */
     int64_t *term;           /* (planned K): each node's terms' packed rows, in order */
     double log_uniform[MAX_F]; /* ln(1 / S_f + eps): infer_states' first beliefs' logs */
+    double log_eps_zero[4];    /* the x86-64-v3 pass's log(0 + EPS), 4 lanes (vm_log_eps) */
     /* the tables each agent's likelihood row and first step's row are gathered from (NULL:
      * made per agent): the model's (tick_model.lnL, lnQ1: a frozen group's) or the tick's */
     const double *lnL, *lnQ1;
@@ -329,7 +455,7 @@ int64_t edge_tick_scratch_doubles(const tick_model *m) {
  * made once), ln(total) taken after. In quads: gcc left the maximum scalar and vectorised the
  * log-softmax's loop over i with transposes (~40% of the softmaxes' own instructions but the
  * exps and logs, T-maze N = 1,000). */
-INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
+INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k, int vm) {
     quad top[QUADS], row[QUADS], total[QUADS], scale[QUADS];
     LANE_AT(top, x[0]);
     for (int64_t i = 1; i < k; i++) {  /* x > top ? x : top, lane by lane */
@@ -345,7 +471,7 @@ INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
         LANE_TO(out[i], row);
         if (log_out != NULL) LANE_TO(log_out[i], row);
     }
-    tick_exp_inplace(&out[0][0], k * BLK);
+    vm_exp_inplace(vm, &out[0][0], k * BLK);
     for (int h = 0; h < QUADS; h++) total[h] = (quad){0.0, 0.0, 0.0, 0.0};
     for (int64_t i = 0; i < k; i++) {
         LANE_AT(row, out[i]);
@@ -360,7 +486,7 @@ INLINE void softmax_lanes(const lane *x, lane *out, lane *log_out, int64_t k) {
     if (log_out != NULL) {
         lane log_total;
         LANE_TO(log_total, total);
-        tick_log_inplace(log_total, BLK, 0.0);
+        vm_log_inplace(vm, log_total, BLK, 0.0);
         quad shift[QUADS];
         LANE_AT(shift, log_total);
         for (int64_t i = 0; i < k; i++) {
@@ -532,12 +658,12 @@ INLINE void free_energy(const tick_model *m, lane *const *q, lane *const *log_q,
 /* The block's posteriors into sc->cur: each agent iterates until its own free energy moves by
  * less than dF_tol (a stopped agent keeps its q while the others go on). */
 INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *offset,
-                         int tabled) {
+                         int tabled, int vm) {
     const int64_t F = m->factors, S = m->joint;
     if (F == 1) {
         for (int64_t s = 0; s < S; s++)
             LANES sc->qL[s][b] = sc->log_lik[s][b] + sc->log_prior[s][b];
-        softmax_lanes(sc->qL, sc->cur, NULL, S);
+        softmax_lanes(sc->qL, sc->cur, NULL, S, vm);
         return;
     }
     lane *cur[MAX_F], *nxt[MAX_F], *log_cur[MAX_F], *log_nxt[MAX_F], *log_prior[MAX_F];
@@ -599,7 +725,7 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
                 LANES qL[i][b] = qL[i][b] / cur[f][i][b] + log_prior[f][i][b];
         }
         for (int64_t f = 0; f < F; f++)
-            softmax_lanes(sc->qL + offset[f], nxt[f], log_nxt[f], m->num_states[f]);
+            softmax_lanes(sc->qL + offset[f], nxt[f], log_nxt[f], m->num_states[f], vm);
         free_energy(m, nxt, log_nxt, log_prior, sc->log_lik, sc->joint, vfe);
         /* the agents still iterating take the new q; the others keep theirs (every agent
          * iterating: the buffers swap, nothing copied) */
@@ -971,7 +1097,7 @@ INLINE void prior_lanes(const tick_model *m, const tick_state *st, block_scratch
  * (the table follows once every block has, in edge_tick). */
 INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
                         int64_t count, const int64_t *offset, int64_t width,
-                        uint8_t taken[MAX_F][MAX_U], int tabled, int64_t *measured) {
+                        uint8_t taken[MAX_F][MAX_U], int tabled, int64_t *measured, int vm) {
     const int64_t F = m->factors, M = m->modalities, S = m->joint, f32 = m->state_f32;
     int64_t agent[BLK], acted[BLK];
     const double *lik_row[BLK], *step_row[BLK];  /* each agent's rows of lnL, lnQ1 */
@@ -1048,8 +1174,9 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
     if (sc->lnL == NULL || st->p_obs != NULL) likelihood_lanes(m, st, sc, first, count, offset);
     /* the log prior's and (made here: no lnL) the likelihood's logs, in one call (carve keeps
      * sc->log_lik just after sc->log_prior; whole lanes: each value's log its own) */
-    tick_log_inplace(&sc->log_prior[0][0], (width + (sc->lnL == NULL ? S : 0)) * BLK, EPS);
-    infer_states(m, sc, offset, tabled);
+    vm_log_eps(vm, &sc->log_prior[0][0], &sc->log_prior[0][0], (width + (sc->lnL == NULL ? S : 0)) * BLK,
+               sc->log_eps_zero);
+    infer_states(m, sc, offset, tabled, vm);
     for (int64_t i = from; i < to; i++)
         measure_posterior(m, st, sc, st->measure_rows[i] - first, i, offset, width);
 
@@ -1279,7 +1406,7 @@ static void index_slots(const tick_model *m, block_scratch *sc) {
 /* The planning tables of the block's agents, from the lanes of the learned tables in sc->A:
  * utility per state; the non-zero entries of the joint-outcome table and each state's negative
  * entropy over the joint outcomes. */
-INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
+INLINE void planning_tables(const tick_model *m, block_scratch *sc, int vm) {
     const int64_t M = m->modalities, S = m->joint, E = m->entries;
     lane *utility = sc->utility, *neg_entropy = sc->neg_entropy, *value = sc->value;
     for (int64_t s = 0; s < S; s++) LANES utility[s][b] = m->utility_shared[s];
@@ -1334,7 +1461,7 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
                 LANES v[b] = value[e][b];
                 LANES logs[slot[e]][b] = v[b];
             }
-            tick_log_inplace(&logs[0][0], sc->slots * BLK, EXP_M16);
+            vm_log_inplace(vm, &logs[0][0], sc->slots * BLK, EXP_M16);
             for (int64_t e = 0; e < E; e++) {
                 double *to = neg_entropy[m->entry_state[e]];
                 const double *ln = logs[slot[e]];
@@ -1344,7 +1471,7 @@ INLINE void planning_tables(const tick_model *m, block_scratch *sc) {
             }
             return;
         }
-        tick_log(&value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
+        vm_log(vm, &value[0][0], &sc->log_value[0][0], E * BLK, EXP_M16);
         for (int64_t e = 0; e < E; e++) {
             double *to = neg_entropy[m->entry_state[e]];
             LANES to[b] += value[e][b] * sc->log_value[e][b];
@@ -1457,14 +1584,15 @@ INLINE void node_value(const tick_model *m, block_scratch *sc, lane *const *q,
  * logs in float (its numpy twin's arithmetic is float32, its G kept in float: 7% of its tick,
  * T-maze N = 1,000), a float64 group's in double. */
 INLINE void outcome_entropy(const tick_model *m, block_scratch *sc, lane *values,
-                            int64_t nodes, int64_t *begin, int64_t packed, int64_t terms) {
+                            int64_t nodes, int64_t *begin, int64_t packed, int64_t terms,
+                            int vm) {
     lane *qo = sc->qo;
     const int64_t *term = sc->term;
     begin[nodes] = terms;
     if (m->state_f32)
         tick_log_f32(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
     else
-        tick_log(&qo[0][0], &sc->log_qo[0][0], packed * BLK, EPS);
+        vm_log_eps(vm, &qo[0][0], &sc->log_qo[0][0], packed * BLK, sc->log_eps_zero);
     for (int64_t i = 0; i < nodes; i++) {
         lane g;  /* in registers: a store to values[i] could be a read of qo (no reload per r) */
         LANES g[b] = values[i][b];
@@ -1486,7 +1614,7 @@ INLINE void outcome_entropy(const tick_model *m, block_scratch *sc, lane *values
  * action; the binding merges those whose two steps predict alike from any beliefs) once from
  * its first step's prediction, and each distinct second-step joint node's value once (J2). */
 INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t *agent,
-                           lane *moved[MAX_F][MAX_U]) {
+                           lane *moved[MAX_F][MAX_U], int vm) {
     const int64_t F = m->factors, P = m->policies;
     const int64_t J1 = m->first_joints, J2 = m->second_joints;
     lane *second[MAX_F][MAX_P];  /* each factor's second-step nodes' predicted states */
@@ -1520,7 +1648,7 @@ INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t
         begin[J1 + j] = terms;
         node_value(m, sc, q, reach, reached, &packed, &terms, node[J1 + j], 1);
     }
-    if (m->use_info_gain) outcome_entropy(m, sc, node, J1 + J2, begin, packed, terms);
+    if (m->use_info_gain) outcome_entropy(m, sc, node, J1 + J2, begin, packed, terms, vm);
     /* the twin's order: G = 0 + the first step's value, then += the second's */
     for (int64_t p = 0; p < P; p++) {
         const double *first = node[m->policy_first_joint[p]];
@@ -1535,14 +1663,14 @@ INLINE void plan_two_steps(const tick_model *m, block_scratch *sc, const int64_t
  * the actions, and everything written back (but the posteriors when kept: st->qs holds them,
  * the shared pass's, whose sc->cur was loaded from there). */
 INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, int64_t first,
-                       int64_t count, const int64_t *offset, int tables_ready, int kept) {
+                       int64_t count, const int64_t *offset, int tables_ready, int kept, int vm) {
     const int64_t F = m->factors, P = m->policies;
     const int64_t f32 = m->state_f32;
     lane *q[MAX_F] = {0};
     int64_t agent[BLK];
     LANES agent[b] = first + (b < count ? b : 0);
 
-    if (!tables_ready) planning_tables(m, sc);
+    if (!tables_ready) planning_tables(m, sc, vm);
 
     /* an int8 group's posteriors as it keeps them (float32): its plan and its next prior are
      * made from the numbers a group that keeps no prior makes its next one from */
@@ -1569,7 +1697,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
     }
     lane *G = sc->G;
     if (two_step(m)) {
-        plan_two_steps(m, sc, agent, moved);
+        plan_two_steps(m, sc, agent, moved, vm);
     } else {
         int64_t begin[MAX_P + 1], packed = 0, terms = 0;
         for (int64_t p = 0; p < P; p++) {
@@ -1583,7 +1711,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             begin[p] = terms;
             node_value(m, sc, q, reach, reached, &packed, &terms, G[p], 0);
         }
-        if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed, terms);
+        if (m->use_info_gain) outcome_entropy(m, sc, G, P, begin, packed, terms, vm);
     }
     for (int64_t p = 0; p < P; p++) {  /* in quads (as LANES, gcc vectorised over p) */
         quad x[QUADS];
@@ -1592,7 +1720,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         LANE_TO(sc->x[p], x);
     }
     lane *q_pi = sc->q_pi;
-    softmax_lanes(sc->x, q_pi, NULL, P);
+    softmax_lanes(sc->x, q_pi, NULL, P, vm);
 
     /* each factor's action: the first maximum of its marginal */
     int64_t chosen[MAX_F][BLK];
@@ -1686,8 +1814,8 @@ INLINE void load_block(const tick_model *m, const tick_state *st, block_scratch 
  * passes are two functions: gcc compiles each on its own, so that what one gains, e.g. a frozen
  * model's first-step table, does not move the other's code: one function held both and the
  * shared pass's tick took 3-5% longer for a table it never reads.) */
-static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch *sc,
-                             const int64_t *offset, int64_t width) {
+INLINE void own_pass(const tick_model *m, tick_state *st, block_scratch *sc,
+                     const int64_t *offset, int64_t width, int vm) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* (shared counts only) */
     /* health's sampled agents done so far (in infer_block, before the agent's update: under
      * the tables it inferred with) */
@@ -1695,15 +1823,15 @@ static TARGETS void tick_own(const tick_model *m, tick_state *st, block_scratch 
     for (int64_t k = 0; k < m->modalities; k++) shared_tables &= m->pA[k] == NULL;
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured);
-        plan_block(m, st, sc, first, count, offset, shared_tables && first > 0, 0);
+        infer_block(m, st, sc, first, count, offset, width, taken, 1, &measured, vm);
+        plan_block(m, st, sc, first, count, offset, shared_tables && first > 0, 0, vm);
     }
 }
 
 /* Shared counts: every agent infers and teaches them, the tables follow, every agent plans
  * (with the planning tables the first block makes: a learned table is every agent's). */
-static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scratch *sc,
-                                const int64_t *offset, int64_t width) {
+INLINE void shared_pass(const tick_model *m, tick_state *st, block_scratch *sc,
+                        const int64_t *offset, int64_t width, int vm) {
     uint8_t taken[MAX_F][MAX_U] = {{0}};  /* the actions some agent learned */
     /* health's sampled agents done so far (in infer_block, before the counts' tables follow:
      * under the tables every agent inferred with) */
@@ -1716,7 +1844,7 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
     if (tables) shared_likelihood(m, sc);
     for (int64_t first = 0; first < m->n; first += BLK) {
         int64_t count = m->n - first < BLK ? m->n - first : BLK;
-        infer_block(m, st, sc, first, count, offset, width, taken, tables, &measured);
+        infer_block(m, st, sc, first, count, offset, width, taken, tables, &measured, vm);
         for (int64_t f = 0; f < m->factors; f++)
             state_put_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count,
                             m->state_f32);
@@ -1739,9 +1867,31 @@ static TARGETS void tick_shared(const tick_model *m, tick_state *st, block_scrat
         load_block(m, st, sc, first, count, offset, first == 0);
         /* the posteriors are in st->qs as the first pass wrote them (loaded from there:
          * not written again) */
-        plan_block(m, st, sc, first, count, offset, first > 0, 1);
+        plan_block(m, st, sc, first, count, offset, first > 0, 1, vm);
     }
 }
+
+/* Each pass in the baseline instruction set and (x86-64) in x86-64-v3, chosen by the CPU at
+ * each tick (target_clones' ifunc, which chose it at load before, asks the same: gcc's
+ * __builtin_cpu_supports("x86-64-v3")); every helper inlined into each, so each whole pass is
+ * in each version. */
+#define PASS_ARGS const tick_model *m, tick_state *st, block_scratch *sc, const int64_t *offset, \
+                  int64_t width
+static void tick_own(PASS_ARGS) { own_pass(m, st, sc, offset, width, VM_CALL); }
+static void tick_shared(PASS_ARGS) { shared_pass(m, st, sc, offset, width, VM_CALL); }
+#if TICK_V3
+#define V3 __attribute__((target("arch=x86-64-v3")))
+static V3 void tick_own_v3(PASS_ARGS) {
+    log_eps_of_zero_v3(sc->log_eps_zero);
+    own_pass(m, st, sc, offset, width, VM_AVX2);
+}
+static V3 void tick_shared_v3(PASS_ARGS) {
+    log_eps_of_zero_v3(sc->log_eps_zero);
+    shared_pass(m, st, sc, offset, width, VM_AVX2);
+}
+#undef V3
+#endif
+#undef PASS_ARGS
 
 /* Health's fold of the sampled agents, once the tick is stepped (tick_state.measure_entropy,
  * measure_preference, measure_sums): each one's policy entropy (its q_pi as the state keeps it,
@@ -1787,6 +1937,18 @@ static void fold_measures(const tick_model *m, tick_state *st) {
     }
 }
 
+void edge_tick_log_eps(const double *x, double *y, int64_t n) {
+    block_scratch sc = {0};
+#if TICK_V3
+    if (__builtin_cpu_supports("x86-64-v3")) {
+        log_eps_of_zero_v3(sc.log_eps_zero);
+        vm_log_eps(VM_AVX2, x, y, n, sc.log_eps_zero);
+        return;
+    }
+#endif
+    vm_log_eps(VM_CALL, x, y, n, sc.log_eps_zero);
+}
+
 void edge_tick(const tick_model *m, tick_state *st) {
     int64_t offset[MAX_F], width = 0;
     for (int64_t f = 0; f < m->factors; f++) { offset[f] = width; width += m->num_states[f]; }
@@ -1801,6 +1963,14 @@ void edge_tick(const tick_model *m, tick_state *st) {
         index_outcomes(m, &sc);
         index_slots(m, &sc);
     }
+#if TICK_V3
+    if (__builtin_cpu_supports("x86-64-v3")) {
+        if (m->shared_counts)
+            tick_shared_v3(m, st, &sc, offset, width);
+        else
+            tick_own_v3(m, st, &sc, offset, width);
+    } else
+#endif
     if (m->shared_counts)
         tick_shared(m, st, &sc, offset, width);
     else

@@ -257,6 +257,11 @@ int64_t edge_tick_scratch_doubles(const tick_model *m);
  * (prod_m O_m, sum S_f) doubles, what tick_model.lnQ1 is given (tick.c). */
 void edge_tick_first_step(const tick_model *m, double *out);
 
+/* y[i] = log(x[i] + 1e-16), n values, as the pass takes its prior's, likelihood's and predicted
+ * outcomes' logs on this CPU (its x86-64-v3 version: a quad of zeros without a call; tick.c's
+ * vm_log_eps), for the tests to compare with tick_log (y may be x). */
+void edge_tick_log_eps(const double *x, double *y, int64_t n);
+
 /* One tick of the model's m->n agents, in place (tick.c). */
 void edge_tick(const tick_model *m, tick_state *st);
 

@@ -655,6 +655,47 @@ def test_a_log_is_the_same_bits_wherever_tick_log_inplace_takes_it(build: str) -
 
 
 @pytest.mark.parametrize("build", BUILDS)
+def test_the_pass_s_logs_of_x_plus_eps_are_tick_log_s_quads_of_zeros_included(build: str) -> None:
+    """The pass's ``log(x + 1e-16)`` of the log prior, the likelihood and the predicted outcomes
+    (tick.c's ``vm_log_eps``, through ``edge_tick_log_eps`` as this CPU's version takes it: on
+    x86-64-v3 libmvec's AVX2 log called in the pass, a quad of zeros given the log of
+    ``0 + 1e-16`` made once, without a call) is ``tick_log``'s, bit for bit: values as theirs
+    are (in (0, 1], quads of +0 and -0, quads with one to three zeros, the smallest normal and
+    subnormal values, 1e-16, 1), in arrays of whole lanes (8 to 192 values) at every quad's
+    offset, in place and into another array, and a count that is not whole lanes."""
+    lib = library(build)
+    log_eps, log = lib.edge_tick_log_eps, lib.tick_log
+    log_eps.restype = log.restype = None
+    log_eps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    log.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double]
+    rng = np.random.default_rng(14)
+    some_zeros = rng.random(64)
+    some_zeros[rng.random(64) < 0.4] = 0.0
+    values = np.concatenate([
+        rng.random(40), some_zeros, np.zeros(16), [-0.0, 0.0, -0.0, -0.0],
+        [0.0, 0.0, 0.0, 1e-16], [2.2250738585072014e-308, 0.0, 5e-324, 0.0], [1.0, 0.0, 0.0, 0.5],
+        rng.random(16) ** 30, [0.0] * 4, [1.0, 1e-16, 0.25, 0.0]])
+    assert len(values) % 8 == 0
+
+    def applied(x: np.ndarray, fn: Any, in_place: bool) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float64).copy()
+        y = x if in_place else np.full_like(x, np.nan)
+        if fn is log:
+            fn(x.ctypes.data, y.ctypes.data, len(x), EPS)
+        else:
+            fn(x.ctypes.data, y.ctypes.data, len(x))
+        return y
+
+    for width in (8, 16, 64, 112, 192, 12):
+        for at in range(0, len(values), 4):
+            chunk = np.resize(np.roll(values, -at), width)
+            made = applied(chunk, log, in_place=False)
+            for in_place in (False, True):
+                np.testing.assert_array_equal(
+                    applied(chunk, log_eps, in_place).view(np.uint64), made.view(np.uint64))
+
+
+@pytest.mark.parametrize("build", BUILDS)
 def test_an_exp_and_a_log_are_the_same_bits_wherever_the_iteration_s_softmaxes_take_them(
     build: str,
 ) -> None:

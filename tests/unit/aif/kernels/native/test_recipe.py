@@ -84,11 +84,12 @@ def test_the_equality_cases_run_clean_under_address_and_undefined_behaviour_sani
     # shared pass's likelihood tables made once a tick against each agent's rows (four worlds,
     # float64 and int8); each agent's table made in the lanes its counts' expectation to the
     # bit (four worlds); the vector exp's and log's bits where the iteration's softmaxes take
-    # them; each agent's q_pi its G's softmax to the bit (three worlds)
+    # them; each agent's q_pi its G's softmax to the bit (three worlds); the pass's logs of
+    # x + 1e-16, quads of zeros among them, tick_log's bits
     cases = (sum(len(sizes(world, "sanitized")) for world in SIZES) * len(SCOPES)
              + sum(len(frozen_sizes(world, "sanitized")) for world in FROZEN_WORLDS) * 2 + 1
              + len(FROZEN_L2_WORLDS) * len(frozen_l2_sizes("sanitized")) * 2
-             + 3 + len(SIZES) + 4 + 1 + 4 * 2 + 4 + 1 + 3)
+             + 3 + len(SIZES) + 4 + 1 + 4 * 2 + 4 + 1 + 3 + 1)
     _assert_clean(done, cases)
 
 
