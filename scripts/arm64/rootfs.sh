@@ -567,7 +567,11 @@ build_wheel_in_root() {
     # PIP_ROOT_USER_ACTION: pip wheel writes nothing into the root's Python; no warning about it.
     # The compiler through ccache (/usr/lib/ccache first on PATH: setuptools calls the triplet's
     # gcc, which ccache links there); a hit is what the same sources and flags gave before.
+    # EDGE_AGENT_TICK_PROFILE as the caller has it (setup.py builds the tick profile-guided
+    # unless it is 0; .ci/run sets 0 for the roots under qemu, where the profile's run and second
+    # compile take about ten minutes a wheel: docs/arm64.md).
     in_root "${PIP_ENV[@]}" "${flags[@]}" PIP_ROOT_USER_ACTION=ignore \
+        EDGE_AGENT_TICK_PROFILE="${EDGE_AGENT_TICK_PROFILE:-1}" \
         PATH="/usr/lib/ccache:$INNER_PATH" CCACHE_DIR=/var/cache/edge-agent-ccache \
         CCACHE_MAXSIZE=200M /usr/bin/python3 -m pip wheel --no-deps -q \
         -w /tmp/edge-agent-build/wheel /tmp/edge-agent-build/src \
