@@ -96,7 +96,10 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
 
 def _build(root: Path) -> ReadmeVenv:
     fresh_copy(root)
-    env = clean_env()
+    # The tick built once, without its profile run (setup.py: the run and a second compile,
+    # minutes of CPU beside a loaded suite); the profile-guided build is the wheel test's
+    # (tests/integration/packaging/test_wheel.py) and the suite's own install's.
+    env = {**clean_env(), "EDGE_AGENT_TICK_PROFILE": "0"}
     demo = _run(
         ["scripts/demo", "--duration", str(DEMO_SECONDS), "--state-dir", str(root / ".demo")],
         root, env,

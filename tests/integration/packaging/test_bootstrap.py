@@ -95,6 +95,10 @@ def test_demo_then_test_bootstrap_adds_the_missing_extras(tmp_path: Path) -> Non
         p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(sys.prefix)
     )
     env["EDGE_AGENT_VENV"] = str(venv)
+    # The tick built without its profile run (setup.py; the run and a second compile at each of
+    # the installs here took this test to 1,050 s beside a loaded suite): what is tested here is
+    # the bootstrap's order and extras. The profile-guided build is test_wheel.py's.
+    env["EDGE_AGENT_TICK_PROFILE"] = "0"
     stamp = venv / ".edge-agent-installed"
 
     # 1. The demo: the daemon on its embedded config, from a venv without extras. The README's

@@ -31,7 +31,9 @@ import pytest
 
 from tests.integration.packaging.test_bootstrap import fresh_copy
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# Three builds of the package (the sdist, a wheel without a compiler, the profile-guided wheel:
+# two compiles of the tick around its profile run), each minutes of CPU on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 NATIVE = "edge_agent/aif/kernels/native"
 
