@@ -330,9 +330,9 @@ class EdgeAgent:
             c.nbytes_per_agent for c in probe.learning.learner.counts)
 
     def act(self, obs: np.ndarray, start: np.ndarray) -> np.ndarray:
-        if start.any():
-            self.group.reset(start)
-        return self.group.step(obs)
+        # (a trial's start in the tick: the group's reset of those agents, done by its pass
+        # where it has one)
+        return self.group.step(obs, starts=start)
 
     def bytes_per_agent(self) -> int:
         return self.per_agent_bytes

@@ -67,6 +67,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge_agent.aif import kernels
 from edge_agent.aif.learning import Learner, LearningSpec
@@ -181,13 +182,16 @@ class TickPass(Protocol):
     #: Whether the pass makes the tick's prior into the state (each agent's own tables: it is
     #: there after the tick), or keeps the next one there (shared: the tick's is there before).
     makes_prior: bool
+    #: Whether the pass starts the trials of the agents it is given (``step_tick``'s
+    #: ``starts``): their prior ``D``, no transition learned into their first tick.
+    takes_starts: bool
 
     #: The agents whose transitions the last tick learned (``pB``: those that had acted).
     acted: int
 
     def step_tick(
         self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
-        qs_prev: Sequence[np.ndarray],
+        qs_prev: Sequence[np.ndarray], starts: NDArray[np.bool_] | None = None,
     ) -> Sequence[np.ndarray]:
         """The whole learning tick: the posteriors, the counts' update (``learn``) and the
         tables following them, ``G``, ``q_pi`` and the actions, and the prior ``state`` keeps
@@ -195,7 +199,8 @@ class TickPass(Protocol):
         ``model``: the scope's model now (a shared pass takes its tables again when it was
         replaced since: a refresh, a snapshot, a forget); ``qs_prev``: the last tick's
         posteriors (:attr:`GroupLearning.qs_prev`: a learned ``B`` learns from them, and the
-        pass writes this tick's). The caller then keeps the rest
+        pass writes this tick's); ``starts``: the agents whose trial starts at the tick
+        (:attr:`takes_starts`; None: nobody's). The caller then keeps the rest
         (:meth:`GroupLearning.learned_in_pass`)."""
         ...
 

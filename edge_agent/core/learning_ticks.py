@@ -32,7 +32,15 @@ from edge_agent.core.agent_state import AgentState
 from edge_agent.core.block_stepper import BlockStepper
 from edge_agent.core.group_blocks import IntArray
 from edge_agent.core.health import InTick, TickPrior
-from edge_agent.core.tick_paths import FusedTick, Obs, Soft, TickPath, WhoPlans, record_row
+from edge_agent.core.tick_paths import (
+    FusedTick,
+    Obs,
+    Soft,
+    Starts,
+    TickPath,
+    WhoPlans,
+    record_row,
+)
 
 if TYPE_CHECKING:
     from edge_agent.core.history_recorder import HistoryRecorder
@@ -58,6 +66,7 @@ class StagesTick:
     with the current tables."""
 
     in_tick: InTick | None = None  # health measures with numpy
+    starts_in_tick = False
 
     def __init__(
         self,
@@ -77,9 +86,9 @@ class StagesTick:
         return None if self._stages.makes_prior else self._state.prior
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
-        del soft, who_plans, ticks
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
+        """See :meth:`TickPath.run` (integer outcomes only; ``starts``: None here)."""
+        del soft, who_plans, ticks, starts
         assert obs is not None  # a group that learns refuses soft evidence
         state, stepper, stages, learning = self._state, self._stepper, self._stages, self._learning
         state.wrote()  # a per-agent compiled pass's kept prior is not this tick's next one
@@ -107,6 +116,7 @@ class SharedLearningTick:
     <edge_agent.core.learning.GroupLearning.learns_before_planning>`), which runs ``stages``."""
 
     in_tick: InTick | None = None  # health measures with numpy
+    starts_in_tick = False
 
     def __init__(
         self,
@@ -128,8 +138,9 @@ class SharedLearningTick:
         return self._state.prior
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
+        """See :meth:`TickPath.run` (integer outcomes only; ``starts``: None here)."""
+        del starts
         learning, state = self._learning, self._state
         if learning.learns_before_planning():
             self._stages.run(obs, soft, now, record, who_plans=who_plans, ticks=ticks)
@@ -168,6 +179,9 @@ class PassTick:
     ) -> None:
         self._pass, self._learning, self._learn = tick_pass, learning, learn
         self._scope = learning.scope
+        #: Whether the pass starts the trials it is given (each agent's own tables: the
+        #: per-agent pass; the shared one's are reset before it).
+        self.starts_in_tick = tick_pass.takes_starts
         #: The surprise's p(o) as the pass takes it (None: of the outcomes and the prior).
         self._taken = tick_pass.taken()
         self._state, self._stepper, self._recorder = state, stepper, recorder
@@ -183,20 +197,21 @@ class PassTick:
         return self._pass.measure
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (integer outcomes only)."""
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
+        """See :meth:`TickPath.run` (integer outcomes only; ``starts``: where the pass takes
+        them, :attr:`starts_in_tick`)."""
         del soft, who_plans, ticks
         try:
-            self._run(obs, now, record)
+            self._run(obs, now, record, starts)
         finally:
             if self._pass.measuring:
                 self._pass.unmeasure()
 
-    def _run(self, obs: Obs, now: float | None, record: bool) -> None:
+    def _run(self, obs: Obs, now: float | None, record: bool, starts: Starts) -> None:
         assert obs is not None  # a group that learns refuses soft evidence
         tick_pass, learning, state = self._pass, self._learning, self._state
         prior = tick_pass.step_tick(state, obs, learn=self._learn, model=self._scope.model,
-                                    qs_prev=learning.qs_prev)
+                                    qs_prev=learning.qs_prev, starts=starts)
         if self._taken is not None:
             learning.observe_taken(len(obs), self._taken)
         else:

@@ -60,6 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from edge_agent.aif import kernels, quant
 from edge_agent.aif.kernels import native
@@ -258,15 +259,20 @@ class _CompiledPass:
         self.measuring = False
 
     def _bind_transitions(self, values: list[np.ndarray], pB: DirichletCounts,
-                          has_action: np.ndarray, *, learn: bool) -> bool:
+                          has_action: np.ndarray, *, learn: bool,
+                          starts: NDArray[np.bool_] | None = None) -> bool:
         """Bind each learned factor's ``values`` and ``pB``'s counts (the masks are replaced
         at the first refresh and at a reset: bound every tick). The agents that acted learn
-        their transition (the numpy stages' ``learn_B``): True when this tick's refresh makes
-        every column of ``B`` its expectation (the first that finds the counts learned); the
-        later ones renormalise the columns of the actions taken."""
+        their transition (the numpy stages' ``learn_B``), but those whose trial starts at the
+        tick (``starts``: a reset just before would have cleared their action): True when
+        this tick's refresh makes every column of ``B`` its expectation (the first that finds
+        the counts learned); the later ones renormalise the columns of the actions taken."""
         self._kernel.bind_transitions(values, pB.counts, pB.mask, pB.experience)
-        self.acted = int(np.count_nonzero(has_action)) if learn else 0
-        return learn and not pB.refreshed and (self.acted > 0 or pB.learned)
+        acted = int(np.count_nonzero(has_action)) if learn else 0
+        if acted and starts is not None:
+            acted -= int(np.count_nonzero(has_action & starts))
+        self.acted = acted
+        return learn and not pB.refreshed and (acted > 0 or pB.learned)
 
     def outcome_probabilities(
         self, obs: IntArray, rows: IntArray, joint: np.ndarray
@@ -299,6 +305,8 @@ class NativePass(_CompiledPass):
     #: The tick's prior is each agent's own: the pass takes it from the state where it kept it
     #: (the next prior its last tick wrote), else makes it from the agents' own tables.
     makes_prior = True
+    #: The agents whose trial starts at the tick start it in the pass (their prior ``D``).
+    takes_starts = True
 
     def __init__(
         self, tables_A: list[np.ndarray | OnSupport], learner: Learner, kernel: NativeTick,
@@ -323,7 +331,7 @@ class NativePass(_CompiledPass):
 
     def step_tick(
         self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
-        qs_prev: Sequence[np.ndarray],
+        qs_prev: Sequence[np.ndarray], starts: NDArray[np.bool_] | None = None,
     ) -> Sequence[np.ndarray]:
         """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
         posteriors, each agent's counts (``learn``: not frozen) and tables, ``G``, ``q_pi``,
@@ -333,21 +341,24 @@ class NativePass(_CompiledPass):
         tick kept there while nothing else wrote the state since (:meth:`AgentState.wrote
         <edge_agent.core.agent_state.AgentState.wrote>` not called, the same arrays and
         agents), else made from each agent's beliefs, actions and own tables, as the numpy
-        stages make it."""
+        stages make it; ``D`` for the agents whose trial starts at the tick (``starts``
+        ``(N,)`` C-contiguous bool; None: nobody's), as a reset of them just before leaves
+        it."""
         del model  # each agent's tables are the pass's own
         kernel, pA, pB = self._kernel, self._pA, self._pB
         # The masks are replaced at the first refresh and at a reset: bound every tick.
         if pA is not None:
             kernel.bind_learning(self._bound_A, pA.counts, pA.mask, pA.experience)
         normalise_all = pB is not None and self._bind_transitions(
-            self._values, pB, state.has_action, learn=learn)
+            self._values, pB, state.has_action, learn=learn, starts=starts)
         n = len(obs)
         given = self.takes_kept(state, n)
         self._kept = None  # (a pass that fails leaves no prior kept)
         kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
-                    q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, learn=learn,
-                    next_prior=state.prior, qs_prev=None if pB is None else qs_prev,
-                    normalise_all=normalise_all, prior_given=given)
+                    q_pi=state.q_pi, prior=state.prior, p_obs=self._p_obs, start=starts,
+                    learn=learn, next_prior=state.prior,
+                    qs_prev=None if pB is None else qs_prev, normalise_all=normalise_all,
+                    prior_given=given)
         self._kept = (state, state.version, state.writes, n)
         return state.prior
 
@@ -393,6 +404,9 @@ class SharedNativePass(_CompiledPass):
     leaves_compiled_behind = True
     #: The state keeps the next prior, made by the pass: the tick's is there before it.
     makes_prior = False
+    #: The group resets the agents whose trial starts before the pass (the tick's prior, the
+    #: surprise's, is the one it copies from the state).
+    takes_starts = False
 
     def __init__(
         self, model: GenerativeModel, learner: Learner, kernel: NativeTick, n_agents: int, *,
@@ -438,14 +452,16 @@ class SharedNativePass(_CompiledPass):
 
     def step_tick(
         self, state: AgentState, obs: IntArray, *, learn: bool, model: GenerativeModel,
-        qs_prev: Sequence[np.ndarray],
+        qs_prev: Sequence[np.ndarray], starts: NDArray[np.bool_] | None = None,
     ) -> Sequence[np.ndarray]:
-        """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the
-        tick's prior (returned), the posteriors, the counts (``learn``: not frozen) with
-        every agent's update and the tables their expectation, then ``G``, ``q_pi``, the
-        actions and from them the next prior, into ``state.prior`` (the group keeps it, as
-        its numpy stages do). ``model``: the scope's now; ``qs_prev``: the last tick's
-        posteriors, which a learned ``B`` learns from (this tick's written)."""
+        """The whole tick of every agent in one pass (``obs`` ``(N, M)`` int64): the tick's
+        prior (returned), the posteriors, the counts (``learn``: not frozen) with every agent's
+        update and the tables their expectation, then ``G``, ``q_pi``, the actions and from
+        them the next prior, into ``state.prior`` (the group keeps it, as its numpy stages
+        do). ``model``: the scope's now; ``qs_prev``: the last tick's posteriors, which a
+        learned ``B`` learns from (this tick's written); ``starts``: None
+        (:attr:`takes_starts`)."""
+        del starts  # (None: the group reset them)
         kernel, pA, pB = self._kernel, self._pA, self._pB
         if model is not self._synced:  # replaced since: a refresh, a snapshot, a forget
             quantized = None if not self._float or self._codes is None else self._codes()

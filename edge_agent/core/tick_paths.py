@@ -66,10 +66,13 @@ if TYPE_CHECKING:
     from edge_agent.core.workers import BlockWorkers
 
 #: A tick's integer outcomes ``(N, M)`` (None: soft evidence), its soft evidence (None: integer
-#: outcomes), and the agents that plan it (None: as the planning policy chooses).
+#: outcomes), the agents that plan it (None: as the planning policy chooses), and the agents
+#: whose trial starts at it (``(N,)`` bool, some True; None: nobody's), given only to a path
+#: that starts them in its tick (:attr:`TickPath.starts_in_tick`).
 Obs = IntArray | None
 Soft = list[np.ndarray] | None
 WhoPlans = NDArray[np.bool_] | None
+Starts = NDArray[np.bool_] | None
 
 __all__ = [
     "BlockTicks",
@@ -79,6 +82,7 @@ __all__ = [
     "PolicyTick",
     "SharedStages",
     "Soft",
+    "Starts",
     "TickPath",
     "WhoPlans",
     "record_row",
@@ -87,6 +91,12 @@ __all__ = [
 
 class TickPath(Protocol):
     """One way of stepping a group's tick (see the module doc)."""
+
+    #: Whether :meth:`run` starts the trials of the agents it is given (``starts``, with
+    #: integer outcomes) in the tick itself: their prior ``D``, as a reset of them just before
+    #: would leave it (the compiled passes). Else the group resets them before the run and
+    #: gives it none.
+    starts_in_tick: bool
 
     @property
     def in_tick(self) -> InTick | None:
@@ -100,12 +110,13 @@ class TickPath(Protocol):
         ...
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
         """Step every agent on checked evidence (``obs (N, M)``, or ``soft`` evidence; a group
         that learns takes integer outcomes only) and append the history row (``record``: the
         group has a history and the caller wants the row; ``now``: its timestamp);
         ``who_plans``: the agents that plan (a planning policy's replay); ``ticks``: the
-        group's ticks so far (the workers' streams are seeded with it)."""
+        group's ticks so far (the workers' streams are seeded with it); ``starts``: the agents
+        whose trial starts at this tick (:attr:`starts_in_tick`; None for any other path)."""
         ...
 
     def likelihood(self, rows: IntArray) -> Sequence[np.ndarray]:
@@ -171,6 +182,7 @@ class FusedTick:
     generators' seed, once they were started)."""
 
     in_tick: InTick | None = None  # health measures with numpy
+    starts_in_tick = False
 
     def __init__(
         self,
@@ -191,9 +203,10 @@ class FusedTick:
         return self._state.prior if self._state.keeps_prior else self._remade
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run` (``who_plans`` is a planning policy's: None here)."""
-        del who_plans
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
+        """See :meth:`TickPath.run` (``who_plans`` is a planning policy's, ``starts`` a
+        compiled pass's: None here)."""
+        del who_plans, starts
         self.step(obs, soft, record, ticks)
         if record:
             assert self._recorder is not None
@@ -216,8 +229,12 @@ class CompiledTick:
     """Every agent's whole tick in one pass of the compiled ``kernel`` (a group that does not
     learn: :func:`~edge_agent.core.native_pass.frozen_kernel`), in the state's own arrays: the
     prior the group keeps read and the next one written in its place, or, where it keeps none,
-    made in the pass from the beliefs and actions (``D`` for an agent reset since); then the
-    history row. Soft evidence is stepped by ``fused`` (numpy: the pass takes outcomes)."""
+    made in the pass from the beliefs and actions (``D`` for an agent reset since); ``D`` for an
+    agent whose trial starts at the tick (``starts``); then the history row. Soft evidence is
+    stepped by ``fused`` (numpy: the pass takes outcomes)."""
+
+    #: The pass starts the trials it is given (their prior ``D``: :meth:`_run`).
+    starts_in_tick = True
 
     def __init__(
         self,
@@ -262,25 +279,27 @@ class CompiledTick:
         return self._measures
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
         """See :meth:`TickPath.run` (``who_plans`` is a planning policy's: None here)."""
-        if obs is None:  # soft evidence: numpy's blocks
+        if obs is None:  # soft evidence: numpy's blocks (the group reset the starts)
             self._fused.run(obs, soft, now, record, who_plans=who_plans, ticks=ticks)
             return
         try:
-            self._run(obs, now, record)
+            self._run(obs, now, record, starts)
         finally:
             if self._measuring:
                 self._kernel.unmeasure()
                 self._measuring = False
 
-    def _run(self, obs: IntArray, now: float | None, record: bool) -> None:
+    def _run(self, obs: IntArray, now: float | None, record: bool, starts: Starts) -> None:
         state = self._state
         if state.keeps_prior:
             self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                               q_pi=state.q_pi, prior=state.prior, next_prior=state.prior,
-                              prior_given=True)
+                              start=starts, prior_given=True)
         else:  # made in the pass; every agent commits an action: its next prior follows
+            if starts is not None:  # (reset since it acted, or starting now: D)
+                np.logical_or(state.prior_reset, starts, out=state.prior_reset)
             self._kernel.step(obs, state.qs, state.action, state.has_action, G=state.G,
                               q_pi=state.q_pi, start=state.prior_reset)
             state.prior_reset.fill(False)
@@ -307,6 +326,7 @@ class PolicyTick:
     run."""
 
     in_tick: InTick | None = None  # health measures with numpy
+    starts_in_tick = False
 
     def __init__(
         self,
@@ -329,8 +349,9 @@ class PolicyTick:
         return self._state.prior if self._state.keeps_prior else self._remade
 
     def run(self, obs: Obs, soft: Soft, now: float | None, record: bool, *,
-            who_plans: WhoPlans, ticks: int) -> None:
-        """See :meth:`TickPath.run`."""
+            who_plans: WhoPlans, ticks: int, starts: Starts = None) -> None:
+        """See :meth:`TickPath.run` (``starts``: a compiled pass's, None here)."""
+        del starts
         state, plans, learning, workers = self._state, self._plans, self._learning, self._workers
         if learning is not None:
             assert obs is not None  # a group that learns refuses soft evidence

@@ -92,10 +92,7 @@ def run_case(case: Case, n: int = AGENTS, ticks: int = TICKS) -> str:
                           learning=learning)
     obs = env.reset()
     for _ in range(ticks):
-        start = env.episode_start
-        if start.any():
-            group.reset(start)
-        obs = env.step(group.step(obs))
+        obs = env.step(group.step(obs, starts=env.episode_start))
     return str(group.describe()["stepping"])
 
 

@@ -645,6 +645,8 @@ class NativeTick:
         self._bound_state: tuple[np.ndarray | bool | None, ...] = ()
         self._bound_ids: tuple[int, ...] = ()
         self._has_prior = False
+        #: The episode starts the runs read (held while they do; None: nobody's).
+        self._starts: np.ndarray | None = None
         #: health's sampled agents and their measures' array while a run measures them
         self._measured: tuple[np.ndarray | None, ...] = ()
         self._measured_ids: tuple[int, ...] = ()
@@ -789,22 +791,27 @@ class NativeTick:
         ``run``'s ``prior_given``: the one the caller keeps; else made, and written when given),
         ``p_obs`` ``(N, M)`` each outcome's probability under it and the tables before the
         update (written when given); ``start`` ``(N,)`` bool: the agents whose episode starts
-        (their prior is ``D``); ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of
+        (their prior is ``D``, made or ``prior_given``; None: nobody's; bound on its own, its
+        address alone when it is another array than last time, as a caller's per-tick flags
+        are); ``next_prior[f]`` ``(N, S_f)``: the next tick's prior, ``B`` of
         the action chosen times the posterior (written when given; it may be ``prior``);
         ``qs_prev[f]`` ``(N, S_f)``: the posteriors a learned ``B`` learns from, this tick's
         written (needed when one is). The state's floats are ``state_dtype``."""
-        bound = (*qs, *(prior or ()), p_obs, start, action, has_action, G, q_pi,
+        bound = (*qs, *(prior or ()), p_obs, action, has_action, G, q_pi,
                  *(next_prior or ()), *(qs_prev or ()), prior is not None,
                  next_prior is not None, qs_prev is not None)
-        if tuple(map(id, bound)) == self._bound_ids:
-            return  # the same arrays (held here: no other array can have their ids)
-        if self.learned_B and qs_prev is None:
-            raise ValueError("a pass that learns B needs qs_prev")
-        self._bound_state, self._bound_ids = (), ()  # until every pointer is the new arrays'
-        self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, start, next_prior,
-                         qs_prev)
-        self._has_prior = prior is not None
-        self._bound_state, self._bound_ids = bound, tuple(map(id, bound))
+        if tuple(map(id, bound)) != self._bound_ids:
+            if self.learned_B and qs_prev is None:
+                raise ValueError("a pass that learns B needs qs_prev")
+            self._bound_state, self._bound_ids = (), ()  # until every pointer is the new ones'
+            self._bind_state(qs, action, has_action, G, q_pi, prior, p_obs, next_prior,
+                             qs_prev)
+            self._has_prior = prior is not None
+            self._bound_state, self._bound_ids = bound, tuple(map(id, bound))
+        if start is not self._starts:  # (a caller's array each tick: its address alone)
+            self._state.start = None if start is None else _addr(
+                start, np.bool_, size=len(has_action))
+            self._starts = start  # (held: the runs read it)
 
     def run(self, obs: np.ndarray, *, learn: bool = True, normalise_all: bool = False,
             prior_given: bool = False) -> None:
@@ -907,8 +914,8 @@ class NativeTick:
     def _bind_state(  # noqa: PLR0917 - step's arrays, once each
         self, qs: Sequence[np.ndarray], action: np.ndarray, has_action: np.ndarray,
         G: np.ndarray, q_pi: np.ndarray, prior: Sequence[np.ndarray] | None,
-        p_obs: np.ndarray | None, start: np.ndarray | None,
-        next_prior: Sequence[np.ndarray] | None, qs_prev: Sequence[np.ndarray] | None,
+        p_obs: np.ndarray | None, next_prior: Sequence[np.ndarray] | None,
+        qs_prev: Sequence[np.ndarray] | None,
     ) -> None:
         st = self._state
         rows, F, M, P = len(has_action), len(self.num_states), len(self.num_obs), len(self.lnE)
@@ -919,7 +926,6 @@ class NativeTick:
         st.next_prior = self._bind_factors("next_prior", next_prior, rows)
         st.qs_prev = self._bind_factors("qs_prev", qs_prev, rows)
         st.p_obs = None if p_obs is None else _addr(p_obs, size=rows * M)
-        st.start = None if start is None else _addr(start, np.bool_, size=rows)
         st.action = _addr(action, np.int64, size=rows * F)
         st.has_action = _addr(has_action, np.bool_, size=rows)
         st.G = _addr(G, self.state_dtype, size=rows * P)

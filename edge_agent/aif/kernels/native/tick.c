@@ -1144,10 +1144,18 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
      * value, ~110 an agent-step, T-maze; value by value over the lanes ~3.8 a value) */
     if (sc->lnL != NULL) rows_into_lanes(sc->log_lik, lik_row, S);
     if (sc->lnL != NULL && tabled && sc->lnQ1 != NULL) rows_into_lanes(sc->step1, step_row, width);
-    if (m->prior_given) {  /* the prior the caller keeps */
-        for (int64_t f = 0; f < F; f++)
-            state_get_block(st->prior[f], first, sc->log_prior + offset[f], m->num_states[f],
-                            count, f32);
+    if (m->prior_given) {  /* the prior the caller keeps; D for an agent whose episode starts
+                            * (as the state's reset keeps it: an int8 group's float32) */
+        int starts = 0;
+        for (int b = 0; b < BLK && st->start != NULL; b++) starts |= st->start[agent[b]] != 0;
+        for (int64_t f = 0; f < F; f++) {
+            lane *lp = sc->log_prior + offset[f];
+            state_get_block(st->prior[f], first, lp, m->num_states[f], count, f32);
+            for (int64_t i = 0; i < m->num_states[f] && starts; i++) {
+                const double d = f32 ? (double)(float)m->D[f][i] : m->D[f][i];
+                LANES lp[i][b] = st->start[agent[b]] ? d : lp[i][b];
+            }
+        }
     } else {
         for (int64_t f = 0; f < F; f++)
             if (one_b(m, f))
