@@ -577,12 +577,13 @@ class AifAgentGroup:
         return state.action
 
     def advance(
-        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None,
+        starts: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One tick's step (``outcomes`` unused: ``obs`` are the world's outcomes; the group
-        contract's, :class:`~edge_agent.core.contract.AgentGroup`)."""
+        """One tick's step (``outcomes`` unused: ``obs`` are the world's outcomes; ``starts``:
+        :meth:`step`'s; the group contract's, :class:`~edge_agent.core.contract.AgentGroup`)."""
         del outcomes
-        return self.step(obs, now)
+        return self.step(obs, now, starts=starts)
 
     # -- a deployment's shadow (docs/health.md "Shadow evaluation") --------------------------------
     def tap_excess(self, tap: ExcessTap | None) -> None:

@@ -203,11 +203,15 @@ class AgentGroup(Protocol):
     def step(self, obs: np.ndarray, now: float | None = None) -> np.ndarray: ...
 
     def advance(
-        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None,
+        starts: np.ndarray | None = None,
     ) -> np.ndarray:
         """One tick's step: ``obs`` from the group's source, ``outcomes`` ``(n_agents, M)`` the
         simulated world's outcome indices when it has them (None otherwise), for kinds that
-        observe some modalities directly."""
+        observe some modalities directly; ``starts`` ``(n_agents,)`` bool, the agents whose
+        episode starts at this tick (None: nobody's): the same as ``reset(starts)`` just
+        before (a kind may start them inside its step: an Active Inference group's compiled
+        pass does)."""
         ...
 
     def reset(self, mask: np.ndarray | None = None) -> None: ...

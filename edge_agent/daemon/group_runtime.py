@@ -112,10 +112,8 @@ class GroupRuntime:
     _paused: bool = field(default=False, init=False)
     _paused_reason: str = field(default="", init=False)
     _steps: int = field(default=0, init=False)
-    _step: Callable[[np.ndarray, float, np.ndarray | None], np.ndarray] = field(
-        init=False, repr=False
-    )
-    _reset: Callable[[np.ndarray], None] = field(init=False, repr=False)
+    _step: Callable[[np.ndarray, float, np.ndarray | None, np.ndarray | None], np.ndarray] = (
+        field(init=False, repr=False))
     #: Agents told how long each tick has left (:class:`Paced`), and when their last step
     #: returned (monotonic; None: they did not step in the last tick).
     _paced: Paced | None = field(default=None, init=False, repr=False)
@@ -132,7 +130,6 @@ class GroupRuntime:
 
     def __post_init__(self) -> None:
         self._step = self.agents.advance
-        self._reset = self.agents.reset
         self._paced = self.agents if isinstance(self.agents, Paced) else None
         self._alerting = self.agents if isinstance(self.agents, Alerting) else None
         self._learning = self.agents.learning if isinstance(self.agents, MayLearn) else None
@@ -146,14 +143,14 @@ class GroupRuntime:
             return
         name, agents = self.name, self.agents
 
-        def step(obs: np.ndarray, now: float, outcomes: np.ndarray | None) -> np.ndarray:
+        def step(obs: np.ndarray, now: float, outcomes: np.ndarray | None,
+                 starts: np.ndarray | None) -> np.ndarray:
             del outcomes  # an Active Inference group observes only its outcomes
+            if starts is not None:  # (the engine drops their evidence not sent yet too)
+                runtime.reset(name, agents, starts)
             return runtime.step(name, agents, obs, now)
 
-        def reset(mask: np.ndarray) -> None:
-            runtime.reset(name, agents, mask)
-
-        self.coordination, self._step, self._reset = runtime, step, reset
+        self.coordination, self._step = runtime, step
 
     def coordination_binding(self) -> GroupBinding | None:
         """What the coordination runtime follows of the group (None: it has no coordination
@@ -245,13 +242,11 @@ class GroupRuntime:
         if taken is None:
             return False  # an inbox waits until every agent has had an observation
         obs, outcomes, starts = taken
-        if starts is not None:
-            self._reset(starts)
         if self._paced is not None and window is not None:
             last = window.last_end
             rest = None if returned is None or last is None or last < returned else last - returned
             self._paced.pace(window.due - time.monotonic(), rest)
-        actions = self._step(obs, now, outcomes)
+        actions = self._step(obs, now, outcomes, starts)  # (the agents of starts reset first)
         if self._paced is not None:
             self._returned_at = time.monotonic()
         self._steps += 1

@@ -72,9 +72,8 @@ class ShadowRun:
             return
         candidate = self._candidate
         try:
-            if starts is not None:
-                candidate.reset(starts)
-            candidate.advance(obs, now, outcomes)  # its own actions: computed, never taken
+            # (the agents of starts reset first; its own actions: computed, never taken)
+            candidate.advance(obs, now, outcomes, starts)
             candidate.set_action(actions)
             self.ticks += 1
         except Exception as err:  # the candidate's boundary: the live group goes on

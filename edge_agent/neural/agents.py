@@ -892,10 +892,14 @@ class NeuralAgentGroup:
 
     # -- the group contract (edge_agent.core.contract.AgentGroup) ----------------------------------
     def advance(
-        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None,
+        starts: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One tick's step (``outcomes`` unused: a policy sees only its feature vectors)."""
+        """One tick's step (``outcomes`` unused: a policy sees only its feature vectors), the
+        agents of ``starts`` reset first."""
         del outcomes
+        if starts is not None:
+            self.reset(starts)
         return self.step(obs, now)
 
     def io(self) -> GroupIO:

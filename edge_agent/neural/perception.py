@@ -233,9 +233,13 @@ class PerceptionAifGroup:
 
     # -- the group contract (edge_agent.core.contract.AgentGroup) ----------------------------------
     def advance(
-        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None,
+        starts: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One tick's step: the modalities perception does not cover come from ``outcomes``."""
+        """One tick's step: the modalities perception does not cover come from ``outcomes``;
+        the agents of ``starts`` reset first."""
+        if starts is not None:
+            self.reset(starts)
         rest = outcomes if self.perceived < self.aif.cm.num_modalities else None
         return self.step(obs, now, rest)
 

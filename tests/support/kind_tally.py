@@ -124,9 +124,10 @@ class TallyGroup:
         return self._action
 
     def advance(
-        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None
+        self, obs: np.ndarray, now: float | None, outcomes: np.ndarray | None,
+        starts: np.ndarray | None = None,
     ) -> np.ndarray:
-        del outcomes
+        del outcomes, starts  # a tally outlives episodes
         return self.step(obs, now)
 
     def reset(self, mask: np.ndarray | None = None) -> None:

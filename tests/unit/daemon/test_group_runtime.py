@@ -13,6 +13,8 @@ import pytest
 
 from edge_agent.config.daemon import read_config
 from edge_agent.config.profiles import FirmwareProfile, load_profiles
+from edge_agent.core.agents import AifAgentGroup
+from edge_agent.core.native_pass import NATIVE_ENV
 from edge_agent.daemon.admission import admit
 from edge_agent.daemon.group_runtime import GroupRuntime, Sinks
 from edge_agent.errors import EdgeAgentError
@@ -299,3 +301,41 @@ def test_an_aif_group_names_the_families_its_kind_adds_up(
         "surprise": 1.25,
     }
     assert learning.total(groups) == {}
+
+
+def test_a_sim_group_starts_its_world_s_episodes_in_its_step_as_a_reset_before_it(
+    tmp_path: Path, profiles: dict[str, FirmwareProfile], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The T-maze's episodes start every few ticks: their agents go into the group's step
+    (``advance(obs, now, outcomes, starts)``), whose compiled pass starts them inside the tick;
+    the same actions and beliefs, tick after tick, as the same group reset before a step told
+    nobody starts (the daemon's order before)."""
+    monkeypatch.setenv(NATIVE_ENV, "1")  # the compiled tick, unmeasured
+    text = GROUP.format(name="g", count=40, source='{ type = "sim" }', sink='{ type = "log" }')
+    text = text.replace('name = "grid10"', 'name = "tmaze"')
+    (tmp_path / "now").mkdir()
+    (tmp_path / "before").mkdir()
+    (now,) = groups(tmp_path / "now", profiles, text)
+    (before,) = groups(tmp_path / "before", profiles, text)
+    assert isinstance(now.agents, AifAgentGroup)
+    assert now.agents.path.starts_in_tick
+
+    agents = before.agents
+
+    def reset_then_step(obs: np.ndarray, at: float, outcomes: np.ndarray | None,
+                        starts: np.ndarray | None) -> np.ndarray:
+        if starts is not None:
+            agents.reset(starts)
+        return agents.advance(obs, at, outcomes)
+
+    monkeypatch.setattr(before, "_step", reset_then_step)
+    started = 0
+    for t in range(30):
+        world = now.source.world
+        started += int(np.count_nonzero(world.episode_start))  # type: ignore[attr-defined]
+        assert now.tick(float(t))
+        assert before.tick(float(t))
+        for a, b in zip((*now.agents.state.qs, *now.agents.state.prior, now.agents.action),
+                        (*agents.state.qs, *agents.state.prior, agents.action), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert started > 40  # the world's episodes started again while the group stepped
