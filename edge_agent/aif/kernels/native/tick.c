@@ -280,6 +280,62 @@ INLINE void state_put_lanes(void *a, int64_t at, const lane *x, int64_t k, int64
     }
 }
 
+/* Four agents' four values at a time, GCC's vector extensions (x86-64-v3: AVX2's unpacks and
+ * lane permutes; the baseline and aarch64 as the compiler lowers them): four rows of four
+ * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
+ * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
+ * arithmetic: the same bits. */
+#ifdef __clang__
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shuffle(a, b, (quad_index){i, j, k, l})
+#endif
+/* r0..r3 (quads, rows) become their columns */
+#define TRANSPOSE_QUADS(r0, r1, r2, r3)                                                    \
+    do {                                                                                   \
+        const quad t0 = SHUFFLE_QUADS(r0, r1, 0, 4, 2, 6);                                 \
+        const quad t1 = SHUFFLE_QUADS(r0, r1, 1, 5, 3, 7);                                 \
+        const quad t2 = SHUFFLE_QUADS(r2, r3, 0, 4, 2, 6);                                 \
+        const quad t3 = SHUFFLE_QUADS(r2, r3, 1, 5, 3, 7);                                 \
+        r0 = SHUFFLE_QUADS(t0, t2, 0, 1, 4, 5);                                            \
+        r1 = SHUFFLE_QUADS(t1, t3, 0, 1, 4, 5);                                            \
+        r2 = SHUFFLE_QUADS(t0, t2, 2, 3, 6, 7);                                            \
+        r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
+    } while (0)
+
+
+/* Four values of four of the block's rows (from[h + j] + e, j = 0..3) into the lanes h..h + 3
+ * of x0..x3 (x_i: the value e + i's lanes), through one four-by-four transpose. */
+INLINE void four_into_lanes(lane *x0, lane *x1, lane *x2, lane *x3,
+                            const double *const *from, int64_t e, int h) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, from[h] + e);
+    QUAD_AT(r1, from[h + 1] + e);
+    QUAD_AT(r2, from[h + 2] + e);
+    QUAD_AT(r3, from[h + 3] + e);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(&(*x0)[h], r0);
+    QUAD_TO(&(*x1)[h], r1);
+    QUAD_TO(&(*x2)[h], r2);
+    QUAD_TO(&(*x3)[h], r3);
+}
+
+/* The reverse of four_into_lanes: the lanes h..h + 3 of x0..x3 into four values of four rows
+ * (to[h + j] + e). */
+INLINE void four_into_rows(double *const *to, int64_t e, int h, const lane *x0,
+                           const lane *x1, const lane *x2, const lane *x3) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, &(*x0)[h]);
+    QUAD_AT(r1, &(*x1)[h]);
+    QUAD_AT(r2, &(*x2)[h]);
+    QUAD_AT(r3, &(*x3)[h]);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(to[h] + e, r0);
+    QUAD_TO(to[h + 1] + e, r1);
+    QUAD_TO(to[h + 2] + e, r2);
+    QUAD_TO(to[h + 3] + e, r3);
+}
+
 /* k values of each of the block's agents (agent first + b's at a[(first + b) k ..], rows of
  * the state one after the other) into the block's lanes x, and back (count agents): a whole
  * block value by value, the conversions of its 8 lanes at once and each agent's value k apart
@@ -334,6 +390,36 @@ INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, in
         for (int64_t i = 0; i < k; i++)
             for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
     }
+}
+
+/* state_put_block, and in the x86-64-v3 pass a whole block of a float64 state's values four
+ * of four agents at a time, whole quads (as four_into_rows; value by value ~2.3 instructions a
+ * value: the plan's G, q_pi, a factor of 4 states, T-maze), the rest value by value. Data
+ * moved: the same bits. (The baseline version's frame has no room for the quads: gcc keeps
+ * them on its stack, each inlined place its own, past -Wframe-larger-than's 16 KiB.) */
+INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
+                               int64_t count, int64_t f32, int vm) {
+    if (vm != VM_AVX2 || f32 || count < BLK || k < 4) {
+        state_put_block(a, first, x, k, count, f32);
+        return;
+    }
+    double *to = (double *)a + first * k;
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;  /* values i .. i + 3 of agents h .. h + 3 */
+            QUAD_AT(r0, &x[i][h]);
+            QUAD_AT(r1, &x[i + 1][h]);
+            QUAD_AT(r2, &x[i + 2][h]);
+            QUAD_AT(r3, &x[i + 3][h]);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(to + h * k + i, r0);
+            QUAD_TO(to + (h + 1) * k + i, r1);
+            QUAD_TO(to + (h + 2) * k + i, r2);
+            QUAD_TO(to + (h + 3) * k + i, r3);
+        }
+    for (; i < k; i++)
+        for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
 }
 
 /* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
@@ -749,62 +835,6 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
     /* the posteriors in sc->cur (an odd number of swaps left them in sc->nxt) */
     if (cur[0] != sc->cur + offset[0])
         memcpy(sc->cur, sc->nxt, (size_t)width_of(m) * sizeof(lane));
-}
-
-/* Four agents' four values at a time, GCC's vector extensions (x86-64-v3: AVX2's unpacks and
- * lane permutes; the baseline and aarch64 as the compiler lowers them): four rows of four
- * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
- * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
- * arithmetic: the same bits. */
-#ifdef __clang__
-#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
-#else
-#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shuffle(a, b, (quad_index){i, j, k, l})
-#endif
-/* r0..r3 (quads, rows) become their columns */
-#define TRANSPOSE_QUADS(r0, r1, r2, r3)                                                    \
-    do {                                                                                   \
-        const quad t0 = SHUFFLE_QUADS(r0, r1, 0, 4, 2, 6);                                 \
-        const quad t1 = SHUFFLE_QUADS(r0, r1, 1, 5, 3, 7);                                 \
-        const quad t2 = SHUFFLE_QUADS(r2, r3, 0, 4, 2, 6);                                 \
-        const quad t3 = SHUFFLE_QUADS(r2, r3, 1, 5, 3, 7);                                 \
-        r0 = SHUFFLE_QUADS(t0, t2, 0, 1, 4, 5);                                            \
-        r1 = SHUFFLE_QUADS(t1, t3, 0, 1, 4, 5);                                            \
-        r2 = SHUFFLE_QUADS(t0, t2, 2, 3, 6, 7);                                            \
-        r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
-    } while (0)
-
-
-/* Four values of four of the block's rows (from[h + j] + e, j = 0..3) into the lanes h..h + 3
- * of x0..x3 (x_i: the value e + i's lanes), through one four-by-four transpose. */
-INLINE void four_into_lanes(lane *x0, lane *x1, lane *x2, lane *x3,
-                            const double *const *from, int64_t e, int h) {
-    quad r0, r1, r2, r3;
-    QUAD_AT(r0, from[h] + e);
-    QUAD_AT(r1, from[h + 1] + e);
-    QUAD_AT(r2, from[h + 2] + e);
-    QUAD_AT(r3, from[h + 3] + e);
-    TRANSPOSE_QUADS(r0, r1, r2, r3);
-    QUAD_TO(&(*x0)[h], r0);
-    QUAD_TO(&(*x1)[h], r1);
-    QUAD_TO(&(*x2)[h], r2);
-    QUAD_TO(&(*x3)[h], r3);
-}
-
-/* The reverse of four_into_lanes: the lanes h..h + 3 of x0..x3 into four values of four rows
- * (to[h + j] + e). */
-INLINE void four_into_rows(double *const *to, int64_t e, int h, const lane *x0,
-                           const lane *x1, const lane *x2, const lane *x3) {
-    quad r0, r1, r2, r3;
-    QUAD_AT(r0, &(*x0)[h]);
-    QUAD_AT(r1, &(*x1)[h]);
-    QUAD_AT(r2, &(*x2)[h]);
-    QUAD_AT(r3, &(*x3)[h]);
-    TRANSPOSE_QUADS(r0, r1, r2, r3);
-    QUAD_TO(to[h] + e, r0);
-    QUAD_TO(to[h + 1] + e, r1);
-    QUAD_TO(to[h + 2] + e, r2);
-    QUAD_TO(to[h + 3] + e, r3);
 }
 
 /* x[i][b] = from[b][i] for the block's eight rows' first k values. */
@@ -1792,9 +1822,10 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
 
     /* write back */
     for (int64_t f = 0; f < F && !kept; f++)
-        state_put_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32);
-    state_put_block(st->G, first, G, P, count, f32);
-    state_put_block(st->q_pi, first, q_pi, P, count, f32);
+        state_put_block_vm(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32,
+                           vm);
+    state_put_block_vm(st->G, first, G, P, count, f32, vm);
+    state_put_block_vm(st->q_pi, first, q_pi, P, count, f32, vm);
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
@@ -1813,7 +1844,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             const lane *from = moved[f][chosen[f][b]];
             for (int64_t i = 0; i < s_f; i++) rows[i][b] = from[i][b];
         }
-        state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
+        state_put_block_vm(st->next_prior[f], first, rows, s_f, count, f32, vm);
     }
 }
 
