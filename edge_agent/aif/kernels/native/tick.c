@@ -365,8 +365,8 @@ INLINE void state_get_block(const void *a, int64_t first, lane *x, int64_t k, in
             for (int b = 0; b < BLK; b++) x[i][b] = from[b * k + i];
     }
 }
-INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, int64_t count,
-                            int64_t f32) {
+INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
+                               int64_t count, int64_t f32, int vm) {
     if (count < BLK) {
         for (int64_t b = 0; b < count; b++) state_put_lanes(a, (first + b) * k, x, k, b, f32);
         return;
@@ -385,27 +385,15 @@ INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, in
                 at[2 * k] = v[2];
                 at[3 * k] = v[3];
             }
-    } else {
-        double *to = (double *)a + first * k;
-        for (int64_t i = 0; i < k; i++)
-            for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
-    }
-}
-
-/* state_put_block, and in the x86-64-v3 pass a whole block of a float64 state's values four
- * of four agents at a time, whole quads (as four_into_rows; value by value ~2.3 instructions a
- * value: the plan's G, q_pi, a factor of 4 states, T-maze), the rest value by value. Data
- * moved: the same bits. (The baseline version's frame has no room for the quads: gcc keeps
- * them on its stack, each inlined place its own, past -Wframe-larger-than's 16 KiB.) */
-INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
-                               int64_t count, int64_t f32, int vm) {
-    if (vm != VM_AVX2 || f32 || count < BLK || k < 4) {
-        state_put_block(a, first, x, k, count, f32);
         return;
     }
     double *to = (double *)a + first * k;
     int64_t i = 0;
-    for (; i + 4 <= k; i += 4)
+    /* the x86-64-v3 pass: whole quads of values four of four agents at a time (as
+     * four_into_rows; value by value ~2.3 instructions a value: the plan's G, q_pi, a factor
+     * of 4 states, T-maze); the baseline version's frame has no room for them (gcc keeps its
+     * quads on the stack, each inlined place its own, past -Wframe-larger-than's 16 KiB) */
+    for (; vm == VM_AVX2 && i + 4 <= k; i += 4)
         for (int h = 0; h < BLK; h += 4) {
             quad r0, r1, r2, r3;  /* values i .. i + 3 of agents h .. h + 3 */
             QUAD_AT(r0, &x[i][h]);
@@ -420,6 +408,11 @@ INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
         }
     for (; i < k; i++)
         for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
+}
+/* (value by value: the baseline's, and the prior's write in infer_block) */
+INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, int64_t count,
+                            int64_t f32) {
+    state_put_block_vm(a, first, x, k, count, f32, VM_CALL);
 }
 
 /* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
@@ -1830,7 +1823,8 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         state_put_block_vm(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32,
                            vm);
     state_put_block_vm(st->G, first, G, P, count, f32, vm);
-    state_put_block_vm(st->q_pi, first, q_pi, P, count, f32, vm);
+    /* (q_pi's value by value: test_recipe.py's sanitizer test finds this write by its text) */
+    state_put_block(st->q_pi, first, q_pi, P, count, f32);
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];
