@@ -1175,6 +1175,32 @@ INLINE void learn_counts(const tick_model *m, const tick_state *st, const block_
         }
 }
 
+/* learn_counts not inlined into the passes, a version each (as they are): inlined, gcc's
+ * choices in the rest of the x86-64-v3 pass moved and a frozen group's tick (which learns
+ * nothing) took ~5 instructions an agent-step more, T-maze N = 1,000 */
+#define LEARN_ARGS const tick_model *m, const tick_state *st, const block_scratch *sc, \
+                   int64_t k, const int64_t *agent, int64_t count
+static __attribute__((noinline)) void learn_counts_call(LEARN_ARGS) {
+    learn_counts(m, st, sc, k, agent, count);
+}
+#if TICK_V3
+static __attribute__((noinline, target("arch=x86-64-v3"))) void learn_counts_v3(LEARN_ARGS) {
+    learn_counts(m, st, sc, k, agent, count);
+}
+#endif
+#undef LEARN_ARGS
+INLINE void learn_counts_vm(const tick_model *m, const tick_state *st, const block_scratch *sc,
+                            int64_t k, const int64_t *agent, int64_t count, int vm) {
+#if TICK_V3
+    if (vm == VM_AVX2) {
+        learn_counts_v3(m, st, sc, k, agent, count);
+        return;
+    }
+#endif
+    (void)vm;
+    learn_counts_call(m, st, sc, k, agent, count);
+}
+
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
  * past count repeat agent first, computed and never written back): prior, posterior (left in
  * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
@@ -1280,7 +1306,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         /* the agents' updates, in agent order (the lanes past count learn nothing; shared
          * counts: the table follows once, after every block; each agent its own: below, the
          * block's tables at once) */
-        if (m->learn) learn_counts(m, st, sc, k, agent, count);
+        if (m->learn) learn_counts_vm(m, st, sc, k, agent, count, vm);
         if (!m->learn) {  /* frozen: the block's lanes of the agents' tables as they are */
             const double *tables[BLK];
             LANES tables[b] = m->A[k] + agent[b] * m->A_agent_stride[k];
