@@ -390,9 +390,10 @@ INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
     double *to = (double *)a + first * k;
     int64_t i = 0;
     /* the x86-64-v3 pass: whole quads of values four of four agents at a time (as
-     * four_into_rows; value by value ~2.3 instructions a value: the plan's G, q_pi, a factor
-     * of 4 states, T-maze); the baseline version's frame has no room for them (gcc keeps its
-     * quads on the stack, each inlined place its own, past -Wframe-larger-than's 16 KiB) */
+     * four_into_rows; value by value ~2.3 instructions a value: the plan's G, a factor of 4
+     * states' posteriors and next prior, T-maze); the baseline version's frame has no room
+     * for them (gcc keeps its quads on the stack, each inlined place its own, past
+     * -Wframe-larger-than's 16 KiB) */
     for (; vm == VM_AVX2 && i + 4 <= k; i += 4)
         for (int h = 0; h < BLK; h += 4) {
             quad r0, r1, r2, r3;  /* values i .. i + 3 of agents h .. h + 3 */
