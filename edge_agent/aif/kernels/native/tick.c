@@ -280,6 +280,62 @@ INLINE void state_put_lanes(void *a, int64_t at, const lane *x, int64_t k, int64
     }
 }
 
+/* Four agents' four values at a time, GCC's vector extensions (x86-64-v3: AVX2's unpacks and
+ * lane permutes; the baseline and aarch64 as the compiler lowers them): four rows of four
+ * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
+ * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
+ * arithmetic: the same bits. */
+#ifdef __clang__
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shuffle(a, b, (quad_index){i, j, k, l})
+#endif
+/* r0..r3 (quads, rows) become their columns */
+#define TRANSPOSE_QUADS(r0, r1, r2, r3)                                                    \
+    do {                                                                                   \
+        const quad t0 = SHUFFLE_QUADS(r0, r1, 0, 4, 2, 6);                                 \
+        const quad t1 = SHUFFLE_QUADS(r0, r1, 1, 5, 3, 7);                                 \
+        const quad t2 = SHUFFLE_QUADS(r2, r3, 0, 4, 2, 6);                                 \
+        const quad t3 = SHUFFLE_QUADS(r2, r3, 1, 5, 3, 7);                                 \
+        r0 = SHUFFLE_QUADS(t0, t2, 0, 1, 4, 5);                                            \
+        r1 = SHUFFLE_QUADS(t1, t3, 0, 1, 4, 5);                                            \
+        r2 = SHUFFLE_QUADS(t0, t2, 2, 3, 6, 7);                                            \
+        r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
+    } while (0)
+
+
+/* Four values of four of the block's rows (from[h + j] + e, j = 0..3) into the lanes h..h + 3
+ * of x0..x3 (x_i: the value e + i's lanes), through one four-by-four transpose. */
+INLINE void four_into_lanes(lane *x0, lane *x1, lane *x2, lane *x3,
+                            const double *const *from, int64_t e, int h) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, from[h] + e);
+    QUAD_AT(r1, from[h + 1] + e);
+    QUAD_AT(r2, from[h + 2] + e);
+    QUAD_AT(r3, from[h + 3] + e);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(&(*x0)[h], r0);
+    QUAD_TO(&(*x1)[h], r1);
+    QUAD_TO(&(*x2)[h], r2);
+    QUAD_TO(&(*x3)[h], r3);
+}
+
+/* The reverse of four_into_lanes: the lanes h..h + 3 of x0..x3 into four values of four rows
+ * (to[h + j] + e). */
+INLINE void four_into_rows(double *const *to, int64_t e, int h, const lane *x0,
+                           const lane *x1, const lane *x2, const lane *x3) {
+    quad r0, r1, r2, r3;
+    QUAD_AT(r0, &(*x0)[h]);
+    QUAD_AT(r1, &(*x1)[h]);
+    QUAD_AT(r2, &(*x2)[h]);
+    QUAD_AT(r3, &(*x3)[h]);
+    TRANSPOSE_QUADS(r0, r1, r2, r3);
+    QUAD_TO(to[h] + e, r0);
+    QUAD_TO(to[h + 1] + e, r1);
+    QUAD_TO(to[h + 2] + e, r2);
+    QUAD_TO(to[h + 3] + e, r3);
+}
+
 /* k values of each of the block's agents (agent first + b's at a[(first + b) k ..], rows of
  * the state one after the other) into the block's lanes x, and back (count agents): a whole
  * block value by value, the conversions of its 8 lanes at once and each agent's value k apart
@@ -309,8 +365,8 @@ INLINE void state_get_block(const void *a, int64_t first, lane *x, int64_t k, in
             for (int b = 0; b < BLK; b++) x[i][b] = from[b * k + i];
     }
 }
-INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, int64_t count,
-                            int64_t f32) {
+INLINE void state_put_block_vm(void *a, int64_t first, const lane *x, int64_t k,
+                               int64_t count, int64_t f32, int vm) {
     if (count < BLK) {
         for (int64_t b = 0; b < count; b++) state_put_lanes(a, (first + b) * k, x, k, b, f32);
         return;
@@ -329,11 +385,35 @@ INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, in
                 at[2 * k] = v[2];
                 at[3 * k] = v[3];
             }
-    } else {
-        double *to = (double *)a + first * k;
-        for (int64_t i = 0; i < k; i++)
-            for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
+        return;
     }
+    double *to = (double *)a + first * k;
+    int64_t i = 0;
+    /* the x86-64-v3 pass: whole quads of values four of four agents at a time (as
+     * four_into_rows; value by value ~2.3 instructions a value: the plan's G, a factor of 4
+     * states' posteriors and next prior, T-maze); the baseline version's frame has no room
+     * for them (gcc keeps its quads on the stack, each inlined place its own, past
+     * -Wframe-larger-than's 16 KiB) */
+    for (; vm == VM_AVX2 && i + 4 <= k; i += 4)
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;  /* values i .. i + 3 of agents h .. h + 3 */
+            QUAD_AT(r0, &x[i][h]);
+            QUAD_AT(r1, &x[i + 1][h]);
+            QUAD_AT(r2, &x[i + 2][h]);
+            QUAD_AT(r3, &x[i + 3][h]);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            QUAD_TO(to + h * k + i, r0);
+            QUAD_TO(to + (h + 1) * k + i, r1);
+            QUAD_TO(to + (h + 2) * k + i, r2);
+            QUAD_TO(to + (h + 3) * k + i, r3);
+        }
+    for (; i < k; i++)
+        for (int b = 0; b < BLK; b++) to[b * k + i] = x[i][b];
+}
+/* (value by value: the baseline's, and the prior's write in infer_block) */
+INLINE void state_put_block(void *a, int64_t first, const lane *x, int64_t k, int64_t count,
+                            int64_t f32) {
+    state_put_block_vm(a, first, x, k, count, f32, VM_CALL);
 }
 
 /* Agent n's values of factor f's transitions: its own or the group's learned ones (B_values),
@@ -751,62 +831,6 @@ INLINE void infer_states(const tick_model *m, block_scratch *sc, const int64_t *
         memcpy(sc->cur, sc->nxt, (size_t)width_of(m) * sizeof(lane));
 }
 
-/* Four agents' four values at a time, GCC's vector extensions (x86-64-v3: AVX2's unpacks and
- * lane permutes; the baseline and aarch64 as the compiler lowers them): four rows of four
- * values transposed in registers. Moving rows into the block's lanes value by value took ~3.8
- * instructions a value (eight scalar loads, or stores, a lane); this ~1.5. Data moved, no
- * arithmetic: the same bits. */
-#ifdef __clang__
-#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
-#else
-#define SHUFFLE_QUADS(a, b, i, j, k, l) __builtin_shuffle(a, b, (quad_index){i, j, k, l})
-#endif
-/* r0..r3 (quads, rows) become their columns */
-#define TRANSPOSE_QUADS(r0, r1, r2, r3)                                                    \
-    do {                                                                                   \
-        const quad t0 = SHUFFLE_QUADS(r0, r1, 0, 4, 2, 6);                                 \
-        const quad t1 = SHUFFLE_QUADS(r0, r1, 1, 5, 3, 7);                                 \
-        const quad t2 = SHUFFLE_QUADS(r2, r3, 0, 4, 2, 6);                                 \
-        const quad t3 = SHUFFLE_QUADS(r2, r3, 1, 5, 3, 7);                                 \
-        r0 = SHUFFLE_QUADS(t0, t2, 0, 1, 4, 5);                                            \
-        r1 = SHUFFLE_QUADS(t1, t3, 0, 1, 4, 5);                                            \
-        r2 = SHUFFLE_QUADS(t0, t2, 2, 3, 6, 7);                                            \
-        r3 = SHUFFLE_QUADS(t1, t3, 2, 3, 6, 7);                                            \
-    } while (0)
-
-
-/* Four values of four of the block's rows (from[h + j] + e, j = 0..3) into the lanes h..h + 3
- * of x0..x3 (x_i: the value e + i's lanes), through one four-by-four transpose. */
-INLINE void four_into_lanes(lane *x0, lane *x1, lane *x2, lane *x3,
-                            const double *const *from, int64_t e, int h) {
-    quad r0, r1, r2, r3;
-    QUAD_AT(r0, from[h] + e);
-    QUAD_AT(r1, from[h + 1] + e);
-    QUAD_AT(r2, from[h + 2] + e);
-    QUAD_AT(r3, from[h + 3] + e);
-    TRANSPOSE_QUADS(r0, r1, r2, r3);
-    QUAD_TO(&(*x0)[h], r0);
-    QUAD_TO(&(*x1)[h], r1);
-    QUAD_TO(&(*x2)[h], r2);
-    QUAD_TO(&(*x3)[h], r3);
-}
-
-/* The reverse of four_into_lanes: the lanes h..h + 3 of x0..x3 into four values of four rows
- * (to[h + j] + e). */
-INLINE void four_into_rows(double *const *to, int64_t e, int h, const lane *x0,
-                           const lane *x1, const lane *x2, const lane *x3) {
-    quad r0, r1, r2, r3;
-    QUAD_AT(r0, &(*x0)[h]);
-    QUAD_AT(r1, &(*x1)[h]);
-    QUAD_AT(r2, &(*x2)[h]);
-    QUAD_AT(r3, &(*x3)[h]);
-    TRANSPOSE_QUADS(r0, r1, r2, r3);
-    QUAD_TO(to[h] + e, r0);
-    QUAD_TO(to[h + 1] + e, r1);
-    QUAD_TO(to[h + 2] + e, r2);
-    QUAD_TO(to[h + 3] + e, r3);
-}
-
 /* x[i][b] = from[b][i] for the block's eight rows' first k values. */
 INLINE void rows_into_lanes(lane *x, const double *const *from, int64_t k) {
     int64_t i = 0;
@@ -931,7 +955,12 @@ INLINE void likelihood_lanes(
         lane total;
         LANES total[b] = 0.0;
         for (int64_t s = 0; s < S; s++) LANES total[b] += row[s][b] * sc->joint[s][b];
-        for (int64_t b = 0; b < count; b++) st->p_obs[(first + b) * M + k] = total[b];
+        double *p_obs = st->p_obs + first * M + k;
+        if (count == BLK)  /* a whole block's eight stores (to count: a loop, ~6 instructions a
+                            * store, per-agent pA T-maze N = 1,000) */
+            for (int b = 0; b < BLK; b++) p_obs[b * M] = total[b];
+        else
+            for (int64_t b = 0; b < count; b++) p_obs[b * M] = total[b];
     }
 }
 
@@ -1090,6 +1119,89 @@ INLINE void prior_lanes(const tick_model *m, const tick_state *st, block_scratch
     }
 }
 
+/* The block's agents' updates of modality k's counts, in agent order (the lanes past count
+ * learn nothing): the counts of the outcome each agent saw, and the group's experience of it,
+ * gain lr q(s) (the posterior's joint, sc->joint) where the mask is set, +0 elsewhere. Four
+ * states of four agents at a time: the joint's lanes transposed into each agent's states, the
+ * mask's four bytes into a quad's bits (the product kept where set, +0.0 where not: the value
+ * the select gives), each row's quad loaded, added and stored, an agent's after the one before (a
+ * count or the experience gains its agents' values in agent order, as one by one: the same
+ * sums). One by one, a select and two read-modify-writes a state, it was ~160 instructions an
+ * agent-step, per-agent pA T-maze N = 1,000. States past the last whole quad one by one. */
+INLINE void learn_counts(const tick_model *m, const tick_state *st, const block_scratch *sc,
+                         int64_t k, const int64_t *agent, int64_t count) {
+    const int64_t M = m->modalities, S = m->joint, O = m->num_obs[k];
+    double *row[BLK], *seen[BLK];
+    const uint8_t *mask[BLK];
+    for (int b = 0; b < count; b++) {
+        const int64_t n = agent[b], o_seen = st->obs[n * M + k];
+        row[b] = m->pA[k] + (m->shared_counts ? 0 : n * O * S) + o_seen * S;
+        seen[b] = m->experience[k] + o_seen * S;
+        mask[b] = m->pA_mask[k] + o_seen * S;
+    }
+    const quad lr = {m->lr, m->lr, m->lr, m->lr};
+    int64_t s = 0;
+    for (; s + 4 <= S; s += 4) {
+        quad q[BLK];  /* agent b's q of states s .. s + 3 */
+        for (int h = 0; h < BLK; h += 4) {
+            quad r0, r1, r2, r3;
+            QUAD_AT(r0, &sc->joint[s][h]);
+            QUAD_AT(r1, &sc->joint[s + 1][h]);
+            QUAD_AT(r2, &sc->joint[s + 2][h]);
+            QUAD_AT(r3, &sc->joint[s + 3][h]);
+            TRANSPOSE_QUADS(r0, r1, r2, r3);
+            q[h] = r0, q[h + 1] = r1, q[h + 2] = r2, q[h + 3] = r3;
+        }
+        for (int b = 0; b < count; b++) {
+            int64_t set[4];  /* all bits where the mask is set (written so, gcc compares the
+                              * four bytes at once and widens them: vpcmpeqb, vpmovsxbq) */
+            for (int j = 0; j < 4; j++) set[j] = -(int64_t)(mask[b][s + j] != 0);
+            quad_index on;
+            memcpy(&on, set, sizeof on);
+            const quad gain = (quad)((quad_index)(lr * q[b]) & on);
+            quad c, e;
+            QUAD_AT(c, row[b] + s);
+            c += gain;
+            QUAD_TO(row[b] + s, c);
+            QUAD_AT(e, seen[b] + s);
+            e += gain;
+            QUAD_TO(seen[b] + s, e);
+        }
+    }
+    for (; s < S; s++)
+        for (int b = 0; b < count; b++) {
+            const double gain = mask[b][s] ? m->lr * sc->joint[s][b] : 0.0;
+            row[b][s] += gain;
+            seen[b][s] += gain;
+        }
+}
+
+/* learn_counts not inlined into the passes, a version each (as they are): inlined, gcc's
+ * choices in the rest of the x86-64-v3 pass moved and a frozen group's tick (which learns
+ * nothing) took ~5 instructions an agent-step more, T-maze N = 1,000 */
+#define LEARN_ARGS const tick_model *m, const tick_state *st, const block_scratch *sc, \
+                   int64_t k, const int64_t *agent, int64_t count
+static __attribute__((noinline)) void learn_counts_call(LEARN_ARGS) {
+    learn_counts(m, st, sc, k, agent, count);
+}
+#if TICK_V3
+static __attribute__((noinline, target("arch=x86-64-v3"))) void learn_counts_v3(LEARN_ARGS) {
+    learn_counts(m, st, sc, k, agent, count);
+}
+#endif
+#undef LEARN_ARGS
+INLINE void learn_counts_vm(const tick_model *m, const tick_state *st, const block_scratch *sc,
+                            int64_t k, const int64_t *agent, int64_t count, int vm) {
+#if TICK_V3
+    if (vm == VM_AVX2) {
+        learn_counts_v3(m, st, sc, k, agent, count);
+        return;
+    }
+#endif
+    (void)vm;
+    learn_counts_call(m, st, sc, k, agent, count);
+}
+
 /* The first half of a tick for agents first .. first + count - 1 (count <= BLK; the lanes
  * past count repeat agent first, computed and never written back): prior, posterior (left in
  * sc->cur) and learning. Each agent its own counts: they learn and the block's lanes of the
@@ -1203,18 +1315,7 @@ INLINE void infer_block(const tick_model *m, tick_state *st, block_scratch *sc, 
         /* the agents' updates, in agent order (the lanes past count learn nothing; shared
          * counts: the table follows once, after every block; each agent its own: below, the
          * block's tables at once) */
-        for (int b = 0; b < count && m->learn; b++) {
-            const int64_t n = agent[b];
-            const int64_t o_seen = st->obs[n * M + k];
-            double *counts = m->pA[k] + (m->shared_counts ? 0 : n * O * S);
-            const uint8_t *mask = m->pA_mask[k] + o_seen * S;
-            double *row = counts + o_seen * S, *seen = m->experience[k] + o_seen * S;
-            for (int64_t s = 0; s < S; s++) {
-                double gain = mask[s] ? m->lr * sc->joint[s][b] : 0.0;
-                row[s] += gain;
-                seen[s] += gain;
-            }
-        }
+        if (m->learn) learn_counts_vm(m, st, sc, k, agent, count, vm);
         if (!m->learn) {  /* frozen: the block's lanes of the agents' tables as they are */
             const double *tables[BLK];
             LANES tables[b] = m->A[k] + agent[b] * m->A_agent_stride[k];
@@ -1754,8 +1855,10 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
 
     /* write back */
     for (int64_t f = 0; f < F && !kept; f++)
-        state_put_block(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32);
-    state_put_block(st->G, first, G, P, count, f32);
+        state_put_block_vm(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32,
+                           vm);
+    state_put_block_vm(st->G, first, G, P, count, f32, vm);
+    /* (q_pi's value by value: test_recipe.py's sanitizer test finds this write by its text) */
     state_put_block(st->q_pi, first, q_pi, P, count, f32);
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
@@ -1775,7 +1878,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
             const lane *from = moved[f][chosen[f][b]];
             for (int64_t i = 0; i < s_f; i++) rows[i][b] = from[i][b];
         }
-        state_put_block(st->next_prior[f], first, rows, s_f, count, f32);
+        state_put_block_vm(st->next_prior[f], first, rows, s_f, count, f32, vm);
     }
 }
 

@@ -890,7 +890,9 @@ def test_the_scratch_s_python_twin_is_the_library_s_learning_or_not(
 def test_each_agent_s_table_is_its_counts_expectation_to_the_bit_made_in_the_block_s_lanes(
     build: str, world_name: str, tmp_path: Path,
 ) -> None:
-    """Each agent its own counts: the pass makes the block's tables in its lanes (the counts
+    """Each agent its own counts: they gain ``lr`` times its posterior's joint on the mask of
+    the outcome it saw, and the experience the agents' gains in agent order, bit for bit; the
+    pass makes the block's tables in its lanes (the counts
     moved in four values of four agents at a time, the rest one by one; each column's total
     over the outcomes summed in order, its reciprocal, the products) and writes them back, and
     each agent's table is then its counts' expectation as agent by agent makes it, bit for
@@ -906,7 +908,27 @@ def test_each_agent_s_table_is_its_counts_expectation_to_the_bit_made_in_the_blo
     for tick in range(30):
         learn = not 10 <= tick < 20
         before = [a.copy() for a in driver.A]
+        counted = [c.copy() for c in driver.counts]
+        seen_before = [e.copy() for e in driver.experience]
+        masks = [mask.copy() for mask in driver.mask]
         driver.step(obs, start, learn=learn)
+        # the update: each agent's counts of the outcome it saw gain lr q(s) (its posterior's
+        # joint, the factors' product in factor order) where the mask is set, +0 elsewhere;
+        # the experience gains the agents' gains one agent after another (learn_counts:
+        # four states of four agents at a time, a partial block's and the states past the
+        # last whole quad one by one), bit for bit
+        joint = _joint(driver.qs)
+        for slot, m in enumerate(driver.learned):
+            made, seen = counted[slot].copy(), seen_before[slot].copy()
+            for agent in range(n if learn else 0):
+                o = obs[agent, m]
+                gain = np.where(masks[slot][o], world.lr * joint[agent], 0.0)
+                made[agent, o] = made[agent, o] + gain
+                seen[o] = seen[o] + gain
+            np.testing.assert_array_equal(driver.counts[slot].view(np.uint64),
+                                          made.view(np.uint64))
+            np.testing.assert_array_equal(driver.experience[slot].view(np.uint64),
+                                          seen.view(np.uint64))
         for counts, table, was in zip(driver.counts, driver.A, before, strict=True):
             total = counts[:, 0].copy()
             for o in range(1, counts.shape[1]):
