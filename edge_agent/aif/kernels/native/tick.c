@@ -1858,8 +1858,7 @@ INLINE void plan_block(const tick_model *m, tick_state *st, block_scratch *sc, i
         state_put_block_vm(st->qs[f], first, sc->cur + offset[f], m->num_states[f], count, f32,
                            vm);
     state_put_block_vm(st->G, first, G, P, count, f32, vm);
-    /* (q_pi's value by value: test_recipe.py's sanitizer test finds this write by its text) */
-    state_put_block(st->q_pi, first, q_pi, P, count, f32);
+    state_put_block_vm(st->q_pi, first, q_pi, P, count, f32, vm);
     for (int64_t b = 0; b < count; b++) {
         const int64_t n = first + b;
         for (int64_t f = 0; f < F; f++) st->action[n * F + f] = chosen[f][b];

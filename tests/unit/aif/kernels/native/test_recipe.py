@@ -141,10 +141,10 @@ def test_a_write_past_an_array_s_end_fails_under_the_sanitizers(tmp_path: Path) 
     for source in recipe.sources():
         shutil.copy(source, where / source.name)
     kernel = (where / "tick.c").read_text()
-    good = "state_put_block(st->q_pi, first, q_pi, P, count, f32);"
+    good = "state_put_block_vm(st->q_pi, first, q_pi, P, count, f32, vm);"
     assert good in kernel
     (where / "tick.c").write_text(kernel.replace(
-        good, "state_put_block(st->q_pi, first + 1, q_pi, P, count, f32);"))
+        good, "state_put_block_vm(st->q_pi, first + 1, q_pi, P, count, f32, vm);"))
     broken = native_builds.build("sanitized", extra=("-O1",), where=where)
     done = _under_sanitizers(broken, "-x", "-k", "tmaze-A1-n13-per_agent-sanitized")
     assert done.returncode == 97, done.stdout[-2000:] + done.stderr[-4000:]
